@@ -1,0 +1,27 @@
+# cl_bench: two commands from a fresh clone.
+#   make run    venv + install (CPU torch first) + the main job
+#   make test   venv + install + the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+ARGS ?= strategy=lora tasks=brain_seg_age
+
+.PHONY: install run test clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/clbench $(ARGS)
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV)

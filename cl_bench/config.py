@@ -1,0 +1,161 @@
+"""Config schema and validated construction of objects from ``_target_`` nodes.
+
+Top-level keys are typed by :class:`ClBenchConfig` (registered in Hydra's ConfigStore as
+``clbench_schema``), so ``seed=abc`` or an unknown top-level key fails at start with the key's
+name. Group nodes (``backbone``, ``tasks``, ``strategy``, ``logger``) are checked by :func:`build`
+against the signature of their ``_target_`` before anything is constructed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cl_bench.errors import ClBenchError, ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Per-task training loop settings (a new Lightning Trainer per task)."""
+
+    max_steps: int = 100          #: optimiser steps per task
+    batch_size: int = 2
+    eval_batch_size: int = 4
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+
+
+@dataclass
+class HardwareConfig:
+    """Where and how a task trains (``conf/hardware``)."""
+
+    accelerator: str = "cpu"      #: Lightning accelerator: cpu, gpu, auto
+    devices: Any = 1              #: Lightning devices: int, list or "auto"
+    precision: str = "32-true"    #: Lightning precision, e.g. 32-true, bf16-mixed
+    deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
+    num_threads: int = 2          #: torch intra-op threads
+
+
+@dataclass
+class ClBenchConfig:
+    """Schema of the composed config (group contents are checked by :func:`build`)."""
+
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    results_dir: str = "results"
+    backbone: Any = None
+    tasks: Any = None
+    strategy: Any = None
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: Any = None
+    experiment: Any = None
+
+
+ConfigStore.instance().store(name="clbench_schema", node=ClBenchConfig)
+
+
+def locate(path: str) -> Any:
+    """Import ``package.module.attr`` (quietly; Hydra's own locator logs on failure).
+
+    Raises:
+        ImportError / AttributeError: nothing importable at ``path``.
+    """
+    module, _, attr = path.rpartition(".")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a plain config value fits a (simple) type annotation."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return not args or all(_type_ok(v, args[0]) for v in value)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_node(node: DictConfig, key: str) -> None:
+    """Check a ``_target_`` node's keys and value types against the target's signature.
+
+    Raises:
+        ConfigError: missing ``_target_``, an unknown target, an unknown key (listing the valid
+            ones) or a value of the wrong type, each naming ``<key>.<name>``.
+    """
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(f"{key}: expected a config with a _target_, got {node!r}")
+    try:
+        target = locate(node._target_)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{key}._target_: cannot import {node._target_!r} ({e})") from None
+    fn = target.__init__ if inspect.isclass(target) else target
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    valid = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
+    for name in node:
+        if name.startswith("_") or name == "name" and name not in sig.parameters:
+            continue
+        if name not in sig.parameters:
+            if takes_kwargs:
+                continue
+            raise ConfigError(f"{key}.{name}: unknown key for {node._target_}; valid keys: "
+                              f"{', '.join(valid)}")
+        value = OmegaConf.to_container(node, resolve=True)[name]
+        hint = hints.get(name, sig.parameters[name].annotation)
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{key}.{name}: expected {_describe(hint)}, got {value!r} "
+                              f"({type(value).__name__})")
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` after :func:`check_node`; unwraps our errors.
+
+    Raises:
+        ConfigError / DataError: from validation or from the target's constructor, with the
+        message alone (Hydra's wrapper is removed).
+    """
+    check_node(node, key)
+    cfg = OmegaConf.to_container(node, resolve=True)
+    if "name" in cfg and "name" not in inspect.signature(locate(cfg["_target_"])).parameters:
+        cfg.pop("name")
+    try:
+        return instantiate(cfg, **kwargs, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, ClBenchError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise

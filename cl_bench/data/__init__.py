@@ -1,0 +1,5 @@
+"""Task streams and datasets."""
+
+from cl_bench.data.base import ArrayDataset, Task
+
+__all__ = ["ArrayDataset", "Task"]

@@ -1,0 +1,91 @@
+"""The task abstraction shared by every stream.
+
+A *stream* is a ``list[Task]``. A task bundles its name, its kind, its train/test datasets and
+how it is scored. Every dataset item is a dict:
+
+* ``"image"``: ``FloatTensor`` of shape ``(C, D, H, W)`` (3D) or ``(C, H, W)`` (2D), intensity-normalised;
+* ``"label"``: for ``segmentation`` a ``LongTensor`` of shape ``(1, D, H, W)`` with values in
+  ``[0, num_classes)`` (0 = background); for ``regression`` a 0-d ``FloatTensor`` in native units
+  (years for brain age).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+TaskKind = Literal["segmentation", "regression"]
+
+#: metric name and whether higher is better, per task kind
+METRICS: dict[str, tuple[str, bool]] = {
+    "segmentation": ("dice", True),
+    "regression": ("mae", False),
+}
+
+
+@dataclass
+class Task:
+    """One experience of a stream.
+
+    Args:
+        name: unique task name within the stream (used as adapter/head key and matrix column).
+        kind: ``"segmentation"`` or ``"regression"``.
+        train: training dataset (items as described in the module docstring).
+        test: evaluation dataset.
+        num_classes: segmentation classes including background (0 for regression).
+        target_mean: regression target normalisation mean (native units); the model predicts
+            ``(y - target_mean) / target_std`` and metrics are computed back in native units.
+        target_std: regression target normalisation std (native units, > 0).
+        units: unit of the task's metric, e.g. ``"years"`` for age MAE, ``""`` for Dice.
+        info: free-form provenance (generator settings, file counts) written to metrics.json.
+    """
+
+    name: str
+    kind: TaskKind
+    train: Dataset
+    test: Dataset
+    num_classes: int = 0
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    units: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        """Metric name: ``"dice"`` (segmentation) or ``"mae"`` (regression)."""
+        return METRICS[self.kind][0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Direction of :attr:`metric`."""
+        return METRICS[self.kind][1]
+
+
+class ArrayDataset(Dataset):
+    """In-memory dataset over stacked arrays.
+
+    Args:
+        images: ``(N, C, *spatial)`` float array.
+        labels: ``(N, 1, *spatial)`` int array (segmentation) or ``(N,)`` float array (regression).
+
+    Raises:
+        ValueError: if ``images`` and ``labels`` disagree on ``N``.
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor):
+        images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+        labels = torch.as_tensor(np.asarray(labels))
+        if len(images) != len(labels):
+            raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
+        self.images = images
+        self.labels = labels.long() if labels.ndim > 1 else labels.float()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.images[i], "label": self.labels[i]}

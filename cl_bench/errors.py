@@ -1,0 +1,30 @@
+"""Exceptions for user mistakes.
+
+Every error a user can cause by a config value, a file or a diverging run derives from
+:class:`ClBenchError`. The CLI catches these and prints their message alone (no traceback),
+exiting with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class ClBenchError(Exception):
+    """Base class of every error caused by user input (config, data, run state)."""
+
+
+class ConfigError(ClBenchError):
+    """A config value is missing, of the wrong type or out of range.
+
+    The message names the config key, e.g. ``strategy.rank: expected a positive int, got -4``.
+    """
+
+
+class DataError(ClBenchError):
+    """A data path is missing or empty, a file is corrupt, or a layout is not the expected one.
+
+    The message names the config key or the file and describes the expected layout.
+    """
+
+
+class TrainingError(ClBenchError):
+    """Training diverged (NaN/inf loss) or cannot proceed; names the task and the step."""

@@ -1,0 +1,185 @@
+"""Backbones: MONAI Vision Transformers and the loading of their (foundation-model) weights.
+
+The encoder is MONAI's :class:`monai.networks.nets.ViT` (Dosovitskiy et al. 2021, arXiv 2010.11929;
+3D use as in UNETR, Hatamizadeh et al. 2022, arXiv 2103.10497). Its linear layers are named
+``qkv``, ``out_proj`` (attention) and ``linear1``, ``linear2`` (MLP), the names peft's LoRA targets.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from monai.networks.nets import ViT
+from torch import nn
+
+from cl_bench.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: checkpoint shipped inside the package, produced by ``scripts/pretrain_backbone.py``
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors"}
+
+# prefixes under which other codebases store a MONAI ViT state dict
+_PREFIXES = ("module.", "model.", "state_dict.", "backbone.", "encoder.", "vit.", "swinViT.")
+# UNETR decoder modules: present in a UNETR checkpoint, not part of the encoder
+_UNETR_DECODER = ("encoder1.", "encoder2.", "encoder3.", "encoder4.", "decoder2.", "decoder3.",
+                  "decoder4.", "decoder5.", "out.")
+
+
+class ViTEncoder(nn.Module):
+    """A MONAI ViT used as the stream's shared encoder.
+
+    Args:
+        in_channels: image channels C.
+        img_size: cubic (3D) or square (2D) input side length in voxels; must be divisible by
+            ``patch_size``.
+        patch_size: patch side length in voxels.
+        hidden_size: token width; ``mlp_dim``, ``num_layers``, ``num_heads`` as in MONAI's ViT.
+        spatial_dims: 3 (volumes) or 2 (images).
+        weights: ``None`` (random init), the name of a shipped checkpoint (``"vit3d_tiny_mae"``) or
+            a path to a ``.safetensors``/``.pt``/``.pth``/``.ckpt`` file holding a MONAI ViT,
+            UNETR or compatible state dict (see :func:`load_encoder_weights`).
+
+    Shapes:
+        input ``(B, C, *[img_size] * spatial_dims)``; output ``(tokens, hidden)`` with tokens
+        ``(B, N, hidden_size)``, ``N = (img_size / patch_size) ** spatial_dims`` and ``hidden``
+        the list of every block's output, each ``(B, N, hidden_size)``.
+
+    Raises:
+        ConfigError: sizes that do not divide or a missing shipped checkpoint name.
+        DataError: an unreadable checkpoint or one whose keys do not match.
+    """
+
+    def __init__(self, in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
+                 hidden_size: int = 192, mlp_dim: int = 768, num_layers: int = 12,
+                 num_heads: int = 3, spatial_dims: int = 3, dropout_rate: float = 0.0,
+                 weights: str | None = None):
+        super().__init__()
+        if img_size % patch_size:
+            raise ConfigError(f"backbone.img_size ({img_size}) must be divisible by "
+                              f"backbone.patch_size ({patch_size})")
+        if hidden_size % num_heads:
+            raise ConfigError(f"backbone.hidden_size ({hidden_size}) must be divisible by "
+                              f"backbone.num_heads ({num_heads})")
+        self.in_channels, self.img_size, self.patch_size = in_channels, img_size, patch_size
+        self.hidden_size, self.num_layers, self.spatial_dims = hidden_size, num_layers, spatial_dims
+        self.grid = img_size // patch_size
+        self.vit = ViT(in_channels=in_channels, img_size=img_size, patch_size=patch_size,
+                       hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers,
+                       num_heads=num_heads, spatial_dims=spatial_dims, dropout_rate=dropout_rate,
+                       classification=False)
+        self.weights = weights
+        if weights:
+            load_encoder_weights(self.vit, resolve_weights(weights))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        expected = (self.in_channels,) + (self.img_size,) * self.spatial_dims
+        if tuple(x.shape[1:]) != expected:
+            raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
+                            f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
+        return self.vit(x)
+
+    def tokens_to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, hidden)`` tokens -> ``(B, hidden, g, g[, g])`` feature map, g = img/patch."""
+        b = tokens.shape[0]
+        shape = (b,) + (self.grid,) * self.spatial_dims + (self.hidden_size,)
+        dims = (0, self.spatial_dims + 1) + tuple(range(1, self.spatial_dims + 1))
+        return tokens.reshape(shape).permute(dims).contiguous()
+
+
+def resolve_weights(weights: str) -> Path:
+    """Map a shipped checkpoint name or a user path to an existing file.
+
+    Raises:
+        ConfigError: unknown shipped name; DataError: the path does not exist.
+    """
+    if weights in PRETRAINED:
+        path = PRETRAINED[weights]
+        if not path.is_file():
+            raise ConfigError(f"backbone.weights={weights}: the shipped checkpoint {path} is missing;"
+                              " reinstall cl_bench or run scripts/pretrain_backbone.py")
+        return path
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise DataError(f"backbone.weights: no checkpoint file at {path} (expected a .safetensors, "
+                        f".pt, .pth or .ckpt file, or one of {sorted(PRETRAINED)})")
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch pickle (``weights_only=True``).
+
+    Lightning/MONAI wrappers (``{"state_dict": ...}``, ``{"model": ...}``, ``{"net": ...}``) are
+    unwrapped. Raises :class:`DataError` naming the file when it cannot be read.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, not a checkpoint, pickle with code
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"backbone.weights: cannot read checkpoint {path}: {first}") from None
+    for key in ("state_dict", "model", "net", "model_state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise DataError(f"backbone.weights: {path} does not hold a state dict of tensors")
+    return sd
+
+
+def map_vit_keys(sd: dict[str, torch.Tensor], target_keys: set[str]) -> tuple[dict, list[str]]:
+    """Rename checkpoint keys to MONAI ViT keys.
+
+    Strips wrapper prefixes (``module.``, ``model.``, ``backbone.``, ``encoder.``, ``vit.``) until a
+    key matches ``target_keys``; UNETR decoder keys (``encoder1.`` … ``out.``) are dropped and
+    returned as ignored. Keys that still match nothing are kept under their name so the caller
+    reports them as unexpected.
+
+    Returns:
+        ``(mapped state dict, ignored keys)``.
+    """
+    mapped, ignored = {}, []
+    for key, value in sd.items():
+        k = key
+        while k not in target_keys and k.startswith(_PREFIXES):
+            k = k.split(".", 1)[1]
+        if k not in target_keys and k.startswith(_UNETR_DECODER):
+            ignored.append(key)
+            continue
+        mapped[k] = value
+    return mapped, ignored
+
+
+def load_encoder_weights(vit: ViT, path: Path) -> None:
+    """Load a foundation-model checkpoint into a MONAI ViT, strictly.
+
+    Accepts MONAI ``ViT`` and ``UNETR`` state dicts (the UNETR decoder is ignored) under the usual
+    wrapper prefixes. The position embedding must match the configured grid.
+
+    Raises:
+        DataError: unreadable file, or missing/unexpected keys or shape mismatches (all listed).
+    """
+    sd = read_state_dict(path)
+    own = vit.state_dict()
+    mapped, ignored = map_vit_keys(sd, set(own))
+    missing = sorted(set(own) - set(mapped))
+    unexpected = sorted(set(mapped) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(mapped) & set(own) if mapped[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        def show(xs):
+            return ", ".join(xs[:8]) + (f" … (+{len(xs) - 8} more)" if len(xs) > 8 else "") or "none"
+        raise DataError(
+            f"backbone.weights: {path} does not fit the configured backbone.\n"
+            f"  missing keys ({len(missing)}): {show(missing)}\n"
+            f"  unexpected keys ({len(unexpected)}): {show(unexpected)}\n"
+            f"  shape mismatches ({len(shapes)}): {show(shapes)}\n"
+            "  Check backbone.hidden_size/num_layers/num_heads/patch_size/img_size/in_channels.")
+    vit.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
+    log.info("loaded %d encoder tensors from %s (%d decoder keys ignored)", len(mapped), path,
+             len(ignored))

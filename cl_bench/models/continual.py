@@ -1,0 +1,83 @@
+"""The one model of a stream: a shared encoder plus one head per task."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cl_bench.data.base import Task
+from cl_bench.models.backbones import ViTEncoder
+from cl_bench.models.heads import RegressionHead, SegmentationDecoder
+
+
+class ContinualModel(nn.Module):
+    """Shared backbone + per-task heads (task-incremental).
+
+    Heads for *every* task of the stream are created up front (seeded), so a task can be
+    evaluated before it is trained: the ``init`` row of R and the unseen upper triangle are real
+    measurements of an untrained head on the current backbone (as needed for FWT, GEM).
+
+    Args:
+        backbone: the shared encoder.
+        decoder_feature_size: width of segmentation decoders at full resolution.
+        regression_width: hidden width of regression heads.
+
+    Shapes:
+        ``forward(x, task_name)``: ``x`` ``(B, C, *spatial)`` -> segmentation logits
+        ``(B, K, *spatial)`` or regression prediction ``(B,)`` (normalised target scale).
+
+    Raises:
+        KeyError: ``forward`` with a task that has no head.
+    """
+
+    def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
+                 regression_width: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict()
+        self.decoder_feature_size = decoder_feature_size
+        self.regression_width = regression_width
+
+    @property
+    def encoder(self) -> ViTEncoder:
+        """The :class:`ViTEncoder`, also when a peft wrapper sits around it."""
+        enc = self.backbone
+        return enc.get_base_model() if hasattr(enc, "get_base_model") else enc
+
+    def add_head(self, task: Task) -> nn.Module:
+        """Create the head for ``task`` (segmentation decoder or regression MLP)."""
+        enc = self.encoder
+        if task.kind == "segmentation":
+            head = SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers,
+                                       enc.patch_size, task.num_classes, self.decoder_feature_size,
+                                       enc.spatial_dims)
+        elif task.kind == "regression":
+            head = RegressionHead(enc.hidden_size, self.regression_width)
+        else:
+            raise ValueError(f"task {task.name!r}: unsupported kind {task.kind!r}")
+        self.heads[task.name] = head
+        return head
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encoder tokens ``(B, N, D)`` and per-block hidden states."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor, task_name: str) -> torch.Tensor:
+        tokens, hidden = self.backbone(x)
+        return self.heads[task_name](self.encoder.tokens_to_grid, tokens, hidden, x)
+
+
+def make_model(in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
+               hidden_size: int = 192, mlp_dim: int = 768, num_layers: int = 12, num_heads: int = 3,
+               spatial_dims: int = 3, dropout_rate: float = 0.0, weights: str | None = None,
+               decoder_feature_size: int = 8, regression_width: int = 64) -> ContinualModel:
+    """Build the stream's :class:`ContinualModel` from a ``conf/backbone`` node.
+
+    Args: as :class:`~cl_bench.models.backbones.ViTEncoder` plus the head widths.
+
+    Raises:
+        ConfigError / DataError: see :class:`~cl_bench.models.backbones.ViTEncoder`.
+    """
+    enc = ViTEncoder(in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers,
+                     num_heads, spatial_dims, dropout_rate, weights)
+    return ContinualModel(enc, decoder_feature_size, regression_width)

@@ -1,0 +1,84 @@
+"""Task heads on top of a :class:`~cl_bench.models.backbones.ViTEncoder`.
+
+* :class:`SegmentationDecoder`: the UNETR decoder (Hatamizadeh et al. 2022, arXiv 2103.10497)
+  built from MONAI's UNETR blocks (module names as in MONAI's ``UNETR``). Deviation from UNETR:
+  the skip paths up-sample with transposed convolutions only (``conv_block=False``), and the
+  default tiny backbone uses ``feature_size`` 8 instead of 16: a "light" decoder for CPU runs.
+* :class:`RegressionHead`: layer-normed mean of the tokens -> MLP -> one scalar (a normalised
+  target; the task de-normalises to native units).
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from torch import nn
+
+
+class SegmentationDecoder(nn.Module):
+    """UNETR-style decoder from ViT hidden states (layers L/4, L/2, 3L/4, L) plus the input image.
+
+    Args:
+        in_channels: image channels C (the input skip).
+        hidden_size: token width of the encoder.
+        num_layers: encoder depth L (chooses the skip layers).
+        patch_size: encoder patch side; must be 16 (four 2x up-samplings), as in UNETR.
+        out_channels: segmentation classes K including background.
+        feature_size: decoder width at full resolution (UNETR: 16).
+        spatial_dims: 2 or 3.
+
+    Shapes:
+        ``forward(grid_fn, tokens, hidden, image)`` returns logits ``(B, K, *spatial)``.
+
+    Raises:
+        ValueError: patch size other than 16.
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int, num_layers: int, patch_size: int,
+                 out_channels: int, feature_size: int = 8, spatial_dims: int = 3):
+        super().__init__()
+        if patch_size != 16:
+            raise ValueError(f"SegmentationDecoder needs backbone.patch_size=16, got {patch_size}")
+        fs, sd, norm = feature_size, spatial_dims, "instance"
+        q = max(num_layers // 4, 1)
+        self.skip_layers = (q - 1, 2 * q - 1, 3 * q - 1)
+        self.encoder1 = UnetrBasicBlock(sd, in_channels, fs, 3, 1, norm, res_block=True)
+        self.encoder2 = UnetrPrUpBlock(sd, hidden_size, fs * 2, 2, 3, 1, 2, norm, False, True)
+        self.encoder3 = UnetrPrUpBlock(sd, hidden_size, fs * 4, 1, 3, 1, 2, norm, False, True)
+        self.encoder4 = UnetrPrUpBlock(sd, hidden_size, fs * 8, 0, 3, 1, 2, norm, False, True)
+        self.decoder5 = UnetrUpBlock(sd, hidden_size, fs * 8, 3, 2, norm, res_block=True)
+        self.decoder4 = UnetrUpBlock(sd, fs * 8, fs * 4, 3, 2, norm, res_block=True)
+        self.decoder3 = UnetrUpBlock(sd, fs * 4, fs * 2, 3, 2, norm, res_block=True)
+        self.decoder2 = UnetrUpBlock(sd, fs * 2, fs, 3, 2, norm, res_block=True)
+        self.out = UnetOutBlock(sd, fs, out_channels)
+
+    def forward(self, to_grid, tokens: torch.Tensor, hidden: list[torch.Tensor],
+                image: torch.Tensor) -> torch.Tensor:
+        a, b, c = (to_grid(hidden[i]) for i in self.skip_layers)
+        enc1, enc2, enc3, enc4 = (self.encoder1(image), self.encoder2(a), self.encoder3(b),
+                                  self.encoder4(c))
+        dec3 = self.decoder5(to_grid(tokens), enc4)
+        dec2 = self.decoder4(dec3, enc3)
+        dec1 = self.decoder3(dec2, enc2)
+        return self.out(self.decoder2(dec1, enc1))
+
+
+class RegressionHead(nn.Module):
+    """Pooled tokens -> MLP -> one scalar.
+
+    Args:
+        hidden_size: token width D.
+        width: MLP hidden width.
+
+    Shapes:
+        ``forward(grid_fn, tokens (B, N, D), hidden, image)`` -> ``(B,)`` normalised prediction.
+    """
+
+    def __init__(self, hidden_size: int, width: int = 64):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+
+    def forward(self, to_grid, tokens: torch.Tensor, hidden: list[torch.Tensor],
+                image: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(tokens).mean(dim=1)).squeeze(-1)

@@ -1,0 +1,81 @@
+"""The LightningModule that trains one task of the stream, and the task losses.
+
+Losses: segmentation uses MONAI's ``DiceCELoss`` (softmax, one-hot targets; Milletari et al. 2016,
+arXiv 1606.04797 for Dice); regression uses the mean squared error on the normalised target
+``(y - task.target_mean) / task.target_std``.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+from cl_bench.data.base import Task
+from cl_bench.errors import TrainingError
+from cl_bench.strategies.base import Strategy
+
+
+class TaskLoss(nn.Module):
+    """Loss of a task on the model's raw output.
+
+    Shapes:
+        segmentation: ``out`` ``(B, K, *spatial)`` logits, ``label`` ``(B, 1, *spatial)`` int;
+        regression: ``out`` ``(B,)`` normalised prediction, ``label`` ``(B,)`` native units.
+    """
+
+    def __init__(self, task: Task):
+        super().__init__()
+        self.task = task
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True) if task.kind == "segmentation" else None
+
+    def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if self.dice_ce is not None:
+            return self.dice_ce(out, label)
+        target = (label.float() - self.task.target_mean) / self.task.target_std
+        return nn.functional.mse_loss(out.float(), target)
+
+
+class LitTask(L.LightningModule):
+    """Trains ``model`` on ``task`` with the strategy's parameters and extra loss.
+
+    Args:
+        model: the stream's :class:`~cl_bench.models.ContinualModel`.
+        strategy: supplies ``trainable_parameters()``, ``training_loss()``, ``activate()``.
+        task: the task being learned; t: its 0-based index in the stream.
+
+    Raises:
+        TrainingError: a non-finite loss (names task and step); already written results stay.
+    """
+
+    def __init__(self, model: nn.Module, strategy: Strategy, task: Task, t: int):
+        super().__init__()
+        self.model, self.strategy, self.task, self.t = model, strategy, task, t
+        self.loss_fn = TaskLoss(task)
+
+    def on_train_start(self) -> None:
+        self.strategy.activate(self.task)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch["image"], self.task.name)
+        loss = self.loss_fn(out, batch["label"])
+        self.log("task_loss", loss.detach(), prog_bar=True, batch_size=len(out))
+        extra = self.strategy.training_loss(batch, out, self.t)
+        if extra is not None:
+            self.log("strategy_loss", extra.detach(), prog_bar=True, batch_size=len(out))
+            loss = loss + extra
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"task {self.task.name!r} (#{self.t + 1}): loss became {loss.item()} at step "
+                f"{self.global_step}; lower train.lr or check the task's data. Rows computed "
+                "before this task are kept in matrix.csv.")
+        return loss
+
+    def configure_optimizers(self):
+        params = self.strategy.trainable_parameters()
+        if not params:
+            raise TrainingError(f"strategy {self.strategy.name!r} left no trainable parameters "
+                                f"for task {self.task.name!r}")
+        return torch.optim.AdamW(params, lr=self.strategy.lr,
+                                 weight_decay=self.strategy.weight_decay)

@@ -1,0 +1,130 @@
+"""Writing a run's result files atomically (tmp file + rename) after every row of R.
+
+Files (DESIGN §1): ``matrix.csv`` (rows ``init`` and ``after_<task>``, one column per task, native
+units; ``pd.read_csv(path, index_col=0)`` gives the matrix), ``metrics.json``, ``heatmap.png``,
+``params.json``, ``timing.json``. An interrupted run keeps every completed row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cl_bench.data.base import Task  # noqa: E402
+from cl_bench.metrics import cl_metrics  # noqa: E402
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path`` (same directory, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=float)
+            f.write("\n")
+    atomic_write(path, w)
+
+
+def matrix_frame(rows: dict[str, list[float]], stream: list[Task]) -> pd.DataFrame:
+    """R as a DataFrame: index ``init``, ``after_<task>``…; columns task names."""
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=[t.name for t in stream])
+    df.index.name = "row"
+    return df
+
+
+def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]],
+                  details: dict[str, dict[str, dict[str, float]]], extra: dict[str, Any]) -> dict:
+    """Write matrix.csv, metrics.json and heatmap.png for the rows computed so far.
+
+    Args:
+        run_dir: the run's output directory.
+        stream: the tasks (columns).
+        rows: ``{"init": [T values], "after_<task>": [T values], ...}`` in training order.
+        details: per row, per task, every measured value (e.g. per-label Dice).
+        extra: merged into metrics.json (strategy name, seed, ...).
+
+    Returns:
+        The metrics dict written to metrics.json.
+    """
+    run_dir = Path(run_dir)
+    df = matrix_frame(rows, stream)
+    atomic_write(run_dir / "matrix.csv", lambda tmp: df.to_csv(tmp, float_format="%.6g"))
+    trained = df.drop(index="init", errors="ignore")
+    init = df.loc["init"].to_numpy(float) if "init" in df.index else None
+    metrics = {"complete": False, "tasks_completed": 0, "num_tasks": len(stream)}
+    if len(trained):
+        metrics = cl_metrics(trained.to_numpy(float), init,
+                             higher_is_better=[t.higher_is_better for t in stream],
+                             task_names=[t.name for t in stream],
+                             metric_names=[t.metric for t in stream])
+    metrics["units"] = {t.name: {"metric": t.metric, "units": t.units,
+                                 "higher_is_better": t.higher_is_better} for t in stream}
+    metrics["details"] = details
+    metrics.update(extra)
+    write_json(run_dir / "metrics.json", metrics)
+    atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp))
+    return metrics
+
+
+def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
+                 title: str | None = None) -> None:
+    """Annotated heatmap of R, one panel and colour scale per metric (Dice, MAE, ...).
+
+    Colours run from worse to better in every panel (reversed for lower-is-better metrics).
+    """
+    groups: dict[str, list[int]] = {}
+    for j, t in enumerate(stream):
+        groups.setdefault(t.metric, []).append(j)
+    fig, axes = plt.subplots(1, len(groups), squeeze=False,
+                             figsize=(1.6 + 1.5 * len(stream), 0.9 + 0.55 * len(df)))
+    for ax, (metric, cols) in zip(axes[0], groups.items()):
+        sub = df.iloc[:, cols].to_numpy(float)
+        task0 = stream[cols[0]]
+        cmap = "viridis" if task0.higher_is_better else "viridis_r"
+        finite = sub[np.isfinite(sub)]
+        vmin, vmax = (finite.min(), finite.max()) if finite.size else (0, 1)
+        if metric == "dice":
+            vmin, vmax = 0.0, 1.0
+        im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1,
+                       aspect="auto")
+        for (i, j), v in np.ndenumerate(sub):
+            txt = "–" if not np.isfinite(v) else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
+            frac = 0.5 if vmax == vmin or not np.isfinite(v) else (v - vmin) / (vmax - vmin)
+            dark = frac < 0.5 if task0.higher_is_better else frac > 0.5
+            ax.text(j, i, txt, ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
+        ax.set_xticks(range(len(cols)), [stream[c].name for c in cols], rotation=20)
+        ax.set_yticks(range(len(df)), list(df.index))
+        unit = f" ({task0.units})" if task0.units else ""
+        arrow = "↑" if task0.higher_is_better else "↓"
+        ax.set_title(f"{metric}{unit} {arrow}")
+        ax.set_xlabel("evaluated task")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    axes[0][0].set_ylabel("after training")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)

@@ -1,0 +1,94 @@
+"""The strategy seam: named hooks the runner calls, with no-op defaults.
+
+Hooks follow Avalanche's plugin points (Lomonaco et al. 2021, arXiv 2104.00405) without its
+template inheritance: a strategy is one flat class overriding only what it needs.
+
+Call order for a stream of T tasks (see :func:`cl_bench.runner.run`)::
+
+    setup(model, stream)
+    evaluate every task            -> row "init"   (activate(j) before each task j)
+    for t, task in enumerate(stream):
+        before_task(t, task)       # add head/adapter, choose what trains
+        fit: loss = task loss + training_loss(batch, out, t), optimiser over trainable_parameters()
+        after_task(t, task)        # merge, masks, statistics ...
+        evaluate every task        -> row t        (activate(j) before each task j)
+        save(run_dir, t, task)     # e.g. adapters/<task>/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cl_bench.data.base import Task
+from cl_bench.errors import ConfigError
+
+
+class Strategy:
+    """Base class of every continual-learning strategy.
+
+    Args:
+        lr: learning rate of the task's optimiser (AdamW).
+        weight_decay: AdamW weight decay.
+
+    Raises:
+        ConfigError: a non-positive learning rate or negative weight decay
+        (keys ``strategy.lr``, ``strategy.weight_decay``).
+    """
+
+    #: short name used in result paths and tables
+    name = "base"
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0):
+        if not lr > 0:
+            raise ConfigError(f"strategy.lr: expected a positive float, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"strategy.weight_decay: expected >= 0, got {weight_decay}")
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.model: nn.Module | None = None
+        self.stream: list[Task] = []
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, model: nn.Module, stream: list[Task]) -> None:
+        """Attach to the stream's model; heads of all tasks already exist."""
+        self.model, self.stream = model, stream
+
+    def before_task(self, t: int, task: Task) -> None:
+        """Prepare task ``t`` (0-based): add modules, set ``requires_grad``."""
+
+    def activate(self, task: Task) -> None:
+        """Configure the model to run ``task`` (training or evaluation), e.g. pick its adapter."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates for the current task (default: ``requires_grad``)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
+        """Extra loss term added to the task loss (regularisers); ``None`` for none."""
+        return None
+
+    def after_task(self, t: int, task: Task) -> None:
+        """Consolidate after training task ``t`` (merge, masks, Fisher, prototypes)."""
+
+    def predict_task_id(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Task-agnostic inference: ``(B,)`` task indices for ``x``, or ``None`` (oracle id)."""
+        return None
+
+    def save(self, run_dir: Path, t: int, task: Task) -> None:
+        """Write strategy artefacts for task ``t`` under ``run_dir`` (e.g. adapters)."""
+
+    def state_dict(self) -> dict:
+        """Strategy state beyond the model's parameters (for resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+
+    # ---------------------------------------------------------------- helpers
+    def freeze_all_but(self, *modules: nn.Module) -> None:
+        """Set ``requires_grad`` False everywhere, then True on ``modules``."""
+        self.model.requires_grad_(False)
+        for m in modules:
+            m.requires_grad_(True)

@@ -1,0 +1,65 @@
+"""User mistakes end with one clear message and a non-zero exit code, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cl_bench.errors import TrainingError
+from cl_bench.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clbench(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cl_bench.cli", f"results_dir={tmp_path}/results",
+           f"tasks.cache_dir={tmp_path}/cache", *args]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+
+
+def assert_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "Traceback" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) <= 12, err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err}"
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["strategy=nope"], ["strategy/nope", "lora"]),              # unknown strategy lists options
+    (["strategy.rnak=4"], ["strategy.rnak"]),                      # misspelled key
+    (["strategy.rank=abc"], ["strategy.rank", "int", "abc"]),      # wrong type in a group
+    (["seed=abc"], ["seed", "abc"]),                               # wrong type at top level
+    (["strategy.rank=-4"], ["strategy.rank", "-4"]),               # out of range
+    (["tasks=brats_ixi", "tasks.brats_root=/no/such/dir"], ["tasks.brats_root", "/no/such/dir"]),
+    (["backbone.weights=/no/such.safetensors"], ["backbone.weights", "/no/such.safetensors"]),
+])
+def test_bad_input_gives_one_clear_message(tmp_path, args, needles):
+    assert_clear_error(clbench(tmp_path, *args), *needles)
+
+
+def test_nan_loss_stops_with_message_and_keeps_rows(compose_cfg, tmp_path, monkeypatch):
+    """A task whose data makes the loss NaN: clear TrainingError; earlier rows stay on disk."""
+    import cl_bench.data.brain_synth as synth
+
+    make = synth.make_brain_seg_age
+
+    def poisoned(*a, **k):
+        stream = make(*a, **k)
+        stream[1].train.images[:] = float("nan")  # task 2's training images are corrupt
+        return stream
+
+    monkeypatch.setattr(synth, "make_brain_seg_age", poisoned)
+    cfg = compose_cfg("strategy=seq_lp")
+    with pytest.raises(TrainingError, match="brain_age.*nan"):
+        run(cfg, tmp_path)
+    R = pd.read_csv(tmp_path / "matrix.csv", index_col=0)
+    assert list(R.index) == ["init", "after_tumour_seg"]
+    assert np.isfinite(R.to_numpy()).all()

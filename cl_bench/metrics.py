@@ -34,12 +34,12 @@ Definitions (T tasks)
 
 Metric groups
 -------------
-Tasks with different metrics (Dice, MAE) are never averaged together. Aggregates are computed per
-group of tasks sharing a metric name, on the sub-matrix of the group's columns, with rows kept in the
-original training order of the whole stream:
+Tasks with different metrics (Dice, MAE) are never averaged together. Aggregates are computed
+per group of tasks sharing a metric name, on the sub-matrix of the group's columns, with rows kept
+in the original training order of the whole stream:
 
 * ``R[j][j]`` is the row after training task ``j`` itself; ``R[T]`` is the last completed row.
-* "``j < T``" (GEM BWT, forgetting) means "a group task that was trained before the last completed
+* "``j < T``" (GEM BWT, forgetting) means "a group task trained before the last completed
   task of the stream", i.e. every group task followed by at least one more training step. If the
   group's last task is not the stream's last task, it therefore counts.
 * ``R[j-1][j]`` (FWT) is the row after the task preceding ``j`` in the stream (which may belong to
@@ -275,7 +275,9 @@ def bwt_gem(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> float:
 
 
 def bwt_sefe(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> float:
-    """Backward transfer, SEFE convention (arXiv 2505.02486): ``1/T sum_{j<=T} s_j (R[T][j]-R[j][j])``.
+    """Backward transfer, SEFE convention (arXiv 2505.02486).
+
+    ``1/T * sum_{j<=T} s_j (R[T][j] - R[j][j])``.
 
     Equals MFN - MFT for a higher-is-better metric (the last task contributes 0).
     Args, errors as :func:`bwt_gem`.
@@ -290,7 +292,9 @@ def bwt_sefe(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> float:
 
 
 def fwt(R: Any, init: Any, s: Any = 1, cols: Sequence[int] | None = None) -> float | None:
-    """Forward transfer, GEM convention (arXiv 1706.08840): ``1/(T-1) sum_{j>=2} s_j (R[j-1][j] - b_j)``.
+    """Forward transfer, GEM convention (Lopez-Paz & Ranzato 2017, arXiv 1706.08840).
+
+    ``1/(T-1) * sum_{j>=2} s_j (R[j-1][j] - b_j)``.
 
     ``b_j = init[j]`` is the performance before any training; ``R[j-1][j]`` is measured after
     training the task preceding ``j`` in the stream. The stream's first task is skipped.

@@ -1,0 +1,266 @@
+"""The embedded stream ``brain_seg_age``: synthetic brains from nilearn's MNI152 template.
+
+Reconstructs the two-task setting of the brain-MRI foundation-model study (arXiv 2602.23533:
+BraTS tumour segmentation, then IXI brain-age regression) without any download. Every subject is
+the MNI152 2 mm template's tissue maps (``load_mni152_gm_template``, ``..._wm_template``,
+``load_mni152_brain_mask``; offline in nilearn), cropped to the brain, padded to a cube and resampled
+to ``size``³, then:
+
+* **all subjects**: a random smooth elastic deformation (low-resolution Gaussian displacement field,
+  ~2 voxels at 64³), a head-size scaling of ±5 %, a smooth multiplicative bias field (±15 %) and
+  Gaussian noise (3 % of the white-matter intensity); the T1-like image is a tissue mix
+  CSF 0.25, GM 0.6, WM 1.0 of the deformed maps;
+* **tumour_seg** ("BraTS-like"): a roughly ellipsoidal three-part tumour with an irregular border
+  (radius perturbed by smooth noise), random orientation, 6–13 voxel semi-axes at 64³, centred in
+  white matter: non-enhancing/necrotic core (MSD label 2) at normalised radius < 0.35, enhancing
+  rim (label 3) to 0.55, peritumoral edema (label 1) to 1.0; intensities like post-contrast T1
+  (core 0.4, rim 1.45, edema 0.75 of the local tissue), and a mass effect that pushes surrounding
+  tissue radially away from the centre;
+* **brain_age** ("IXI-like" healthy): age ~ U(20, 86) years; atrophy a = (age − 20)/66 scaled by a
+  per-subject "brain reserve" factor ~ N(1, 0.25): cortical GM thins (a share 0.35·a of GM turns
+  into CSF, i.e. sulcal widening) and the ventricles/central CSF expand (a radial inflation around
+  the brain centre of up to 2.5 voxels at 64³ for a = 1), plus all the subject variability above.
+
+What it does not model: real scanner physics and contrasts (a single T1-like channel; no FLAIR/T2),
+cortical folding differences between people, white-matter lesions, sex effects, non-linear ageing
+trajectories or any site effect. The age signal is global and smooth, so the task is learnable from
+few subjects but noisy; no parameter here was tuned to give a particular model accuracy.
+
+Volumes are z-scored over brain voxels with the background exactly 0 (as MONAI's
+``NormalizeIntensityd(nonzero=True)``), cached on disk as one ``.npz`` per argument set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from cl_bench.data.base import ArrayDataset, Task
+from cl_bench.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: bump when the generator's output changes, so old caches are not reused
+GENERATOR_VERSION = 1
+_TISSUE = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
+
+
+@lru_cache(maxsize=4)
+def _atlas(size: int) -> dict[str, np.ndarray]:
+    """MNI152 GM/WM/CSF probability maps and brain mask, brain-cropped, cubed, at ``size``³."""
+    from nilearn import datasets
+
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=2).get_fdata(), np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=2).get_fdata(), np.float32) > 0.5
+    gm, wm = np.clip(gm, 0, 1), np.clip(wm, 0, 1)
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    side = int((hi - lo).max()) + 4
+    maps = {}
+    for name, arr in (("gm", gm), ("wm", wm), ("mask", mask.astype(np.float32))):
+        crop = arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        cube = np.zeros((side,) * 3, np.float32)
+        off = [(side - s) // 2 for s in crop.shape]
+        cube[off[0]:off[0] + crop.shape[0], off[1]:off[1] + crop.shape[1],
+             off[2]:off[2] + crop.shape[2]] = crop
+        maps[name] = ndimage.zoom(cube, size / side, order=1)
+    maps["mask"] = (maps["mask"] > 0.5).astype(np.float32)
+    total = np.clip(maps["gm"] + maps["wm"], 0, 1)
+    scale = np.where(maps["gm"] + maps["wm"] > 1, 1 / np.maximum(maps["gm"] + maps["wm"], 1e-6), 1)
+    maps["gm"], maps["wm"] = maps["gm"] * scale * maps["mask"], maps["wm"] * scale * maps["mask"]
+    maps["csf"] = np.clip(1 - total, 0, 1) * maps["mask"]
+    return maps
+
+
+def _smooth_field(rng: np.random.Generator, size: int, coarse: int = 5) -> np.ndarray:
+    """A smooth random field ``(size,)*3`` with unit-ish std (cubic upsampling of ``coarse``³ noise)."""
+    return ndimage.zoom(rng.standard_normal((coarse,) * 3), size / coarse, order=3)[:size, :size, :size]
+
+
+def _warp(maps: dict[str, np.ndarray], coords: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: ndimage.map_coordinates(v, coords, order=1, mode="constant") for k, v in maps.items()}
+
+
+def _base_coords(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Sampling coordinates ``(3, size, size, size)``: elastic deformation + head-size scaling."""
+    grid = np.indices((size,) * 3, dtype=np.float32)
+    centre = (size - 1) / 2
+    scale = rng.uniform(0.95, 1.05)
+    amp = 2.0 * size / 64
+    disp = np.stack([_smooth_field(rng, size) * amp for _ in range(3)])
+    return (grid - centre) / scale + centre + disp
+
+
+def _image(maps: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    size = maps["mask"].shape[0]
+    img = sum(w * maps[k] for k, w in _TISSUE.items())
+    img = img * np.exp(0.15 * _smooth_field(rng, size, 3))
+    img = img + rng.normal(0, 0.03, img.shape)
+    return img
+
+
+def _normalise(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """z-score over the brain, background exactly 0 (MONAI NormalizeIntensityd(nonzero=True))."""
+    brain = mask > 0.5
+    out = np.zeros_like(img, dtype=np.float32)
+    vals = img[brain]
+    out[brain] = (vals - vals.mean()) / max(vals.std(), 1e-6)
+    return out
+
+
+def tumour_subject(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One BraTS-like subject: image ``(1, S, S, S)`` float32 and labels ``(1, S, S, S)`` int64.
+
+    Labels follow MSD Task01: 0 background, 1 edema, 2 non-enhancing core, 3 enhancing tumour.
+    """
+    atlas = _atlas(size)
+    grid = np.indices((size,) * 3, dtype=np.float32)
+    # centre in white matter, away from the border
+    wm_idx = np.argwhere(ndimage.binary_erosion(atlas["wm"] > 0.5, iterations=max(size // 16, 1)))
+    centre = wm_idx[rng.integers(len(wm_idx))].astype(np.float32)
+    radii = rng.uniform(6, 13, 3) * size / 64
+    rot, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    rel = np.tensordot(rot.T, grid - centre[:, None, None, None], axes=1)
+    d = np.sqrt(sum((rel[i] / radii[i]) ** 2 for i in range(3)))
+    d = d * (1 + 0.15 * _smooth_field(rng, size, 6))
+    # mass effect: sample tissue from closer to the centre, i.e. push it outwards
+    r = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0))
+    push = 0.6 * radii.mean() * np.exp(-(r / (1.5 * radii.mean())) ** 2)
+    coords = _base_coords(rng, size)
+    coords = coords - push * (grid - centre[:, None, None, None]) / np.maximum(r, 1e-3)
+    maps = _warp(atlas, coords)
+    mask = maps["mask"] > 0.5
+    label = np.zeros((size,) * 3, np.int64)
+    label[d < 1.0] = 1
+    label[d < 0.55] = 3
+    label[d < 0.35] = 2
+    label[~mask] = 0
+    img = _image(maps, rng)
+    factor = np.choose(label, [1.0, 0.75, 0.4, 1.45]) * 1.0
+    tumour = label > 0
+    img[tumour] = (factor[tumour] * np.maximum(img[tumour], 0.6)
+                   + rng.normal(0, 0.03, tumour.sum()))
+    return _normalise(img, mask)[None], label[None]
+
+
+def age_subject(size: int, age: float, rng: np.random.Generator) -> np.ndarray:
+    """One IXI-like healthy subject of ``age`` years: image ``(1, S, S, S)`` float32."""
+    atlas = _atlas(size)
+    a = np.clip((age - 20) / 66 * rng.normal(1.0, 0.25), 0, 1.5)
+    grid = np.indices((size,) * 3, dtype=np.float32)
+    centre = np.array([(size - 1) / 2] * 3, np.float32)[:, None, None, None]
+    rel = grid - centre
+    r = np.sqrt((rel ** 2).sum(0))
+    # ventricular / central CSF expansion: radial inflation around the brain centre
+    inflate = 2.5 * a * size / 64 * np.exp(-(r / (0.18 * size)) ** 2)
+    coords = _base_coords(rng, size) - inflate * rel / np.maximum(r, 1e-3)
+    maps = _warp(atlas, coords)
+    central = np.exp(-(r / (0.15 * size)) ** 2)
+    grown = maps["csf"] + (maps["wm"] + maps["gm"]) * np.clip(0.6 * a * central, 0, 0.8)
+    # cortical thinning: part of the grey matter becomes CSF (sulcal widening)
+    lost = 0.35 * a * maps["gm"]
+    maps = {"gm": maps["gm"] - lost,
+            "wm": maps["wm"] * (1 - np.clip(0.6 * a * central, 0, 0.8)),
+            "csf": np.clip(grown + lost, 0, 1), "mask": maps["mask"]}
+    return _normalise(_image(maps, rng), maps["mask"])[None]
+
+
+def _check(name: str, ok: bool, expected: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"tasks.{name}: expected {expected}, got {value!r}")
+
+
+def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.ndarray]:
+    out: dict[str, list] = {k: [] for k in ("seg_x", "seg_y", "age_x", "age_y")}
+    total = 2 * (n_train + n_test)
+    with tqdm(total=total, desc=f"generating brain_seg_age ({size}^3)", leave=False) as bar:
+        for split, n in (("train", n_train), ("test", n_test)):
+            for i in range(n):
+                rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1, i])
+                x, y = tumour_subject(size, rng)
+                out["seg_x"].append(x)
+                out["seg_y"].append(y)
+                bar.update()
+            for i in range(n):
+                rng = np.random.default_rng([seed, 2, 0 if split == "train" else 1, i])
+                age = float(rng.uniform(20, 86))
+                out["age_x"].append(age_subject(size, age, rng))
+                out["age_y"].append(age)
+                bar.update()
+    return {k: np.stack(v).astype(np.float32 if k != "seg_y" else np.int8) for k, v in out.items()}
+
+
+def make_brain_seg_age(name: str = "brain_seg_age", size: int = 64, n_train: int = 24,
+                       n_test: int = 16, seed: int = 0, missing_age_fraction: float = 0.0,
+                       impute_age: float = 50.0, cache_dir: str | None = None) -> list[Task]:
+    """Build the embedded two-task stream (see module docstring; design after arXiv 2602.23533).
+
+    Args:
+        name: stream name (recorded in ``Task.info``).
+        size: cube side in voxels (≥ 16); images are ``(1, size, size, size)``.
+        n_train, n_test: subjects per task and split (≥ 1).
+        seed: data seed; the same arguments give bit-identical arrays.
+        missing_age_fraction: share of *training* ages treated as missing and replaced by
+            ``impute_age`` (the paper's quirk; test ages stay true), in [0, 1].
+        impute_age: the imputed age in years.
+        cache_dir: folder for the ``.npz`` cache (``None``: no cache).
+
+    Returns:
+        ``[Task("tumour_seg", "segmentation", num_classes=4), Task("brain_age", "regression",
+        units="years")]`` with :class:`ArrayDataset` train/test sets.
+
+    Raises:
+        ConfigError: an argument out of range, naming ``tasks.<argument>``.
+    """
+    _check("size", isinstance(size, int) and size >= 16, "an int >= 16", size)
+    _check("n_train", isinstance(n_train, int) and n_train >= 1, "an int >= 1", n_train)
+    _check("n_test", isinstance(n_test, int) and n_test >= 1, "an int >= 1", n_test)
+    _check("missing_age_fraction", 0 <= missing_age_fraction <= 1, "a value in [0, 1]",
+           missing_age_fraction)
+    settings = {"version": GENERATOR_VERSION, "size": size, "n_train": n_train,
+                "n_test": n_test, "seed": seed}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir).expanduser() / "brain_seg_age" / f"{key}.npz" if cache_dir else None
+    arrays = None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in ("seg_x", "seg_y", "age_x", "age_y")}
+        except Exception as e:  # a truncated or foreign file: regenerate
+            log.warning("cache %s unreadable (%s); regenerating", path, e)
+    if arrays is None:
+        arrays = _generate(size, n_train, n_test, seed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+            os.close(fd)
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+    tr = slice(0, n_train)
+    te = slice(n_train, n_train + n_test)
+    ages_train = arrays["age_y"][tr].copy()
+    n_missing = int(round(missing_age_fraction * n_train))
+    missing = np.random.default_rng([seed, 3]).choice(n_train, n_missing, replace=False)
+    ages_train[missing] = impute_age
+    info = {**settings, "stream": name, "cache": str(path) if path else None}
+    seg = Task("tumour_seg", "segmentation",
+               ArrayDataset(arrays["seg_x"][tr], arrays["seg_y"][tr].astype(np.int64)),
+               ArrayDataset(arrays["seg_x"][te], arrays["seg_y"][te].astype(np.int64)),
+               num_classes=4, info=info)
+    age = Task("brain_age", "regression", ArrayDataset(arrays["age_x"][tr], ages_train),
+               ArrayDataset(arrays["age_x"][te], arrays["age_y"][te]),
+               target_mean=float(ages_train.mean()), target_std=float(max(ages_train.std(), 1.0)),
+               units="years",
+               info={**info, "missing_age_fraction": missing_age_fraction,
+                     "imputed_ages": n_missing, "impute_age": impute_age})
+    return [seg, age]

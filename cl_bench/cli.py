@@ -14,9 +14,11 @@ import cl_bench.config  # noqa: F401  (registers the config schema)
 from cl_bench.errors import ClBenchError
 
 log = logging.getLogger("cl_bench")
+#: the repository's conf/ (an absolute path, so console scripts and ``python -m`` agree)
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     """Run one experiment; user errors print one line and exit with code 2."""
     from cl_bench.runner import run

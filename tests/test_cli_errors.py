@@ -17,10 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def clbench(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cl_bench.cli", f"results_dir={tmp_path}/results",
-           f"tasks.cache_dir={tmp_path}/cache", *args]
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    cmd = [sys.executable, "-m", "cl_bench.cli", f"results_dir={tmp_path}/results", *args]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLBENCH_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
 
 
 def assert_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -84,7 +84,8 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     metrics["details"] = details
     metrics.update(extra)
     write_json(run_dir / "metrics.json", metrics)
-    atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp))
+    title = f"{extra.get('strategy')} on {extra.get('tasks')} (seed {extra.get('seed')})"
+    atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp, title))
     return metrics
 
 
@@ -97,9 +98,10 @@ def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
     groups: dict[str, list[int]] = {}
     for j, t in enumerate(stream):
         groups.setdefault(t.metric, []).append(j)
-    fig, axes = plt.subplots(1, len(groups), squeeze=False,
-                             figsize=(1.6 + 1.5 * len(stream), 0.9 + 0.55 * len(df)))
-    for ax, (metric, cols) in zip(axes[0], groups.items()):
+    widths = [2.2 + 1.1 * len(cols) for cols in groups.values()]
+    fig, axes = plt.subplots(1, len(groups), squeeze=False, width_ratios=widths,
+                             figsize=(1.4 + sum(widths), 1.4 + 0.5 * len(df)))
+    for k, (ax, (metric, cols)) in enumerate(zip(axes[0], groups.items())):
         sub = df.iloc[:, cols].to_numpy(float)
         task0 = stream[cols[0]]
         cmap = "viridis" if task0.higher_is_better else "viridis_r"
@@ -116,12 +118,12 @@ def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
             ax.text(j, i, txt, ha="center", va="center", fontsize=9,
                     color="white" if dark else "black")
         ax.set_xticks(range(len(cols)), [stream[c].name for c in cols], rotation=20)
-        ax.set_yticks(range(len(df)), list(df.index))
+        ax.set_yticks(range(len(df)), list(df.index) if k == 0 else [])
         unit = f" ({task0.units})" if task0.units else ""
         arrow = "↑" if task0.higher_is_better else "↓"
         ax.set_title(f"{metric}{unit} {arrow}")
         ax.set_xlabel("evaluated task")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        fig.colorbar(im, ax=ax, shrink=0.9, pad=0.03)
     axes[0][0].set_ylabel("after training")
     if title:
         fig.suptitle(title)

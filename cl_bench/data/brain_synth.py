@@ -7,24 +7,26 @@ the MNI152 2 mm template's tissue maps (``load_mni152_gm_template``, ``..._wm_te
 to ``size``³, then:
 
 * **all subjects**: a random smooth elastic deformation (low-resolution Gaussian displacement field,
-  ~2 voxels at 64³), a head-size scaling of ±5 %, a smooth multiplicative bias field (±15 %) and
-  Gaussian noise (3 % of the white-matter intensity); the T1-like image is a tissue mix
-  CSF 0.25, GM 0.6, WM 1.0 of the deformed maps;
-* **tumour_seg** ("BraTS-like"): a roughly ellipsoidal three-part tumour with an irregular border
-  (radius perturbed by smooth noise), random orientation, 6–13 voxel semi-axes at 64³, centred in
-  white matter: non-enhancing/necrotic core (MSD label 2) at normalised radius < 0.35, enhancing
-  rim (label 3) to 0.55, peritumoral edema (label 1) to 1.0; intensities like post-contrast T1
-  (core 0.4, rim 1.45, edema 0.75 of the local tissue), and a mass effect that pushes surrounding
-  tissue radially away from the centre;
-* **brain_age** ("IXI-like" healthy): age ~ U(20, 86) years; atrophy a = (age − 20)/66 scaled by a
-  per-subject "brain reserve" factor ~ N(1, 0.25): cortical GM thins (a share 0.35·a of GM turns
-  into CSF, i.e. sulcal widening) and the ventricles/central CSF expand (a radial inflation around
-  the brain centre of up to 2.5 voxels at 64³ for a = 1), plus all the subject variability above.
+  ~2 voxels at 64³), a head-size scaling of ±5 %, a smooth multiplicative bias field and Gaussian
+  noise (3 % of the white-matter intensity); the T1-like image is a tissue mix CSF 0.25, GM 0.6,
+  WM 1.0 of the deformed maps;
+* **tumour_seg** ("BraTS-like", bias field ±15 %): a roughly ellipsoidal three-part tumour with an
+  irregular border (radius perturbed by smooth noise), random orientation, 6–13 voxel semi-axes at
+  64³, centred in white matter: non-enhancing/necrotic core (MSD label 2) at normalised radius
+  < 0.35, enhancing rim (label 3) to 0.55, peritumoral edema (label 1) to 1.0; intensities like
+  post-contrast T1 (core 0.4, rim 1.45, edema 0.75 of the local tissue), and a mass effect that
+  pushes surrounding tissue radially away from the centre;
+* **brain_age** ("IXI-like" healthy, bias-corrected: residual bias ±5 %): age ~ U(20, 86) years;
+  atrophy a = (age − 20)/66 scaled by a per-subject "brain reserve" factor ~ N(1, 0.25): cortical
+  GM thins (a share 0.35·a of GM turns into CSF, i.e. sulcal widening) and the ventricles enlarge
+  (a radial inflation of the central region so that its volume grows by 1 + 2a, i.e. about
+  threefold from the 20s to the 80s).
 
 What it does not model: real scanner physics and contrasts (a single T1-like channel; no FLAIR/T2),
 cortical folding differences between people, white-matter lesions, sex effects, non-linear ageing
-trajectories or any site effect. The age signal is global and smooth, so the task is learnable from
-few subjects but noisy; no parameter here was tuned to give a particular model accuracy.
+trajectories or any site effect. Check of plausibility (not of a model): over 24 subjects at 64³,
+the dark (CSF-like) share of brain voxels correlates with age at r ≈ 0.45, near the r ≈ 0.5 of
+ventricle/CSF volume with age in real cohorts; no parameter was tuned to a model's accuracy.
 
 Volumes are z-scored over brain voxels with the background exactly 0 (as MONAI's
 ``NormalizeIntensityd(nonzero=True)``), cached on disk as one ``.npz`` per argument set.
@@ -50,7 +52,7 @@ from cl_bench.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: bump when the generator's output changes, so old caches are not reused
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _TISSUE = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
 
 
@@ -101,10 +103,10 @@ def _base_coords(rng: np.random.Generator, size: int) -> np.ndarray:
     return (grid - centre) / scale + centre + disp
 
 
-def _image(maps: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def _image(maps: dict[str, np.ndarray], rng: np.random.Generator, bias: float) -> np.ndarray:
     size = maps["mask"].shape[0]
     img = sum(w * maps[k] for k, w in _TISSUE.items())
-    img = img * np.exp(0.15 * _smooth_field(rng, size, 3))
+    img = img * np.exp(bias * _smooth_field(rng, size, 3))
     img = img + rng.normal(0, 0.03, img.shape)
     return img
 
@@ -145,7 +147,7 @@ def tumour_subject(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     label[d < 0.55] = 3
     label[d < 0.35] = 2
     label[~mask] = 0
-    img = _image(maps, rng)
+    img = _image(maps, rng, bias=0.15)
     factor = np.choose(label, [1.0, 0.75, 0.4, 1.45]) * 1.0
     tumour = label > 0
     img[tumour] = (factor[tumour] * np.maximum(img[tumour], 0.6)
@@ -161,18 +163,19 @@ def age_subject(size: int, age: float, rng: np.random.Generator) -> np.ndarray:
     centre = np.array([(size - 1) / 2] * 3, np.float32)[:, None, None, None]
     rel = grid - centre
     r = np.sqrt((rel ** 2).sum(0))
-    # ventricular / central CSF expansion: radial inflation around the brain centre
-    inflate = 2.5 * a * size / 64 * np.exp(-(r / (0.18 * size)) ** 2)
+    # ventricular enlargement: radial inflation around the brain centre, the central ~8-voxel
+    # (at 64^3) region growing by a factor (1 + 2a) in volume (lateral ventricles roughly triple
+    # between the 20s and the 80s)
+    r0 = 8.0 * size / 64
+    inflate = r0 * ((1 + 2 * a) ** (1 / 3) - 1) * np.exp(-(r / (1.5 * r0)) ** 2)
     coords = _base_coords(rng, size) - inflate * rel / np.maximum(r, 1e-3)
     maps = _warp(atlas, coords)
-    central = np.exp(-(r / (0.15 * size)) ** 2)
-    grown = maps["csf"] + (maps["wm"] + maps["gm"]) * np.clip(0.6 * a * central, 0, 0.8)
     # cortical thinning: part of the grey matter becomes CSF (sulcal widening)
     lost = 0.35 * a * maps["gm"]
-    maps = {"gm": maps["gm"] - lost,
-            "wm": maps["wm"] * (1 - np.clip(0.6 * a * central, 0, 0.8)),
-            "csf": np.clip(grown + lost, 0, 1), "mask": maps["mask"]}
-    return _normalise(_image(maps, rng), maps["mask"])[None]
+    maps = {"gm": maps["gm"] - lost, "wm": maps["wm"], "csf": np.clip(maps["csf"] + lost, 0, 1),
+            "mask": maps["mask"]}
+    # healthy research scans are bias-corrected (N4) before use: a smaller residual bias field
+    return _normalise(_image(maps, rng, bias=0.05), maps["mask"])[None]
 
 
 def _check(name: str, ok: bool, expected: str, value) -> None:

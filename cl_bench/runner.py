@@ -68,19 +68,19 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.hardware.num_threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     for key in ("strategy", "backbone", "tasks"):  # fail on any bad key before heavy work
         check_node(cfg[key], key)
     if cfg.get("logger") and cfg.logger.get("_target_"):
         check_node(cfg.logger, "logger")
     strategy = build(cfg.strategy, "strategy")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
+    model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
     stream = build(cfg.tasks, "tasks")
     names = [t.name for t in stream]
     if not stream or len(set(names)) != len(names):
         raise ConfigError(f"tasks: expected a non-empty stream of uniquely named tasks, got {names}")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # same init whatever the data cost
-    model = build(cfg.backbone, "backbone")
+    torch.manual_seed(cfg.seed + 1)  # heads: independent of how the data were made (cache or not)
     for task in stream:
         channels = task.train[0]["image"].shape[0]
         if channels != model.encoder.in_channels:

@@ -26,7 +26,7 @@ def assert_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None
     assert proc.returncode != 0
     err = proc.stderr
     assert "Traceback" not in err, err
-    assert len([ln for ln in err.splitlines() if ln.strip()]) <= 12, err
+    assert len([ln for ln in err.split("\n") if ln.strip()]) <= 12, err
     for needle in needles:
         assert needle in err, f"{needle!r} not in:\n{err}"
 

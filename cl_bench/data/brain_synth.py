@@ -186,7 +186,8 @@ def _check(name: str, ok: bool, expected: str, value) -> None:
 def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.ndarray]:
     out: dict[str, list] = {k: [] for k in ("seg_x", "seg_y", "age_x", "age_y")}
     total = 2 * (n_train + n_test)
-    with tqdm(total=total, desc=f"generating brain_seg_age ({size}^3)", leave=False) as bar:
+    desc = f"generating brain_seg_age ({size}^3)"
+    with tqdm(total=total, desc=desc, leave=False, disable=None) as bar:
         for split, n in (("train", n_train), ("test", n_test)):
             for i in range(n):
                 rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1, i])

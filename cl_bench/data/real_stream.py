@@ -201,7 +201,7 @@ def _transforms(size: int, spacing, with_label: bool):
 def _load(subjects: list[dict], transform, desc: str, msd_channels: list[int] | None,
           remap: dict[int, int] | None, labels: set[int] | None) -> tuple[np.ndarray, np.ndarray]:
     images, targets = [], []
-    for s in tqdm(subjects, desc=desc, leave=False):
+    for s in tqdm(subjects, desc=desc, leave=False, disable=None):
         data = {"image": s["image"]} if labels is None else {"image": s["image"], "label": s["label"]}
         where = s["image"] if isinstance(s["image"], str) else ", ".join(s["image"])
         try:

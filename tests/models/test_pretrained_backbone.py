@@ -1,0 +1,53 @@
+"""The shipped pretrained checkpoint of the default backbone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cl_bench.errors import DataError
+from cl_bench.models.backbones import PRETRAINED, ViTEncoder
+
+CKPT = PRETRAINED["vit3d_tiny_mae"]
+
+
+def test_shipped_checkpoint_is_small_and_loads_strictly():
+    assert CKPT.is_file() and CKPT.stat().st_size <= 20 * 2**20
+    meta = json.loads(CKPT.with_suffix(".json").read_text())
+    assert meta["loss_last_50"] < meta["loss_first_50"]  # the MAE did learn
+    enc = ViTEncoder(weights="vit3d_tiny_mae")  # the default vit3d_tiny config
+    sd = load_file(str(CKPT))
+    for k, v in enc.vit.state_dict().items():
+        assert torch.equal(v, sd[k].float()), k
+    assert not torch.equal(enc.vit.state_dict()["blocks.0.attn.qkv.weight"],
+                           ViTEncoder().vit.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def test_corrupt_copy_names_the_file(tmp_path):
+    bad = tmp_path / "vit.safetensors"
+    bad.write_bytes(CKPT.read_bytes()[:1000])
+    with pytest.raises(DataError, match=f"cannot read checkpoint {bad}"):
+        ViTEncoder(weights=str(bad))
+
+
+def test_renamed_key_is_listed(tmp_path):
+    sd = load_file(str(CKPT))
+    sd["blocks.0.attn.qkv_renamed.weight"] = sd.pop("blocks.0.attn.qkv.weight")
+    path = tmp_path / "renamed.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(DataError) as err:
+        ViTEncoder(weights=str(path))
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "missing keys (1): blocks.0.attn.qkv.weight" in msg
+    assert "unexpected keys (1): blocks.0.attn.qkv_renamed.weight" in msg
+
+
+def test_position_embedding_must_match_the_grid(tmp_path):
+    shutil.copy(CKPT, tmp_path / "v.safetensors")
+    with pytest.raises(DataError, match="patch_embedding.position_embeddings"):
+        ViTEncoder(img_size=32, weights=str(tmp_path / "v.safetensors"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -45,11 +46,15 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str) -> L.Trainer:
     logger = False
     if cfg.get("logger") and cfg.logger.get("_target_"):
         logger = build(cfg.logger, "logger", save_dir=str(run_dir / "logs"), name=task_name)
-    return L.Trainer(max_steps=cfg.train.max_steps, max_epochs=-1, accelerator=hw.accelerator,
-                     devices=hw.devices, precision=hw.precision, deterministic=hw.deterministic,
-                     logger=logger, enable_checkpointing=False, enable_model_summary=False,
-                     enable_progress_bar=cfg.train.progress_bar, default_root_dir=str(run_dir),
-                     log_every_n_steps=cfg.train.log_every_n_steps)
+    try:
+        return L.Trainer(max_steps=cfg.train.max_steps, max_epochs=-1, accelerator=hw.accelerator,
+                         devices=hw.devices, precision=hw.precision, deterministic=hw.deterministic,
+                         logger=logger, enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=cfg.train.progress_bar, default_root_dir=str(run_dir),
+                         log_every_n_steps=cfg.train.log_every_n_steps)
+    except (MisconfigurationException, ValueError, RuntimeError) as e:
+        raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
+                          f"devices={hw.devices!r}, precision={hw.precision!r}: {e}") from None
 
 
 def _count(params) -> int:

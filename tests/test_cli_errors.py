@@ -39,6 +39,7 @@ def assert_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None
     (["strategy.rank=-4"], ["strategy.rank", "-4"]),               # out of range
     (["tasks=brats_ixi", "tasks.brats_root=/no/such/dir"], ["tasks.brats_root", "/no/such/dir"]),
     (["backbone.weights=/no/such.safetensors"], ["backbone.weights", "/no/such.safetensors"]),
+    (["hardware=gpu", "backbone.weights=null"], ["hardware", "gpu"]),              # no GPU here
 ])
 def test_bad_input_gives_one_clear_message(tmp_path, args, needles):
     assert_clear_error(clbench(tmp_path, *args), *needles)
@@ -62,3 +63,14 @@ def test_nan_loss_stops_with_message_and_keeps_rows(compose_cfg, tmp_path, monke
     R = pd.read_csv(tmp_path / "matrix.csv", index_col=0)
     assert list(R.index) == ["init", "after_tumour_seg"]
     assert np.isfinite(R.to_numpy()).all()
+
+
+def test_diverging_run_from_the_command_line(tmp_path):
+    """An absurd learning rate: exit code 2, one message naming the task, the init row kept."""
+    proc = clbench(tmp_path, "tasks.size=32", "tasks.n_train=2", "tasks.n_test=1",
+                   "backbone.weights=null", "backbone.num_layers=2", "train.max_steps=4",
+                   "strategy=seq_ft", "strategy.lr=1e30", "train.progress_bar=false")
+    assert proc.returncode == 2
+    assert_clear_error(proc, "task 'tumour_seg'", "loss became")
+    (matrix,) = (tmp_path / "results").rglob("matrix.csv")
+    assert list(pd.read_csv(matrix, index_col=0).index) == ["init"]

@@ -4,6 +4,7 @@ evaluated after every task, results written atomically after each row."""
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import time
 import warnings
@@ -41,13 +42,13 @@ class RunOutput:
     run_dir: Path
 
 
-def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str) -> L.Trainer:
+def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, epochs: int) -> L.Trainer:
     hw = cfg.hardware
     logger = False
     if cfg.get("logger") and cfg.logger.get("_target_"):
         logger = build(cfg.logger, "logger", save_dir=str(run_dir / "logs"), name=task_name)
     try:
-        return L.Trainer(max_steps=cfg.train.max_steps, max_epochs=-1, accelerator=hw.accelerator,
+        return L.Trainer(max_steps=cfg.train.max_steps, max_epochs=epochs, accelerator=hw.accelerator,
                          devices=hw.devices, precision=hw.precision, deterministic=hw.deterministic,
                          logger=logger, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=cfg.train.progress_bar, default_root_dir=str(run_dir),
@@ -131,7 +132,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(cfg.seed * 1000 + t))
         start = time.perf_counter()
-        trainer = _make_trainer(cfg, run_dir, task.name)
+        epochs = math.ceil(cfg.train.max_steps / max(len(loader), 1))  # max_steps decides
+        trainer = _make_trainer(cfg, run_dir, task.name, epochs)
         trainer.fit(LitTask(model, strategy, task, t), train_dataloaders=loader)
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start

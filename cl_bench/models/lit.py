@@ -73,9 +73,8 @@ class LitTask(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = self.strategy.trainable_parameters()
-        if not params:
+        groups = self.strategy.param_groups(self.task)
+        if not groups:
             raise TrainingError(f"strategy {self.strategy.name!r} left no trainable parameters "
                                 f"for task {self.task.name!r}")
-        return torch.optim.AdamW(params, lr=self.strategy.lr,
-                                 weight_decay=self.strategy.weight_decay)
+        return torch.optim.AdamW(groups, weight_decay=self.strategy.weight_decay)

@@ -30,23 +30,26 @@ class Strategy:
     """Base class of every continual-learning strategy.
 
     Args:
-        lr: learning rate of the task's optimiser (AdamW).
+        lr: AdamW learning rate of the shared parameters that train (backbone, adapters).
+        head_lr: AdamW learning rate of the current task's head (a fresh decoder/MLP usually
+            needs a larger one than a pretrained backbone).
         weight_decay: AdamW weight decay.
 
     Raises:
         ConfigError: a non-positive learning rate or negative weight decay
-        (keys ``strategy.lr``, ``strategy.weight_decay``).
+        (keys ``strategy.lr``, ``strategy.head_lr``, ``strategy.weight_decay``).
     """
 
     #: short name used in result paths and tables
     name = "base"
 
-    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0):
-        if not lr > 0:
-            raise ConfigError(f"strategy.lr: expected a positive float, got {lr}")
+    def __init__(self, lr: float = 1e-3, head_lr: float = 1e-3, weight_decay: float = 0.0):
+        for key, value in (("lr", lr), ("head_lr", head_lr)):
+            if not value > 0:
+                raise ConfigError(f"strategy.{key}: expected a positive float, got {value}")
         if weight_decay < 0:
             raise ConfigError(f"strategy.weight_decay: expected >= 0, got {weight_decay}")
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.lr, self.head_lr, self.weight_decay = float(lr), float(head_lr), float(weight_decay)
         self.model: nn.Module | None = None
         self.stream: list[Task] = []
 
@@ -64,6 +67,14 @@ class Strategy:
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates for the current task (default: ``requires_grad``)."""
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def param_groups(self, task: Task) -> list[dict]:
+        """Optimiser parameter groups: the task's head at ``head_lr``, the rest at ``lr``."""
+        head = {id(p) for p in self.model.heads[task.name].parameters()}
+        params = self.trainable_parameters()
+        groups = [{"params": [p for p in params if id(p) in head], "lr": self.head_lr},
+                  {"params": [p for p in params if id(p) not in head], "lr": self.lr}]
+        return [g for g in groups if g["params"]]
 
     def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
         """Extra loss term added to the task loss (regularisers); ``None`` for none."""

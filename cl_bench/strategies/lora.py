@@ -37,7 +37,7 @@ class LoRA(Strategy):
         dropout: dropout on the LoRA input, in [0, 1).
         target_modules: names of the backbone's ``nn.Linear`` modules to adapt (MONAI ViT:
             ``qkv``, ``out_proj``, ``linear1``, ``linear2``).
-        lr, weight_decay: optimiser settings.
+        lr, head_lr, weight_decay: optimiser settings (adapters at ``lr``, head at ``head_lr``).
 
     Raises:
         ConfigError: rank/alpha not positive, dropout out of range, or a target module the
@@ -48,8 +48,8 @@ class LoRA(Strategy):
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  target_modules: list[str] = ("qkv", "out_proj"), lr: float = 1e-3,
-                 weight_decay: float = 0.0):
-        super().__init__(lr=lr, weight_decay=weight_decay)
+                 head_lr: float = 1e-3, weight_decay: float = 0.0):
+        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if rank <= 0:
             raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")
         if alpha <= 0:

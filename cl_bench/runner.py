@@ -48,8 +48,9 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, epochs: int) -
     if cfg.get("logger") and cfg.logger.get("_target_"):
         logger = build(cfg.logger, "logger", save_dir=str(run_dir / "logs"), name=task_name)
     try:
-        return L.Trainer(max_steps=cfg.train.max_steps, max_epochs=epochs, accelerator=hw.accelerator,
-                         devices=hw.devices, precision=hw.precision, deterministic=hw.deterministic,
+        return L.Trainer(max_steps=cfg.train.max_steps, max_epochs=epochs,
+                         accelerator=hw.accelerator, devices=hw.devices,
+                         precision=hw.precision, deterministic=hw.deterministic,
                          logger=logger, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=cfg.train.progress_bar, default_root_dir=str(run_dir),
                          log_every_n_steps=cfg.train.log_every_n_steps)

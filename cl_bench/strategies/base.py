@@ -43,7 +43,7 @@ class Strategy:
     #: short name used in result paths and tables
     name = "base"
 
-    def __init__(self, lr: float = 1e-3, head_lr: float = 1e-3, weight_decay: float = 0.0):
+    def __init__(self, lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
         for key, value in (("lr", lr), ("head_lr", head_lr)):
             if not value > 0:
                 raise ConfigError(f"strategy.{key}: expected a positive float, got {value}")

@@ -48,7 +48,7 @@ class LoRA(Strategy):
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  target_modules: list[str] = ("qkv", "out_proj"), lr: float = 1e-3,
-                 head_lr: float = 1e-3, weight_decay: float = 0.0):
+                 head_lr: float = 3e-3, weight_decay: float = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if rank <= 0:
             raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")

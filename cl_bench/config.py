@@ -27,7 +27,7 @@ from cl_bench.errors import ClBenchError, ConfigError
 class TrainConfig:
     """Per-task training loop settings (a new Lightning Trainer per task)."""
 
-    max_steps: int = 200          #: optimiser steps per task
+    max_steps: int = 600          #: optimiser steps per task
     batch_size: int = 2
     eval_batch_size: int = 4
     log_every_n_steps: int = 10

@@ -20,6 +20,7 @@ class ContinualModel(nn.Module):
     Args:
         backbone: the shared encoder.
         decoder_feature_size: width of segmentation decoders at full resolution.
+        decoder_image_skip: give decoders UNETR's raw-image skip (see ``SegmentationDecoder``).
         regression_width: hidden width of regression heads.
 
     Shapes:
@@ -31,12 +32,13 @@ class ContinualModel(nn.Module):
     """
 
     def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
-                 regression_width: int = 64):
+                 regression_width: int = 64, decoder_image_skip: bool = False):
         super().__init__()
         self.backbone = backbone
         self.heads = nn.ModuleDict()
         self.decoder_feature_size = decoder_feature_size
         self.regression_width = regression_width
+        self.decoder_image_skip = decoder_image_skip
 
     @property
     def encoder(self) -> ViTEncoder:
@@ -50,7 +52,7 @@ class ContinualModel(nn.Module):
         if task.kind == "segmentation":
             head = SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers,
                                        enc.patch_size, task.num_classes, self.decoder_feature_size,
-                                       enc.spatial_dims)
+                                       enc.spatial_dims, self.decoder_image_skip)
         elif task.kind == "regression":
             head = RegressionHead(enc.hidden_size, self.regression_width)
         else:
@@ -70,7 +72,8 @@ class ContinualModel(nn.Module):
 def make_model(in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
                hidden_size: int = 192, mlp_dim: int = 768, num_layers: int = 12, num_heads: int = 3,
                spatial_dims: int = 3, dropout_rate: float = 0.0, weights: str | None = None,
-               decoder_feature_size: int = 8, regression_width: int = 64) -> ContinualModel:
+               decoder_feature_size: int = 8, regression_width: int = 64,
+               decoder_image_skip: bool = False) -> ContinualModel:
     """Build the stream's :class:`ContinualModel` from a ``conf/backbone`` node.
 
     Args: as :class:`~cl_bench.models.backbones.ViTEncoder` plus the head widths.
@@ -80,4 +83,4 @@ def make_model(in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
     """
     enc = ViTEncoder(in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers,
                      num_heads, spatial_dims, dropout_rate, weights)
-    return ContinualModel(enc, decoder_feature_size, regression_width)
+    return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip)

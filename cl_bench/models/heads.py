@@ -1,9 +1,11 @@
 """Task heads on top of a :class:`~cl_bench.models.backbones.ViTEncoder`.
 
 * :class:`SegmentationDecoder`: the UNETR decoder (Hatamizadeh et al. 2022, arXiv 2103.10497)
-  built from MONAI's UNETR blocks (module names as in MONAI's ``UNETR``). Deviation from UNETR:
-  the skip paths up-sample with transposed convolutions only (``conv_block=False``), and the
-  default tiny backbone uses ``feature_size`` 8 instead of 16: a "light" decoder for CPU runs.
+  built from MONAI's UNETR blocks (module names as in MONAI's ``UNETR``). Deviations from UNETR:
+  the skip paths up-sample with transposed convolutions only (``conv_block=False``); the default
+  tiny backbone uses ``feature_size`` 8 instead of 16 and no raw-image skip (``image_skip=False``),
+  so the decoder reads the backbone's features only: a light "probe" decoder, 6x cheaper on CPU,
+  and one through which a drifting backbone shows as forgetting. ``backbone=unetr`` keeps the skip.
 * :class:`RegressionHead`: layer-normed mean of the tokens -> MLP -> one scalar (a normalised
   target; the task de-normalises to native units).
 """
@@ -26,6 +28,9 @@ class SegmentationDecoder(nn.Module):
         out_channels: segmentation classes K including background.
         feature_size: decoder width at full resolution (UNETR: 16).
         spatial_dims: 2 or 3.
+        image_skip: UNETR's full-resolution skip from the raw image (``encoder1``). Without it
+            (the light default) every voxel's prediction comes from the backbone's features
+            alone, as for a probe on a foundation model; the last stage only up-samples.
 
     Shapes:
         ``forward(grid_fn, tokens, hidden, image)`` returns logits ``(B, K, *spatial)``.
@@ -35,32 +40,38 @@ class SegmentationDecoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, hidden_size: int, num_layers: int, patch_size: int,
-                 out_channels: int, feature_size: int = 8, spatial_dims: int = 3):
+                 out_channels: int, feature_size: int = 8, spatial_dims: int = 3,
+                 image_skip: bool = False):
         super().__init__()
         if patch_size != 16:
             raise ValueError(f"SegmentationDecoder needs backbone.patch_size=16, got {patch_size}")
         fs, sd, norm = feature_size, spatial_dims, "instance"
         q = max(num_layers // 4, 1)
         self.skip_layers = (q - 1, 2 * q - 1, 3 * q - 1)
-        self.encoder1 = UnetrBasicBlock(sd, in_channels, fs, 3, 1, norm, res_block=True)
+        self.image_skip = image_skip
         self.encoder2 = UnetrPrUpBlock(sd, hidden_size, fs * 2, 2, 3, 1, 2, norm, False, True)
         self.encoder3 = UnetrPrUpBlock(sd, hidden_size, fs * 4, 1, 3, 1, 2, norm, False, True)
         self.encoder4 = UnetrPrUpBlock(sd, hidden_size, fs * 8, 0, 3, 1, 2, norm, False, True)
         self.decoder5 = UnetrUpBlock(sd, hidden_size, fs * 8, 3, 2, norm, res_block=True)
         self.decoder4 = UnetrUpBlock(sd, fs * 8, fs * 4, 3, 2, norm, res_block=True)
         self.decoder3 = UnetrUpBlock(sd, fs * 4, fs * 2, 3, 2, norm, res_block=True)
-        self.decoder2 = UnetrUpBlock(sd, fs * 2, fs, 3, 2, norm, res_block=True)
+        if image_skip:
+            self.encoder1 = UnetrBasicBlock(sd, in_channels, fs, 3, 1, norm, res_block=True)
+            self.decoder2 = UnetrUpBlock(sd, fs * 2, fs, 3, 2, norm, res_block=True)
+        else:  # a single transposed convolution to full resolution
+            self.decoder2 = UnetrPrUpBlock(sd, fs * 2, fs, 0, 3, 1, 2, norm, False, True)
         self.out = UnetOutBlock(sd, fs, out_channels)
 
     def forward(self, to_grid, tokens: torch.Tensor, hidden: list[torch.Tensor],
                 image: torch.Tensor) -> torch.Tensor:
         a, b, c = (to_grid(hidden[i]) for i in self.skip_layers)
-        enc1, enc2, enc3, enc4 = (self.encoder1(image), self.encoder2(a), self.encoder3(b),
-                                  self.encoder4(c))
+        enc2, enc3, enc4 = self.encoder2(a), self.encoder3(b), self.encoder4(c)
         dec3 = self.decoder5(to_grid(tokens), enc4)
         dec2 = self.decoder4(dec3, enc3)
         dec1 = self.decoder3(dec2, enc2)
-        return self.out(self.decoder2(dec1, enc1))
+        if self.image_skip:
+            return self.out(self.decoder2(dec1, self.encoder1(image)))
+        return self.out(self.decoder2(dec1))
 
 
 class RegressionHead(nn.Module):

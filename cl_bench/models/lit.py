@@ -1,7 +1,8 @@
 """The LightningModule that trains one task of the stream, and the task losses.
 
-Losses: segmentation uses MONAI's ``DiceCELoss`` (softmax, one-hot targets; Milletari et al. 2016,
-arXiv 1606.04797 for Dice); regression uses the mean squared error on the normalised target
+Losses: segmentation uses MONAI's ``DiceCELoss`` (softmax, one-hot targets, Dice over the
+foreground classes only since tumours fill ~2 % of a volume; Milletari et al. 2016, arXiv
+1606.04797 for the Dice loss); regression uses the mean squared error on the normalised target
 ``(y - task.target_mean) / task.target_std``.
 """
 
@@ -28,7 +29,8 @@ class TaskLoss(nn.Module):
     def __init__(self, task: Task):
         super().__init__()
         self.task = task
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True) if task.kind == "segmentation" else None
+        self.dice_ce = (DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+                        if task.kind == "segmentation" else None)
 
     def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if self.dice_ce is not None:

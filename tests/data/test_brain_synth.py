@@ -1,0 +1,83 @@
+"""The embedded brain_seg_age generator: shapes, labels, determinism, cache, age signal, quirk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cl_bench.data.brain_synth import age_subject, make_brain_seg_age
+from cl_bench.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("synth")
+    return make_brain_seg_age(size=24, n_train=3, n_test=2, seed=3, cache_dir=str(cache)), cache
+
+
+def test_shapes_labels_and_normalisation(stream):
+    (seg, age), _ = stream
+    assert (seg.name, seg.kind, seg.num_classes) == ("tumour_seg", "segmentation", 4)
+    assert (age.name, age.kind, age.units) == ("brain_age", "regression", "years")
+    x, y = seg.train.images, seg.train.labels
+    assert x.shape == (3, 1, 24, 24, 24) and y.shape == (3, 1, 24, 24, 24)
+    assert len(seg.test) == 2 and age.test.images.shape == (2, 1, 24, 24, 24)
+    for i in range(3):  # every subject has all three tumour parts
+        assert set(np.unique(y[i]).tolist()) == {0, 1, 2, 3}
+    brain = x != 0
+    assert (y[~brain] == 0).all()  # tumour only inside the brain
+    for img in list(x) + list(age.train.images):  # z-scored over the brain, background exactly 0
+        vals = img[img != 0]
+        assert abs(float(vals.mean())) < 1e-4 and abs(float(vals.std()) - 1) < 1e-2
+    ages = age.train.labels.numpy()
+    assert ((ages >= 20) & (ages <= 86)).all()
+    assert age.target_mean == pytest.approx(float(ages.mean()), rel=1e-6)
+
+
+def test_deterministic_and_cached(stream):
+    (seg, age), cache = stream
+    files = list((cache / "brain_seg_age").glob("*.npz"))
+    assert len(files) == 1
+    again = make_brain_seg_age(size=24, n_train=3, n_test=2, seed=3, cache_dir=str(cache))
+    fresh = make_brain_seg_age(size=24, n_train=3, n_test=2, seed=3, cache_dir=None)
+    for other in (again, fresh):
+        assert np.array_equal(other[0].train.images, seg.train.images)
+        assert np.array_equal(other[0].test.labels, seg.test.labels)
+        assert np.array_equal(other[1].train.labels, age.train.labels)
+    different = make_brain_seg_age(size=24, n_train=3, n_test=2, seed=4)
+    assert not np.array_equal(different[0].train.images, seg.train.images)
+
+
+def test_corrupt_cache_is_regenerated(tmp_path):
+    ref = make_brain_seg_age(size=16, n_train=1, n_test=1, cache_dir=str(tmp_path))
+    (path,) = (tmp_path / "brain_seg_age").glob("*.npz")
+    path.write_bytes(b"truncated")
+    again = make_brain_seg_age(size=16, n_train=1, n_test=1, cache_dir=str(tmp_path))
+    assert np.array_equal(again[0].train.images, ref[0].train.images)
+
+
+def test_missing_ages_are_imputed_in_training_labels_only():
+    ref = make_brain_seg_age(size=16, n_train=4, n_test=2)
+    seg, age = make_brain_seg_age(size=16, n_train=4, n_test=2, missing_age_fraction=0.5)
+    train = age.train.labels.numpy()
+    assert (train == 50.0).sum() == 2 and age.info["imputed_ages"] == 2
+    kept = train != 50.0
+    assert np.array_equal(train[kept], ref[1].train.labels.numpy()[kept])
+    assert np.array_equal(age.test.labels, ref[1].test.labels)  # test ages stay true
+
+
+def test_age_drives_atrophy():
+    """The older brain has more CSF-dark voxels (same subject draw, only the age differs)."""
+    dark = []
+    for a in (20, 50, 86):
+        x = age_subject(32, a, np.random.default_rng(11))[0]
+        dark.append(float((x[x != 0] < -1).mean()))
+    assert dark[0] < dark[1] < dark[2]
+
+
+@pytest.mark.parametrize("kw, key", [({"size": 8}, "tasks.size"), ({"n_train": 0}, "tasks.n_train"),
+                                     ({"n_test": 0}, "tasks.n_test"),
+                                     ({"missing_age_fraction": 1.5}, "tasks.missing_age_fraction")])
+def test_bad_arguments_name_the_key(kw, key):
+    with pytest.raises(ConfigError, match=key):
+        make_brain_seg_age(**kw)

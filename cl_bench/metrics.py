@@ -380,7 +380,7 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (int, np.integer)):
         return int(x)
     if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
+        return float(x) + 0.0 if math.isfinite(x) else None  # + 0.0: no "-0.0" in JSON
     return x
 
 

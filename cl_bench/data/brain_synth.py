@@ -24,9 +24,10 @@ to ``size``³, then:
 
 What it does not model: real scanner physics and contrasts (a single T1-like channel; no FLAIR/T2),
 cortical folding differences between people, white-matter lesions, sex effects, non-linear ageing
-trajectories or any site effect. Check of plausibility (not of a model): over 24 subjects at 64³,
-the dark (CSF-like) share of brain voxels correlates with age at r ≈ 0.45, near the r ≈ 0.5 of
-ventricle/CSF volume with age in real cohorts; no parameter was tuned to a model's accuracy.
+trajectories or any site effect. Check that age is in the images (not a model's accuracy target): on
+the default stream, a ridge regression on four intensity-histogram fractions of the brain (shares
+of voxels below -1.5, -1, -0.5, 0 SD) predicts age with MAE 6.4 years from the 24 training
+subjects, against 16.0 years for the mean; no parameter was tuned to a model's accuracy.
 
 Volumes are z-scored over brain voxels with the background exactly 0 (as MONAI's
 ``NormalizeIntensityd(nonzero=True)``), cached on disk as one ``.npz`` per argument set.

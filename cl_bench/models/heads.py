@@ -18,7 +18,7 @@ from torch import nn
 
 
 class SegmentationDecoder(nn.Module):
-    """UNETR-style decoder from ViT hidden states (layers L/4, L/2, 3L/4, L) plus the input image.
+    """UNETR-style decoder from ViT hidden states (blocks L/4, L/2, 3L/4 and the output).
 
     Args:
         in_channels: image channels C (the input skip).
@@ -46,8 +46,8 @@ class SegmentationDecoder(nn.Module):
         if patch_size != 16:
             raise ValueError(f"SegmentationDecoder needs backbone.patch_size=16, got {patch_size}")
         fs, sd, norm = feature_size, spatial_dims, "instance"
-        q = max(num_layers // 4, 1)
-        self.skip_layers = (q - 1, 2 * q - 1, 3 * q - 1)
+        # UNETR takes blocks 3, 6, 9 of 12: the same fractions of any depth
+        self.skip_layers = tuple(min(k * num_layers // 4, num_layers - 1) for k in (1, 2, 3))
         self.image_skip = image_skip
         self.encoder2 = UnetrPrUpBlock(sd, hidden_size, fs * 2, 2, 3, 1, 2, norm, False, True)
         self.encoder3 = UnetrPrUpBlock(sd, hidden_size, fs * 4, 1, 3, 1, 2, norm, False, True)

@@ -75,10 +75,13 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     init = df.loc["init"].to_numpy(float) if "init" in df.index else None
     metrics = {"complete": False, "tasks_completed": 0, "num_tasks": len(stream)}
     if len(trained):
-        metrics = cl_metrics(trained.to_numpy(float), init,
-                             higher_is_better=[t.higher_is_better for t in stream],
-                             task_names=[t.name for t in stream],
-                             metric_names=[t.metric for t in stream])
+        try:
+            metrics = cl_metrics(trained.to_numpy(float), init,
+                                 higher_is_better=[t.higher_is_better for t in stream],
+                                 task_names=[t.name for t in stream],
+                                 metric_names=[t.metric for t in stream])
+        except ValueError as e:  # e.g. a NaN Dice (no labelled voxel at all): keep the matrix
+            metrics["error"] = f"metrics not computed: {e}"
     metrics["units"] = {t.name: {"metric": t.metric, "units": t.units,
                                  "higher_is_better": t.higher_is_better} for t in stream}
     metrics["details"] = details

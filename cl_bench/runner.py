@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from cl_bench.config import build, check_node
@@ -146,8 +146,3 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         write_json(run_dir / "timing.json", timing)
         metrics = write_results(run_dir, stream, rows, details, extra)
     return RunOutput(metrics, model, strategy, run_dir)
-
-
-def resolved_config(cfg: DictConfig) -> dict:
-    """The config as a plain dict (for logs and metrics)."""
-    return OmegaConf.to_container(cfg, resolve=True)

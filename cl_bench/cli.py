@@ -8,7 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
 from cl_bench.errors import ClBenchError
@@ -18,6 +18,43 @@ log = logging.getLogger("cl_bench")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def _run_dir(resume: str | None, default: str) -> str:
+    """``hydra.run.dir``: the directory given by ``resume=`` (which must hold a run), else
+    ``default``."""
+    if resume in (None, "", "None", "null"):
+        return default
+    if not (Path(resume) / "checkpoints" / "config.yaml").is_file():
+        raise ValueError(f"resume={resume}: not a cl_bench run directory (no "
+                         f"{Path(resume) / 'checkpoints' / 'config.yaml'})")
+    return str(resume)
+
+
+def _output_subdir(resume: str | None) -> str:
+    """``hydra.output_subdir``: a resumed run keeps its original ``.hydra/`` files."""
+    return ".hydra" if resume in (None, "", "None", "null") else ".hydra/resumed"
+
+
+OmegaConf.register_new_resolver("clbench_run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("clbench_output_subdir", _output_subdir, replace=True)
+
+
+def _adopt_saved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """``clbench resume=<dir>`` alone: continue with the config the run was started with."""
+    from cl_bench.checkpoint import RUN_LOCAL_KEYS, saved_config
+
+    overrides = HydraConfig.get().overrides.task
+    if any(o.split("=", 1)[0].lstrip("+~") not in RUN_LOCAL_KEYS for o in overrides):
+        return cfg  # the user restated a config: the runner checks it matches the run's
+    saved = saved_config(run_dir)
+    if saved is None:
+        return cfg
+    merged = OmegaConf.merge(saved, {k: v for k, v in cfg.items() if k in RUN_LOCAL_KEYS})
+    with open_dict(merged):
+        for key in ("train.progress_bar", "hardware.num_threads"):
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    return merged
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     """Run one experiment; user errors print one line and exit with code 2."""
@@ -25,6 +62,8 @@ def main(cfg: DictConfig) -> None:
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
+        if cfg.get("resume"):
+            cfg = _adopt_saved_config(cfg, Path(run_dir))
         run(cfg, run_dir)
     except ClBenchError as e:
         print(f"clbench: error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
@@ -32,6 +32,7 @@ class TrainConfig:
     eval_batch_size: int = 4
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    checkpoint_every_n_epochs: int = 5  #: mid-task checkpoint period (epoch ends; 0 = never)
 
 
 @dataclass
@@ -40,9 +41,12 @@ class HardwareConfig:
 
     accelerator: str = "cpu"      #: Lightning accelerator: cpu, gpu, auto
     devices: Any = 1              #: Lightning devices: int, list or "auto"
+    strategy: str = "auto"        #: Lightning strategy: auto, ddp, ddp_spawn, ...
+    num_nodes: int = 1            #: Lightning num_nodes (multi-node DDP)
     precision: str = "32-true"    #: Lightning precision, e.g. 32-true, bf16-mixed
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
     num_threads: int = 2          #: torch intra-op threads
+    slurm: Any = None             #: hardware=slurm: partition, time, cpus, mem, gpus, ... (cli)
 
 
 @dataclass
@@ -58,6 +62,7 @@ class ClBenchConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     logger: Any = None
     experiment: Any = None
+    resume: Optional[str] = None  #: a run directory to continue (see cl_bench.checkpoint)
 
 
 ConfigStore.instance().store(name="clbench_schema", node=ClBenchConfig)

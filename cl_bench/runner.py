@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -13,15 +14,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from cl_bench import checkpoint as ckpt
 from cl_bench.config import build, check_node
 from cl_bench.errors import ConfigError
 from cl_bench.evaluation import evaluate_task
 from cl_bench.models.lit import LitTask
-from cl_bench.results import write_json, write_results
+from cl_bench.loggers import close_logger, log_row, make_logger
+from cl_bench.results import matrix_frame, write_json, write_results
 
 log = logging.getLogger(__name__)
 # Lightning's banner lines ("GPU available: False", tips) are noise in a stream of many Trainers
@@ -30,6 +35,8 @@ logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNIN
 warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=".*treespec.*")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
+warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resumed mid-task
 
 
 @dataclass
@@ -42,21 +49,39 @@ class RunOutput:
     run_dir: Path
 
 
-def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, epochs: int) -> L.Trainer:
-    hw = cfg.hardware
-    logger = False
-    if cfg.get("logger") and cfg.logger.get("_target_"):
-        logger = build(cfg.logger, "logger", save_dir=str(run_dir / "logs"), name=task_name)
+def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch: int,
+                  logger) -> L.Trainer:
+    hw, train = cfg.hardware, cfg.train
+    callbacks = []
+    if train.checkpoint_every_n_epochs > 0:
+        # after the last batch of an epoch: from there Lightning resumes exactly (a checkpoint
+        # taken in on_train_epoch_end replays one batch of that epoch on restore)
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(ckpt.mid_task_dir(run_dir, task_name)), filename="mid_task",
+            every_n_train_steps=train.checkpoint_every_n_epochs * steps_per_epoch, save_top_k=1,
+            enable_version_counter=False))
+    epochs = math.ceil(train.max_steps / steps_per_epoch)  # max_steps decides
     try:
-        return L.Trainer(max_steps=cfg.train.max_steps, max_epochs=epochs,
-                         accelerator=hw.accelerator, devices=hw.devices,
-                         precision=hw.precision, deterministic=hw.deterministic,
-                         logger=logger, enable_checkpointing=False, enable_model_summary=False,
-                         enable_progress_bar=cfg.train.progress_bar, default_root_dir=str(run_dir),
-                         log_every_n_steps=cfg.train.log_every_n_steps)
+        return L.Trainer(max_steps=train.max_steps, max_epochs=epochs,
+                         accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy,
+                         num_nodes=hw.num_nodes, precision=hw.precision,
+                         deterministic=hw.deterministic, plugins=_cluster_plugins(),
+                         logger=logger if logger is not None else False, callbacks=callbacks,
+                         enable_checkpointing=bool(callbacks), enable_model_summary=False,
+                         enable_progress_bar=train.progress_bar, default_root_dir=str(run_dir),
+                         log_every_n_steps=train.log_every_n_steps)
     except (MisconfigurationException, ValueError, RuntimeError) as e:
         raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
-                          f"devices={hw.devices!r}, precision={hw.precision!r}: {e}") from None
+                          f"devices={hw.devices!r}, strategy={hw.strategy!r}, "
+                          f"precision={hw.precision!r}: {e}") from None
+
+
+def _cluster_plugins() -> list:
+    """Under SLURM, Lightning's cluster environment without its own requeue: submitit requeues
+    (``hardware=slurm``) and the runner resumes from ``checkpoints/``."""
+    if SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return [LightningEnvironment()]
 
 
 def _count(params) -> int:
@@ -66,11 +91,16 @@ def _count(params) -> int:
 def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     """Run ``cfg.tasks`` through ``cfg.strategy`` on ``cfg.backbone``; write results to ``run_dir``.
 
+    If ``run_dir`` already holds checkpoints of this same config (an interrupted run, a SLURM
+    requeue, ``resume=<run_dir>``), the run continues from them: finished tasks are not trained
+    again and the task in progress continues from its last mid-task checkpoint.
+
     Returns:
         :class:`RunOutput` with the final metrics (also in ``run_dir/metrics.json``).
 
     Raises:
-        ConfigError, DataError, TrainingError: user-caused problems, with rows done so far kept.
+        ConfigError, DataError, TrainingError: user-caused problems, with rows done so far kept;
+        ConfigError also when ``run_dir`` holds a run of another config (nothing is touched).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +110,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         check_node(cfg[key], key)
     if cfg.get("logger") and cfg.logger.get("_target_"):
         check_node(cfg.logger, "logger")
+    resuming = ckpt.claim_run_dir(run_dir, cfg)
+    state = ckpt.load_boundary(run_dir) if resuming else None
     strategy = build(cfg.strategy, "strategy")
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
     model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
@@ -96,53 +128,118 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         model.add_head(task)
     strategy.setup(model, stream)
 
-    extra = {"strategy": strategy.name, "seed": cfg.seed, "tasks": cfg.tasks.get("name"),
-             "backbone": cfg.backbone.get("name"), "run_dir": str(run_dir)}
-    rows, details, timing, params = {}, {}, {"tasks": {}}, {"tasks": {}}
-    t0 = time.perf_counter()
+    r = _StreamRun(cfg, run_dir, stream, model, strategy)
+    if state is not None:  # rebuild the finished tasks' structure, then load their state
+        r.restore(state)
+    r.timing["resumed"] = r.timing.get("resumed", 0) + int(resuming)
+    r.logger = make_logger(cfg, run_dir)
+    try:
+        if "init" not in r.rows:
+            r.timing["init_eval_s"] = r.evaluate_row("init")
+            r.write_row("init")
+        metrics = r.write_row(None)
+        if r.done == len(stream):
+            log.info("all %d tasks already done in %s: nothing to train", r.done, run_dir)
+        for t in range(r.done, len(stream)):
+            metrics = r.train_task(t)
+    finally:
+        close_logger(r.logger)
+    return RunOutput(metrics, model, strategy, run_dir)
 
-    gpu = cfg.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
-    device, bf16 = ("cuda" if gpu else "cpu"), cfg.hardware.precision.startswith("bf16")
 
-    def evaluate_row(label: str) -> float:
+class _StreamRun:
+    """The state of one run while it goes through the stream (what ``state.pt`` holds)."""
+
+    def __init__(self, cfg, run_dir: Path, stream, model, strategy):
+        self.cfg, self.run_dir, self.stream, self.model, self.strategy = (
+            cfg, run_dir, stream, model, strategy)
+        self.rows, self.details = {}, {}
+        self.timing, self.params = {"tasks": {}}, {"tasks": {}}
+        self.done, self.logger = 0, None
+        self.extra = {"strategy": strategy.name, "seed": cfg.seed, "tasks": cfg.tasks.get("name"),
+                      "backbone": cfg.backbone.get("name"), "run_dir": str(run_dir)}
+        gpu = cfg.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+        self.device = "cuda" if gpu else "cpu"
+        self.bf16 = cfg.hardware.precision.startswith("bf16")
+        self.t0 = time.perf_counter()
+
+    def restore(self, state: dict) -> None:
+        """Continue after ``state["tasks_done"]`` finished tasks (see :mod:`cl_bench.checkpoint`)."""
+        names = [t.name for t in self.stream]
+        if state["task_names"] != names:
+            raise ConfigError(f"resume: {self.run_dir} was run on tasks {state['task_names']}, "
+                              f"this stream has {names}")
+        for t in range(state["tasks_done"]):
+            self.strategy.before_task(t, self.stream[t])
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.rows, self.details = state["rows"], state["details"]
+        self.timing, self.params = state["timing"], state["params"]
+        self.done = state["tasks_done"]
+        self.t0 -= self.timing.get("total_s", 0.0)
+        ckpt.set_rng_state(state["rng"])
+        log.info("resuming %s after %d/%d tasks", self.run_dir, self.done, len(self.stream))
+
+    def evaluate_row(self, label: str) -> float:
+        """Evaluate every task into row ``label`` of R; returns the seconds it took."""
         start = time.perf_counter()
-        scores = {t.name: evaluate_task(model, strategy, t, cfg.train.eval_batch_size, device, bf16)
-                  for t in stream}
-        rows[label] = [scores[t.name][t.metric] for t in stream]
-        details[label] = scores
+        scores = {t.name: evaluate_task(self.model, self.strategy, t,
+                                        self.cfg.train.eval_batch_size, self.device, self.bf16)
+                  for t in self.stream}
+        self.rows[label] = [scores[t.name][t.metric] for t in self.stream]
+        self.details[label] = scores
         return time.perf_counter() - start
 
-    timing["init_eval_s"] = evaluate_row("init")
-    write_results(run_dir, stream, rows, details, extra)
+    def write_row(self, label: str | None) -> dict:
+        """Write the result files for the rows so far; log row ``label`` (None: just write)."""
+        metrics = write_results(self.run_dir, self.stream, self.rows, self.details, self.extra)
+        if label is not None:
+            log_row(self.logger, len(self.rows) - 1, label, matrix_frame(self.rows, self.stream),
+                    self.run_dir / "heatmap.png")
+        return metrics
 
-    for t, task in enumerate(stream):
-        log.info("task %d/%d: %s (%s)", t + 1, len(stream), task.name, task.kind)
+    def train_task(self, t: int) -> dict:
+        """Train task ``t`` (continuing its mid-task checkpoint if any), evaluate all, save."""
+        cfg, run_dir, task, strategy, model = (self.cfg, self.run_dir, self.stream[t],
+                                               self.strategy, self.model)
+        log.info("task %d/%d: %s (%s)", t + 1, len(self.stream), task.name, task.kind)
+        L.seed_everything(cfg.seed * 1000 + t, workers=True, verbose=False)  # shuffle, dropout
         strategy.before_task(t, task)
-        trainable = _count(strategy.trainable_parameters())
-        total = _count(model.parameters())
-        backbone_total = _count(p for n, p in model.encoder.named_parameters() if "lora_" not in n)
-        adapters = _count(p for n, p in model.backbone.named_parameters()
-                          if "lora_" in n and f".{task.name}." in n)
-        params["tasks"][task.name] = {
-            "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
-            "backbone": backbone_total, "head": _count(model.heads[task.name].parameters()),
-            "adapter": adapters, "adapter_pct_of_backbone": 100.0 * adapters / backbone_total}
-        params["backbone_params"] = backbone_total
-        write_json(run_dir / "params.json", params)
-
-        loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(cfg.seed * 1000 + t))
+        self._count_params(task)
+        loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
         start = time.perf_counter()
-        epochs = math.ceil(cfg.train.max_steps / max(len(loader), 1))  # max_steps decides
-        trainer = _make_trainer(cfg, run_dir, task.name, epochs)
-        trainer.fit(LitTask(model, strategy, task, t), train_dataloaders=loader)
+        trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger)
+        mid = ckpt.mid_task_path(run_dir, task.name)
+        if mid is not None:
+            log.info("continuing task %s from %s", task.name, mid)
+        trainer.fit(LitTask(model, strategy, task, t), train_dataloaders=loader,
+                    ckpt_path=str(mid) if mid else None)
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start
-        eval_s = evaluate_row(f"after_{task.name}")
+        eval_s = self.evaluate_row(f"after_{task.name}")
         strategy.save(run_dir, t, task)
-        timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s}
-        timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        timing["total_s"] = time.perf_counter() - t0
-        write_json(run_dir / "timing.json", timing)
-        metrics = write_results(run_dir, stream, rows, details, extra)
-    return RunOutput(metrics, model, strategy, run_dir)
+        self.timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s}
+        self.timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.timing["total_s"] = time.perf_counter() - self.t0
+        write_json(run_dir / "timing.json", self.timing)
+        metrics = self.write_row(f"after_{task.name}")
+        ckpt.save_boundary(run_dir, {
+            "tasks_done": t + 1, "task_names": [s.name for s in self.stream],
+            "model": model.state_dict(), "strategy": strategy.state_dict(), "rows": self.rows,
+            "details": self.details, "timing": self.timing, "params": self.params})
+        shutil.rmtree(ckpt.mid_task_dir(run_dir, task.name), ignore_errors=True)
+        return metrics
+
+    def _count_params(self, task) -> None:
+        model = self.model
+        trainable = _count(self.strategy.trainable_parameters())
+        total = _count(model.parameters())
+        backbone = _count(p for n, p in model.encoder.named_parameters() if "lora_" not in n)
+        adapters = _count(p for n, p in model.backbone.named_parameters()
+                          if "lora_" in n and f".{task.name}." in n)
+        self.params["tasks"][task.name] = {
+            "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
+            "backbone": backbone, "head": _count(model.heads[task.name].parameters()),
+            "adapter": adapters, "adapter_pct_of_backbone": 100.0 * adapters / backbone}
+        self.params["backbone_params"] = backbone
+        write_json(self.run_dir / "params.json", self.params)

@@ -13,6 +13,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from cl_bench.checkpoint import rng_state, set_rng_state
 from cl_bench.data.base import Task
 from cl_bench.errors import TrainingError
 from cl_bench.strategies.base import Strategy
@@ -62,10 +63,10 @@ class LitTask(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(batch["image"], self.task.name)
         loss = self.loss_fn(out, batch["label"])
-        self.log("task_loss", loss.detach(), prog_bar=True, batch_size=len(out))
+        self.log(f"{self.task.name}/task_loss", loss.detach(), prog_bar=True, batch_size=len(out))
         extra = self.strategy.training_loss(batch, out, self.t)
         if extra is not None:
-            self.log("strategy_loss", extra.detach(), prog_bar=True, batch_size=len(out))
+            self.log(f"{self.task.name}/strategy_loss", extra.detach(), prog_bar=True, batch_size=len(out))
             loss = loss + extra
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -73,6 +74,20 @@ class LitTask(L.LightningModule):
                 f"{self.global_step}; lower train.lr or check the task's data. Rows computed "
                 "before this task are kept in matrix.csv.")
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add what Lightning does not keep: RNG states and the strategy's state (for resume)."""
+        checkpoint["cl_bench"] = {"rng": rng_state(), "strategy": self.strategy.state_dict(),
+                                  "task": self.task.name}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("cl_bench", {})
+        if extra.get("task") not in (None, self.task.name):
+            raise TrainingError(f"mid-task checkpoint of task {extra.get('task')!r} loaded "
+                                f"for task {self.task.name!r}")
+        self.strategy.load_state_dict(extra.get("strategy", {}))
+        if "rng" in extra:
+            set_rng_state(extra["rng"])
 
     def configure_optimizers(self):
         groups = self.strategy.param_groups(self.task)

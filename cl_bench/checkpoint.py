@@ -1,0 +1,175 @@
+"""Resumable runs: task-boundary state, Lightning's mid-task checkpoints, config identity.
+
+A run directory holds (DESIGN §1)::
+
+    checkpoints/config.yaml        the run's config (without run-local keys), written at start
+    checkpoints/state.pt           after the last finished task: model + strategy state, R rows,
+                                   per-row details, timing, params, RNG states, tasks_done (the
+                                   data cursor: index of the next task)
+    checkpoints/<task>/mid_task.ckpt
+                                   Lightning checkpoint of the task in progress (model, optimiser,
+                                   loop counters = the cursor within the task, RNG states,
+                                   strategy state), written every ``train.checkpoint_every_n_epochs``
+                                   epochs; removed once the task's boundary state is saved
+
+Resuming replays ``strategy.before_task`` for the finished tasks (it builds structure: adapters,
+heads' trainability), loads ``state.pt``, then continues the task in progress from its
+``mid_task.ckpt`` if there is one. Mid-task checkpoints are taken at epoch ends only, where
+Lightning resumes exactly; with ``hardware.deterministic`` on CPU a resumed run's ``matrix.csv``
+equals an uninterrupted run's byte for byte (tested in ``tests/test_resume.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cl_bench.errors import ConfigError
+from cl_bench.results import atomic_write
+
+#: bump when the layout of state.pt changes
+STATE_VERSION = 1
+#: config keys that may differ between a run and its resumption (they do not change results)
+RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger")
+
+
+def ckpt_dir(run_dir: Path) -> Path:
+    """``<run_dir>/checkpoints``."""
+    return Path(run_dir) / "checkpoints"
+
+
+def mid_task_dir(run_dir: Path, task_name: str) -> Path:
+    """Directory of Lightning's checkpoint for the task in progress."""
+    return ckpt_dir(run_dir) / task_name
+
+
+def mid_task_path(run_dir: Path, task_name: str) -> Path | None:
+    """The task's mid-task checkpoint file, or ``None`` if there is none."""
+    p = mid_task_dir(run_dir, task_name) / "mid_task.ckpt"
+    return p if p.is_file() else None
+
+
+def identity(cfg: DictConfig) -> dict:
+    """The part of ``cfg`` that decides a run's results (unresolved, run-local keys dropped)."""
+    c = OmegaConf.to_container(cfg, resolve=False)
+    c.pop("hydra", None)
+    for key in RUN_LOCAL_KEYS:
+        node, *rest = key.split(".")
+        if not rest:
+            c.pop(node, None)
+        elif isinstance(c.get(node), dict):
+            c[node].pop(rest[0], None)
+    return c
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    """``["key: <a value> vs <b value>", ...]`` for the flattened keys that differ."""
+    fa, fb = _flatten(a), _flatten(b)
+    return [f"{k}: {fa.get(k, '<absent>')!r} vs {fb.get(k, '<absent>')!r}"
+            for k in sorted(set(fa) | set(fb)) if fa.get(k, "<absent>") != fb.get(k, "<absent>")]
+
+
+def saved_config(run_dir: Path) -> DictConfig | None:
+    """The config a run directory was started with, or ``None`` if it has none.
+
+    Raises:
+        ConfigError: ``checkpoints/config.yaml`` exists but cannot be read.
+    """
+    path = ckpt_dir(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001  (any parse error is the file's fault)
+        raise ConfigError(f"resume: cannot read {path}: {e}") from None
+
+
+def claim_run_dir(run_dir: Path, cfg: DictConfig) -> bool:
+    """Check ``run_dir`` may hold this run; record the config. Returns True when resuming.
+
+    A directory that already holds a run's ``checkpoints/config.yaml`` is resumed if the config
+    matches (the same command again, or a SLURM requeue of the same job); nothing is written
+    before the check.
+
+    Raises:
+        ConfigError: the directory holds a run of another config (names the differing keys) or
+            results of a run without checkpoints (which cannot be resumed).
+    """
+    run_dir = Path(run_dir)
+    old = saved_config(run_dir)
+    mine = identity(cfg)
+    if old is not None:
+        diff = config_diff(identity(old), mine)
+        if diff:
+            shown = "; ".join(diff[:6]) + (f"; ... ({len(diff)} keys)" if len(diff) > 6 else "")
+            raise ConfigError(
+                f"resume: {run_dir} holds a run of another config ({shown}; there vs here). "
+                f"Resume it with its own config (just `resume={run_dir}`) or start a new run; "
+                "nothing was changed on disk")
+        return True
+    if (run_dir / "matrix.csv").exists():
+        raise ConfigError(f"resume: {run_dir} holds results but no checkpoints/config.yaml, so "
+                          "it cannot be resumed; start a new run (nothing was changed on disk)")
+    atomic_write(ckpt_dir(run_dir) / "config.yaml",
+                 lambda tmp: OmegaConf.save(OmegaConf.create(mine), tmp))
+    return False
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch (CPU, and CUDA if present) RNG states, as tensors and plain
+    values (loadable with ``torch.load(weights_only=True)``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`."""
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_boundary(run_dir: Path, state: dict) -> None:
+    """Atomically write ``checkpoints/state.pt`` (``state`` gets ``version`` and RNG states)."""
+    state = dict(state, version=STATE_VERSION, rng=rng_state())
+    atomic_write(ckpt_dir(run_dir) / "state.pt", lambda tmp: torch.save(state, tmp))
+
+
+def load_boundary(run_dir: Path) -> dict | None:
+    """The last task-boundary state, or ``None`` if no task finished yet.
+
+    Raises:
+        ConfigError: an unreadable ``state.pt`` or one of another format version.
+    """
+    path = ckpt_dir(run_dir) / "state.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"resume: cannot read {path}: {e}") from None
+    if state.get("version") != STATE_VERSION:
+        raise ConfigError(f"resume: {path} has format version {state.get('version')}, this "
+                          f"cl_bench writes {STATE_VERSION}; resume with the version that made it")
+    return state

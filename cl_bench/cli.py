@@ -19,14 +19,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _run_dir(resume: str | None, default: str) -> str:
-    """``hydra.run.dir``: the directory given by ``resume=`` (which must hold a run), else
-    ``default``."""
-    if resume in (None, "", "None", "null"):
-        return default
-    if not (Path(resume) / "checkpoints" / "config.yaml").is_file():
-        raise ValueError(f"resume={resume}: not a cl_bench run directory (no "
-                         f"{Path(resume) / 'checkpoints' / 'config.yaml'})")
-    return str(resume)
+    """``hydra.run.dir``: the directory given by ``resume=``, else ``default``."""
+    return default if resume in (None, "", "None", "null") else str(resume)
 
 
 def _output_subdir(resume: str | None) -> str:
@@ -55,8 +49,30 @@ def _adopt_saved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     return merged
 
 
+def _check_resume_argument(argv: list[str]) -> None:
+    """``resume=<dir>`` must name a run directory; checked before Hydra creates any directory.
+
+    Raises:
+        SystemExit(2): with one line naming the directory.
+    """
+    for arg in argv:
+        if arg.startswith("resume=") and arg[len("resume="):] not in ("", "null", "None"):
+            path = Path(arg[len("resume="):])
+            if not (path / "checkpoints" / "config.yaml").is_file():
+                print(f"clbench: error: resume={path}: not a cl_bench run directory (no "
+                      f"{path / 'checkpoints' / 'config.yaml'}); pass the directory of a run",
+                      file=sys.stderr)
+                sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point ``clbench`` (Hydra command line)."""
+    _check_resume_argument(sys.argv[1:])
+    _main()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     """Run one experiment; user errors print one line and exit with code 2."""
     from cl_bench.runner import run
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
@@ -73,10 +74,15 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _main(cfg: DictConfig) -> None:
-    """Run one experiment; user errors print one line and exit with code 2."""
+    """Run one experiment; user errors print one line and exit with code 2.
+
+    In a sweep (``-m``) the error is raised instead of exiting, so the launcher marks this job
+    failed and the other sweep points still run (each has its own directory).
+    """
     from cl_bench.runner import run
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
     try:
         if cfg.get("resume"):
             cfg = _adopt_saved_config(cfg, Path(run_dir))
@@ -85,6 +91,8 @@ def _main(cfg: DictConfig) -> None:
         print(f"clbench: error: {e}", file=sys.stderr)
         if (Path(run_dir) / "matrix.csv").exists():
             print(f"clbench: completed rows are kept in {run_dir}/matrix.csv", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:
+            raise
         sys.exit(2)
     print(f"clbench: results written to {run_dir}")
     return None

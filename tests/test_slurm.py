@@ -1,0 +1,82 @@
+"""A real sweep through a real SLURM scheduler (scripts/slurm_local.sh brings one up).
+
+Skipped where ``sinfo`` is absent (a laptop); in CI (``CI=true``) a missing cluster is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_test=2", "backbone.weights=null",
+        "backbone.num_layers=4", "train.max_steps=3", "train.progress_bar=false",
+        "hardware.slurm.cpus_per_task=1", "hardware.slurm.mem_gb=2", "hardware.slurm.time_min=20"]
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+if not _slurm_up():
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("CI=true but no SLURM cluster answers `sinfo`: scripts/slurm_local.sh "
+                    "should have started one (see .ci/run)", pytrace=False)
+    pytest.skip("no SLURM here (`sinfo` absent or not answering); start one with "
+                "`sudo bash scripts/slurm_local.sh`", allow_module_level=True)
+
+
+def clbench(tmp_path: Path, *args: str, module: str = "cl_bench.cli"):
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_sweep_runs_as_a_slurm_job_array_and_report_aggregates_it(tmp_path):
+    start = time.perf_counter()
+    proc = clbench(tmp_path, "-m", "hardware=slurm", "strategy=seq_ft,lora", "seed=0,1", *TINY,
+                   f"results_dir={tmp_path}/results")
+    took = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "results" / "multirun").iterdir()
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in runs] == ["0_seq_ft_seed0", "1_seq_ft_seed1", "2_lora_seed0",
+                                      "3_lora_seed1"]
+    # four elements of one job array went through slurmctld: <jobid>_<index> folders
+    elements = sorted(p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name)
+    assert len(elements) == 4 and len({e.split("_")[0] for e in elements}) == 1, elements
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["complete"] and metrics["tasks_completed"] == 2
+        matrix = pd.read_csv(run / "matrix.csv", index_col=0)
+        assert list(matrix.index) == ["init", "after_tumour_seg", "after_brain_age"]
+        assert (run / ".hydra" / "config.yaml").is_file()
+    seeds = {json.loads((r / "metrics.json").read_text())["seed"] for r in runs}
+    assert seeds == {0, 1}
+    print(f"\nslurm sweep of 4 elements: {took:.1f} s")
+
+    report = clbench(tmp_path, str(sweep), "--format", "csv", module="cl_bench.report")
+    assert report.returncode == 0, report.stderr
+    table = pd.read_csv(sweep / "report" / "report.csv")
+    assert sorted(table["strategy"]) == ["lora", "seq_ft"]
+    assert set(table["n"]) == {2}
+
+
+def test_bad_partition_is_one_clear_message_and_submits_nothing(tmp_path):
+    proc = clbench(tmp_path, "-m", "hardware=slurm", "hardware.slurm.partition=nope", *TINY,
+                   f"results_dir={tmp_path}/results")
+    assert proc.returncode == 2
+    assert "hardware.slurm.partition='nope'" in proc.stderr and "debug" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()

@@ -88,6 +88,8 @@ def _load_run(metrics_path: Path) -> dict:
             rec[f"{task} mae_normalised ↓"] = vals["mae_normalised"]
     for metric, g in m.get("groups", {}).items():
         for key in GROUP_KEYS:
+            if key in ("final_average", "mft") and len(g.get("tasks", [])) < 2:
+                continue  # one task: the same as its final / just-learned column
             rec[f"{key} {metric}"] = g.get(key, np.nan) if g.get(key) is not None else np.nan
     params = _read_json(run / "params.json") or {}
     pct = [p["trainable_pct"] for p in params.get("tasks", {}).values()]

@@ -98,12 +98,12 @@ def saved_config(run_dir: Path) -> DictConfig | None:
         raise ConfigError(f"resume: cannot read {path}: {e}") from None
 
 
-def claim_run_dir(run_dir: Path, cfg: DictConfig) -> bool:
+def claim_run_dir(run_dir: Path, cfg: DictConfig, write: bool = True) -> bool:
     """Check ``run_dir`` may hold this run; record the config. Returns True when resuming.
 
     A directory that already holds a run's ``checkpoints/config.yaml`` is resumed if the config
     matches (the same command again, or a SLURM requeue of the same job); nothing is written
-    before the check.
+    before the check. ``write=False`` (DDP ranks > 0) only reads.
 
     Raises:
         ConfigError: the directory holds a run of another config (names the differing keys) or
@@ -124,8 +124,9 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig) -> bool:
     if (run_dir / "matrix.csv").exists():
         raise ConfigError(f"resume: {run_dir} holds results but no checkpoints/config.yaml, so "
                           "it cannot be resumed; start a new run (nothing was changed on disk)")
-    atomic_write(ckpt_dir(run_dir) / "config.yaml",
-                 lambda tmp: OmegaConf.save(OmegaConf.create(mine), tmp))
+    if write:
+        atomic_write(ckpt_dir(run_dir) / "config.yaml",
+                     lambda tmp: OmegaConf.save(OmegaConf.create(mine), tmp))
     return False
 
 

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -110,7 +111,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         check_node(cfg[key], key)
     if cfg.get("logger") and cfg.logger.get("_target_"):
         check_node(cfg.logger, "logger")
-    resuming = ckpt.claim_run_dir(run_dir, cfg)
+    main = getattr(rank_zero_only, "rank", 0) == 0  # DDP: only rank 0 evaluates and writes
+    resuming = ckpt.claim_run_dir(run_dir, cfg, write=main)
     state = ckpt.load_boundary(run_dir) if resuming else None
     strategy = build(cfg.strategy, "strategy")
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
@@ -128,7 +130,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         model.add_head(task)
     strategy.setup(model, stream)
 
-    r = _StreamRun(cfg, run_dir, stream, model, strategy)
+    r = _StreamRun(cfg, run_dir, stream, model, strategy, main)
     if state is not None:  # rebuild the finished tasks' structure, then load their state
         r.restore(state)
     r.timing["resumed"] = r.timing.get("resumed", 0) + int(resuming)
@@ -150,9 +152,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
 class _StreamRun:
     """The state of one run while it goes through the stream (what ``state.pt`` holds)."""
 
-    def __init__(self, cfg, run_dir: Path, stream, model, strategy):
+    def __init__(self, cfg, run_dir: Path, stream, model, strategy, main: bool = True):
         self.cfg, self.run_dir, self.stream, self.model, self.strategy = (
             cfg, run_dir, stream, model, strategy)
+        self.main = main  # False on DDP ranks > 0: they train in lockstep, evaluate/write nothing
         self.rows, self.details = {}, {}
         self.timing, self.params = {"tasks": {}}, {"tasks": {}}
         self.done, self.logger = 0, None
@@ -183,6 +186,9 @@ class _StreamRun:
     def evaluate_row(self, label: str) -> float:
         """Evaluate every task into row ``label`` of R; returns the seconds it took."""
         start = time.perf_counter()
+        if not self.main:
+            self.rows[label] = [float("nan")] * len(self.stream)
+            return 0.0
         scores = {t.name: evaluate_task(self.model, self.strategy, t,
                                         self.cfg.train.eval_batch_size, self.device, self.bf16)
                   for t in self.stream}
@@ -192,6 +198,8 @@ class _StreamRun:
 
     def write_row(self, label: str | None) -> dict:
         """Write the result files for the rows so far; log row ``label`` (None: just write)."""
+        if not self.main:
+            return {}
         metrics = write_results(self.run_dir, self.stream, self.rows, self.details, self.extra)
         if label is not None:
             log_row(self.logger, len(self.rows) - 1, label, matrix_frame(self.rows, self.stream),
@@ -217,12 +225,14 @@ class _StreamRun:
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start
         eval_s = self.evaluate_row(f"after_{task.name}")
+        metrics = self.write_row(f"after_{task.name}")
+        if not self.main:
+            return metrics
         strategy.save(run_dir, t, task)
         self.timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s}
         self.timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.timing["total_s"] = time.perf_counter() - self.t0
         write_json(run_dir / "timing.json", self.timing)
-        metrics = self.write_row(f"after_{task.name}")
         ckpt.save_boundary(run_dir, {
             "tasks_done": t + 1, "task_names": [s.name for s in self.stream],
             "model": model.state_dict(), "strategy": strategy.state_dict(), "rows": self.rows,
@@ -242,4 +252,5 @@ class _StreamRun:
             "backbone": backbone, "head": _count(model.heads[task.name].parameters()),
             "adapter": adapters, "adapter_pct_of_backbone": 100.0 * adapters / backbone}
         self.params["backbone_params"] = backbone
-        write_json(self.run_dir / "params.json", self.params)
+        if self.main:
+            write_json(self.run_dir / "params.json", self.params)

@@ -150,3 +150,15 @@ def test_unreadable_dir_is_one_clear_error(tmp_path):
         assert proc.returncode == 2 and "cannot read results dir" in proc.stderr
     finally:
         locked.chmod(0o755)
+
+
+def test_permission_error_while_reading_is_one_clear_error(tmp_path, monkeypatch):
+    """As root (CI) chmod does not stop reads, so the OS refusal is injected at the read."""
+    from cl_bench.errors import ClBenchError
+
+    def refuse(self, pattern):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "rglob", refuse)
+    with pytest.raises(ClBenchError, match="cannot read results dir .*Permission denied"):
+        load_runs([tmp_path])

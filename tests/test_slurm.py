@@ -54,7 +54,8 @@ def test_sweep_runs_as_a_slurm_job_array_and_report_aggregates_it(tmp_path):
     assert [p.name for p in runs] == ["0_seq_ft_seed0", "1_seq_ft_seed1", "2_lora_seed0",
                                       "3_lora_seed1"]
     # four elements of one job array went through slurmctld: <jobid>_<index> folders
-    elements = sorted(p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name)
+    elements = sorted(p.name for p in (sweep / ".submitit").iterdir()
+                      if p.is_dir() and "_" in p.name)
     assert len(elements) == 4 and len({e.split("_")[0] for e in elements}) == 1, elements
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())

@@ -16,7 +16,9 @@ Resuming replays ``strategy.before_task`` for the finished tasks (it builds stru
 heads' trainability), loads ``state.pt``, then continues the task in progress from its
 ``mid_task.ckpt`` if there is one. Mid-task checkpoints are taken at epoch ends only, where
 Lightning resumes exactly; with ``hardware.deterministic`` on CPU a resumed run's ``matrix.csv``
-equals an uninterrupted run's byte for byte (tested in ``tests/test_resume.py``).
+equals an uninterrupted run's byte for byte (tested in ``tests/test_resume.py``). Under DDP the
+period counts unsharded batches, so a mid-task checkpoint may fall inside an epoch and the
+continuation is close but not guaranteed bit-identical; task-boundary resumes stay exact.
 """
 
 from __future__ import annotations

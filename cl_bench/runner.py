@@ -4,7 +4,6 @@ evaluated after every task, results written atomically after each row."""
 from __future__ import annotations
 
 import logging
-import math
 import resource
 import shutil
 import time
@@ -61,9 +60,8 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoc
             dirpath=str(ckpt.mid_task_dir(run_dir, task_name)), filename="mid_task",
             every_n_train_steps=train.checkpoint_every_n_epochs * steps_per_epoch, save_top_k=1,
             enable_version_counter=False))
-    epochs = math.ceil(train.max_steps / steps_per_epoch)  # max_steps decides
     try:
-        return L.Trainer(max_steps=train.max_steps, max_epochs=epochs,
+        return L.Trainer(max_steps=train.max_steps, max_epochs=-1,  # max_steps decides
                          accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy,
                          num_nodes=hw.num_nodes, precision=hw.precision,
                          deterministic=hw.deterministic, plugins=_cluster_plugins(),
@@ -155,7 +153,7 @@ class _StreamRun:
     def __init__(self, cfg, run_dir: Path, stream, model, strategy, main: bool = True):
         self.cfg, self.run_dir, self.stream, self.model, self.strategy = (
             cfg, run_dir, stream, model, strategy)
-        self.main = main  # False on DDP ranks > 0: they train in lockstep, evaluate/write nothing
+        self.main = main  # False on DDP ranks > 0: they train and evaluate in lockstep, write nothing
         self.rows, self.details = {}, {}
         self.timing, self.params = {"tasks": {}}, {"tasks": {}}
         self.done, self.logger = 0, None
@@ -184,11 +182,11 @@ class _StreamRun:
         log.info("resuming %s after %d/%d tasks", self.run_dir, self.done, len(self.stream))
 
     def evaluate_row(self, label: str) -> float:
-        """Evaluate every task into row ``label`` of R; returns the seconds it took."""
+        """Evaluate every task into row ``label`` of R; returns the seconds it took.
+
+        Under DDP every rank evaluates the whole test set with the same weights (MONAI's and
+        torchmetrics' metrics all-gather across ranks; duplicates leave the means unchanged)."""
         start = time.perf_counter()
-        if not self.main:
-            self.rows[label] = [float("nan")] * len(self.stream)
-            return 0.0
         scores = {t.name: evaluate_task(self.model, self.strategy, t,
                                         self.cfg.train.eval_batch_size, self.device, self.bf16)
                   for t in self.stream}

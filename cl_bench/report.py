@@ -124,15 +124,15 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
             if not d.is_dir():
                 raise ClBenchError(f"cannot read results dir '{d}': "
                                    f"{'not a directory' if d.exists() else 'no such directory'}")
-            found += sorted(d.rglob("metrics.json"))
+            found += [(d, p) for p in sorted(d.rglob("metrics.json"))]
         except PermissionError as e:
             raise ClBenchError(f"cannot read results dir '{d}': {e.strerror}") from None
     records, skipped = [], []
-    for path in found:
-        if "report" in path.parent.parts[-1:]:
-            continue
+    for base, path in found:
         try:
-            records.append(_load_run(path))
+            rec = _load_run(path)
+            rec["run"] = str(Path(base.name) / path.parent.relative_to(base))  # no abs paths
+            records.append(rec)
         except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:
             skipped.append(f"{path}: {type(e).__name__}: {e}")
     if not records:

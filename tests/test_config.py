@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
 from cl_bench.config import build, check_node
 from cl_bench.errors import ConfigError
 from cl_bench.strategies.lora import LoRA
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def node(**kw):
@@ -40,3 +44,31 @@ def test_constructor_errors_are_unwrapped():
 def test_unknown_target_is_a_config_error():
     with pytest.raises(ConfigError, match="strategy._target_: cannot import 'cl_bench.nope.X'"):
         check_node(OmegaConf.create({"_target_": "cl_bench.nope.X"}), "strategy")
+
+
+def test_brain_mri_fm_preset_is_the_papers_sweep():
+    """experiment=brain_mri_fm: seq_ft/seq_lp/lora x 3 seeds on the embedded stream, its own
+    sweep directory; the same preset takes the real stream with tasks=brats_ixi."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=brain_mri_fm"], return_hydra_config=True)
+        real = compose("config", overrides=["experiment=brain_mri_fm", "tasks=brats_ixi"],
+                       return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.strategy == "seq_ft,seq_lp,lora" and params.seed == "0,1,2"
+    assert cfg.tasks.name == "brain_seg_age" and real.tasks.name == "brats_ixi"
+    assert "brain_mri_fm" in cfg.hydra.sweep.dir  # the preset's key wins over config.yaml's
+
+
+def test_slurm_hardware_feeds_the_submitit_launcher():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["hardware=slurm", "hardware.slurm.partition=gpu",
+                                           "hardware.slurm.cpus_per_task=8"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.cpus_per_task == 8
+    assert cfg.hardware.num_threads == 8 and launcher.mem_gb == 8

@@ -15,8 +15,11 @@ import cl_bench.config  # noqa: F401  (registers the config schema)
 from cl_bench.errors import ClBenchError
 
 log = logging.getLogger("cl_bench")
-#: the repository's conf/ (an absolute path, so console scripts and ``python -m`` agree)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+#: the repository's conf/ (source checkout, editable install) or, in an installed wheel, the copy
+#: shipped as cl_bench/conf (pyproject maps conf/ there); absolute, so every entry point agrees
+_REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = str(_REPO_CONF if (_REPO_CONF / "config.yaml").is_file()
+               else Path(__file__).resolve().parent / "conf")
 
 
 def _run_dir(resume: str | None, default: str) -> str:

@@ -1,0 +1,39 @@
+"""A non-editable install (a built wheel) carries conf/ and composes configs from it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "--no-build-isolation", "-w", str(tmp_path / "dist"), str(ROOT)],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("cl_bench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"cl_bench/conf/{p.relative_to(ROOT / 'conf')}" for p in
+                (ROOT / "conf").rglob("*.yaml")}
+    assert expected and expected <= names, sorted(expected - names)
+    assert "cl_bench/assets/vit3d_tiny_mae.safetensors" in names
+
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                              "--target", str(target), str(wheel)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    env = dict(os.environ, PYTHONPATH=str(target))
+    proc = subprocess.run([sys.executable, "-c", "import cl_bench.cli as c; print(c.CONF_DIR)"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.stdout.strip() == str(target / "cl_bench" / "conf"), proc.stderr
+    cfg = subprocess.run([sys.executable, "-m", "cl_bench.cli", "experiment=brain_mri_fm",
+                          "hardware=slurm", "--cfg", "job"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert cfg.returncode == 0, cfg.stderr[-2000:]
+    assert "name: vit3d_tiny" in cfg.stdout and "partition: debug" in cfg.stdout

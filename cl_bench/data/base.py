@@ -89,3 +89,23 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"image": self.images[i], "label": self.labels[i]}
+
+
+def regression_scale(targets: np.ndarray, scale: float | None, key: str = "tasks.age_scale"
+                     ) -> float:
+    """The normalisation scale of a regression target (``Task.target_std``), native units.
+
+    The brain-MRI study (arXiv 2602.23533) reports age MAE "on a normalised scale" without saying
+    which; ours is ``MAE / scale`` (``mae_normalised``), and training regresses ``(y - mean) /
+    scale``. ``scale=None`` uses the SD of the training targets (at least 1).
+
+    Raises:
+        ConfigError: a non-positive ``scale`` (names ``key``).
+    """
+    from cl_bench.errors import ConfigError
+
+    if scale is None:
+        return float(max(np.asarray(targets, dtype=np.float64).std(), 1.0))
+    if not scale > 0:
+        raise ConfigError(f"{key}: expected a positive number (years) or null, got {scale}")
+    return float(scale)

@@ -47,7 +47,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from cl_bench.data.base import ArrayDataset, Task
+from cl_bench.data.base import ArrayDataset, Task, regression_scale
 from cl_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,8 @@ def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.n
 
 def make_brain_seg_age(name: str = "brain_seg_age", size: int = 64, n_train: int = 24,
                        n_test: int = 16, seed: int = 0, missing_age_fraction: float = 0.0,
-                       impute_age: float = 50.0, cache_dir: str | None = None) -> list[Task]:
+                       impute_age: float = 50.0, cache_dir: str | None = None,
+                       age_scale: float | None = None) -> list[Task]:
     """Build the embedded two-task stream (see module docstring; design after arXiv 2602.23533).
 
     Args:
@@ -219,6 +220,8 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: int = 64, n_train: int
             ``impute_age`` (the paper's quirk; test ages stay true), in [0, 1].
         impute_age: the imputed age in years.
         cache_dir: folder for the ``.npz`` cache (``None``: no cache).
+        age_scale: years per unit of the normalised age (``mae_normalised = MAE / age_scale``,
+            also the regression target's scale); ``None``: the training ages' SD.
 
     Returns:
         ``[Task("tumour_seg", "segmentation", num_classes=4), Task("brain_age", "regression",
@@ -232,6 +235,8 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: int = 64, n_train: int
     _check("n_test", isinstance(n_test, int) and n_test >= 1, "an int >= 1", n_test)
     _check("missing_age_fraction", 0 <= missing_age_fraction <= 1, "a value in [0, 1]",
            missing_age_fraction)
+    _check("age_scale", age_scale is None or age_scale > 0, "a positive number or null",
+           age_scale)
     settings = {"version": GENERATOR_VERSION, "size": size, "n_train": n_train,
                 "n_test": n_test, "seed": seed}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -264,8 +269,8 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: int = 64, n_train: int
                num_classes=4, info=info)
     age = Task("brain_age", "regression", ArrayDataset(arrays["age_x"][tr], ages_train),
                ArrayDataset(arrays["age_x"][te], arrays["age_y"][te]),
-               target_mean=float(ages_train.mean()), target_std=float(max(ages_train.std(), 1.0)),
-               units="years",
+               target_mean=float(ages_train.mean()),
+               target_std=regression_scale(ages_train, age_scale), units="years",
                info={**info, "missing_age_fraction": missing_age_fraction,
                      "imputed_ages": n_missing, "impute_age": impute_age})
     return [seg, age]

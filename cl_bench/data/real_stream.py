@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cl_bench.data.base import ArrayDataset, Task
+from cl_bench.data.base import ArrayDataset, Task, regression_scale
 from cl_bench.errors import ConfigError, DataError
 
 MSD_CHANNELS = {"flair": 0, "t1": 1, "t1gd": 2, "t1ce": 2, "t2": 3}
@@ -250,7 +250,8 @@ def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: 
               ixi_demographics: str | None = None, modalities: list[str] = ("flair",),
               size: int = 64, n_train: int = 24, n_test: int = 16, seed: int = 0,
               spacing: list[float] | None = (1.0, 1.0, 1.0),
-              impute_missing_age: float | None = None) -> list[Task]:
+              impute_missing_age: float | None = None,
+              age_scale: float | None = None) -> list[Task]:
     """The real two-task stream: BraTS tumour segmentation, then IXI brain-age regression.
 
     Args:
@@ -261,6 +262,7 @@ def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: 
         seed: subject selection seed; spacing: target voxel size in mm (``None``: native).
         impute_missing_age: ``None`` drops IXI subjects without an age; a number fills it in
             (50 reproduces the brain-MRI paper's quirk, arXiv 2602.23533).
+        age_scale: years per unit of the normalised age MAE (``None``: training ages' SD).
 
     Returns:
         ``[Task("tumour_seg", "segmentation", num_classes=4), Task("brain_age", "regression")]``;
@@ -270,6 +272,7 @@ def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: 
         ConfigError: unknown modality; DataError: missing/empty paths, corrupt files, labels out
         of range, too few subjects — each naming the config key or the file.
     """
+    regression_scale([1.0], age_scale)  # a bad tasks.age_scale fails before any file is read
     modalities = [m.lower() for m in modalities]
     unknown = [m for m in modalities if m not in MSD_CHANNELS]
     if unknown or not modalities:
@@ -296,6 +299,7 @@ def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: 
                                   "modalities": modalities, "subjects": len(brats)}),
         Task("brain_age", "regression", ArrayDataset(age[0][0], ages),
              ArrayDataset(age[1][0], age[1][1].astype(np.float32)),
-             target_mean=float(ages.mean()), target_std=float(max(ages.std(), 1.0)), units="years",
+             target_mean=float(ages.mean()), target_std=regression_scale(ages, age_scale),
+             units="years",
              info={**info, **ixi_info, "root": str(ixi_root), "subjects": len(ixi)}),
     ]

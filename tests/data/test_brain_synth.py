@@ -78,7 +78,20 @@ def test_age_drives_atrophy():
 
 @pytest.mark.parametrize("kw, key", [({"size": 8}, "tasks.size"), ({"n_train": 0}, "tasks.n_train"),
                                      ({"n_test": 0}, "tasks.n_test"),
-                                     ({"missing_age_fraction": 1.5}, "tasks.missing_age_fraction")])
+                                     ({"missing_age_fraction": 1.5}, "tasks.missing_age_fraction"),
+                                     ({"age_scale": -2.0}, "tasks.age_scale")])
 def test_bad_arguments_name_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
         make_brain_seg_age(**kw)
+
+
+def test_age_scale_sets_the_normalised_mae_scale(stream):
+    """tasks.age_scale: years per unit of ``mae_normalised`` and of the regression target;
+    null keeps the SD of the training ages."""
+    (_, default_age), cache = stream
+    _, scaled = make_brain_seg_age(size=24, n_train=3, n_test=2, seed=3, cache_dir=str(cache),
+                                   age_scale=10.0)
+    ages = default_age.train.labels.numpy().astype(np.float64)
+    assert scaled.target_std == 10.0
+    assert default_age.target_std == pytest.approx(max(ages.std(), 1.0))
+    assert scaled.target_mean == default_age.target_mean

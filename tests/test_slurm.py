@@ -81,3 +81,47 @@ def test_bad_partition_is_one_clear_message_and_submits_nothing(tmp_path):
     assert "hardware.slurm.partition='nope'" in proc.stderr and "debug" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_requeued_job_resumes_by_itself_and_matches_an_uninterrupted_run(tmp_path):
+    """``scontrol requeue`` mid-task (what preemption does): the job starts again, finds its
+    checkpoints, continues, and ends with the uninterrupted run's matrix and weights."""
+    import torch
+
+    stream = ["tasks.size=32", "tasks.n_train=4", "tasks.n_test=2", "backbone.weights=null",
+              "backbone.num_layers=4", "train.progress_bar=false", "train.max_steps=150",
+              "train.checkpoint_every_n_epochs=1", "strategy=lora"]
+    ref = clbench(tmp_path, *stream, "hardware.num_threads=1", f"hydra.run.dir={tmp_path}/ref")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    sweep = tmp_path / "sweep"
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "cl_bench.cli", "-m", "hardware=slurm",
+                             "hardware.slurm.cpus_per_task=1", "hardware.slurm.mem_gb=2",
+                             *stream, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    mid = sweep / "0_lora_seed0" / "checkpoints" / "brain_age" / "mid_task.ckpt"
+    deadline = time.time() + 600
+    while not mid.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    (job,) = [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir()]  # "<id>"
+    subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
+    for _ in range(150):  # SLURM holds a requeued job ~2 min (BeginTime): make it eligible now
+        time.sleep(0.2)
+        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True,
+                               text=True).stdout.split()
+        if state[:2] == ["PENDING", "BeginTime"]:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            break
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+
+    run = sweep / "0_lora_seed0"
+    log = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.out"))
+    assert log.count("Starting with JobEnvironment") == 2, log[-3000:]  # it ran twice
+    assert "continuing task brain_age" in log  # and the second start resumed mid-task
+    assert (run / "matrix.csv").read_bytes() == (tmp_path / "ref" / "matrix.csv").read_bytes()
+    ours = torch.load(run / "checkpoints" / "state.pt", weights_only=True)["model"]
+    theirs = torch.load(tmp_path / "ref" / "checkpoints" / "state.pt", weights_only=True)["model"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)

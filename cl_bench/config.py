@@ -50,6 +50,15 @@ class HardwareConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How the R matrix is measured."""
+
+    #: ``oracle`` (each test sample runs with its own task's adapter and head) or ``predicted``
+    #: (the strategy retrieves the task: task-agnostic inference; proteus, duallora)
+    task_id: str = "oracle"
+
+
+@dataclass
 class ClBenchConfig:
     """Schema of the composed config (group contents are checked by :func:`build`)."""
 
@@ -60,6 +69,7 @@ class ClBenchConfig:
     tasks: Any = None
     strategy: Any = None
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: Any = None
     experiment: Any = None
     resume: Optional[str] = None  #: a run directory to continue (see cl_bench.checkpoint)

@@ -1,4 +1,4 @@
-"""Evaluation of one task: Dice (segmentation) and MAE in native units (regression).
+"""Evaluation of one task: Dice (segmentation), MAE in native units (regression), accuracy.
 
 A plain ``torch.inference_mode`` loop (no Lightning overhead per call; the R matrix needs
 O(T^2) of these).
@@ -7,62 +7,173 @@ O(T^2) of these).
   one-hot predictions, background excluded, subjects whose ground truth lacks a label are ignored
   for that label; the task's value is the mean over foreground labels of the mean over subjects.
 * MAE: torchmetrics ``MeanAbsoluteError`` in the target's native units (years for brain age).
+* accuracy: torchmetrics ``MulticlassAccuracy`` (micro: share of correctly classified images).
+
+Task id at test (``eval.task_id``): ``oracle`` runs every test sample with its own task's
+adapter and head. ``predicted`` asks the strategy (:meth:`Strategy.predict_task_id`) which task
+each sample belongs to and runs it with *that* task's adapter and head, as a task-agnostic model
+must. A sample sent to a task of another kind or output size cannot be answered by it: it counts as
+wrong (classification), all background (segmentation) or the task's mean target (regression).
+Classification answers are compared in the stream's global class space, so a task-IL stream
+evaluated with predicted ids is scored like class-IL.
 """
 
 from __future__ import annotations
 
+import time
+
 import torch
 from monai.metrics import DiceMetric
 from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.regression import MeanAbsoluteError
 
 from cl_bench.data.base import Task
+from cl_bench.errors import ConfigError
 from cl_bench.strategies.base import Strategy
+
+
+def global_classes(task: Task, pred: torch.Tensor) -> torch.Tensor:
+    """Map a classification head's output indices ``(B,)`` to stream-wide class ids.
+
+    Task-IL heads answer in the task's local indices (``task.classes`` gives the global ids);
+    the class-IL head already answers in the stream's class space.
+    """
+    if task.scenario == "class_il":
+        return pred
+    return torch.as_tensor(task.classes, dtype=torch.long)[pred]
+
+
+def _compatible(a: Task, b: Task) -> bool:
+    """Can ``a``'s head answer a sample of ``b`` in ``b``'s terms?"""
+    if a.kind != b.kind:
+        return False
+    return a.kind != "segmentation" or a.num_classes == b.num_classes
+
+
+class _Scorer:
+    """Accumulates one task's metric over batches of outputs in the task's own terms."""
+
+    def __init__(self, task: Task, stream: list[Task] | None = None):
+        self.task = task
+        if task.kind == "segmentation":
+            self.metric = DiceMetric(include_background=False, reduction="mean_batch",
+                                     ignore_empty=True)
+        elif task.kind == "regression":
+            self.metric = MeanAbsoluteError()
+        else:
+            # every global class id a head of the stream can answer
+            n = max([task.num_classes] + [max(t.classes) + 1 for t in (stream or [task])
+                                          if t.kind == "classification" and t.classes])
+            self.none_class = n  # the answer of a sample no compatible head could take
+            self.metric = MulticlassAccuracy(num_classes=n + 1, average="micro")
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        """``pred``: segmentation ``(B, *spatial)`` class map, regression ``(B,)`` native units,
+        classification ``(B,)`` global class ids; ``label`` as stored in the dataset."""
+        task = self.task
+        if task.kind == "segmentation":
+            k = task.num_classes
+            self.metric(torch.nn.functional.one_hot(pred.long(), k).movedim(-1, 1),
+                        torch.nn.functional.one_hot(label[:, 0].long(), k).movedim(-1, 1))
+        elif task.kind == "regression":
+            self.metric.update(pred, label.float())
+        else:
+            self.metric.update(pred, global_classes(task, label.long()))
+
+    def result(self) -> dict[str, float]:
+        task = self.task
+        if task.kind == "segmentation":
+            per_label = self.metric.aggregate()  # (K-1,), NaN where no subject had the label
+            valid = per_label[~torch.isnan(per_label)]
+            out = {"dice": float(valid.mean()) if len(valid) else float("nan")}
+            out.update({f"dice_{i}": v for i, v in enumerate(per_label.tolist(), start=1)})
+            return out
+        if task.kind == "regression":
+            mae = float(self.metric.compute())
+            return {"mae": mae, "mae_normalised": mae / task.target_std}
+        return {"accuracy": float(self.metric.compute())}
+
+
+def _answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
+    """``task``'s head on ``x``, as a prediction in the terms of :meth:`_Scorer.update`."""
+    with autocast:
+        out = model(x, task.name).float().cpu()
+    if task.kind == "segmentation":
+        return out.argmax(1)
+    if task.kind == "regression":
+        return out * task.target_std + task.target_mean
+    return global_classes(task, out.argmax(1))
+
+
+def _no_answer(task: Task, x: torch.Tensor, scorer: _Scorer) -> torch.Tensor:
+    """What a sample sent to an incompatible task gets (see module docstring)."""
+    b = x.shape[0]
+    if task.kind == "segmentation":
+        return torch.zeros((b,) + tuple(x.shape[2:]), dtype=torch.long)
+    if task.kind == "regression":
+        return torch.full((b,), float(task.target_mean))
+    return torch.full((b,), scorer.none_class, dtype=torch.long)  # no class: always wrong
 
 
 @torch.inference_mode()
 def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
                   batch_size: int = 4, device: str | torch.device = "cpu",
-                  bf16: bool = False) -> dict[str, float]:
-    """Score ``model`` on ``task.test`` with the task's adapter/head active.
+                  bf16: bool = False, stream: list[Task] | None = None,
+                  predicted: bool = False) -> dict[str, float]:
+    """Score ``model`` on ``task.test`` with the oracle or the predicted task id.
 
     Args:
         model, strategy, task: what to evaluate; batch_size: test batch size;
-        device: where to run; bf16: bfloat16 autocast (``hardware.precision=bf16-mixed``).
+        device: where to run; bf16: bfloat16 autocast (``hardware.precision=bf16-mixed``);
+        stream: the whole stream (needed with ``predicted``: ids index into it);
+        predicted: route each sample by ``strategy.predict_task_id`` (see module docstring).
 
     Returns:
         ``{task.metric: value, ...}``: for segmentation also ``dice_<label>`` per foreground
         label; for regression also ``mae_normalised`` (MAE divided by ``task.target_std``).
+        With ``predicted``: also ``retrieval`` (share of samples routed to ``task``) and
+        ``retrieval_ms_per_sample`` (wall time of the task-id prediction).
+
+    Raises:
+        ConfigError: ``predicted`` with a strategy that predicts no task id.
     """
     was_training = model.training
     model.eval()
-    strategy.activate(task)
     model.to(device)
     loader = DataLoader(task.test, batch_size=batch_size, shuffle=False)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-    result: dict[str, float] = {}
-    if task.kind == "segmentation":
-        dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
-        for batch in loader:
-            with autocast:
-                logits = model(batch["image"].to(device), task.name).float().cpu()
-            k = logits.shape[1]
-            pred = torch.nn.functional.one_hot(logits.argmax(1), k).movedim(-1, 1)
-            gt = torch.nn.functional.one_hot(batch["label"][:, 0].long(), k).movedim(-1, 1)
-            dice(pred, gt)
-        per_label = dice.aggregate()  # (K-1,), NaN where no subject had the label
-        valid = per_label[~torch.isnan(per_label)]
-        result["dice"] = float(valid.mean()) if len(valid) else float("nan")
-        for i, v in enumerate(per_label.tolist(), start=1):
-            result[f"dice_{i}"] = v
-    else:
-        mae = MeanAbsoluteError()
-        for batch in loader:
-            with autocast:
-                out = model(batch["image"].to(device), task.name).float().cpu()
-            pred = out * task.target_std + task.target_mean
-            mae.update(pred, batch["label"].float())
-        result["mae"] = float(mae.compute())
-        result["mae_normalised"] = result["mae"] / task.target_std
+    scorer = _Scorer(task, stream)
+    j = stream.index(task) if predicted else None
+    hits, n, predict_s = 0, 0, 0.0
+    if not predicted:
+        strategy.activate(task)
+    for batch in loader:
+        x, label = batch["image"].to(device), batch["label"]
+        if not predicted:
+            scorer.update(_answer(model, task, x, autocast), label)
+            continue
+        start = time.perf_counter()
+        with autocast:
+            ids = strategy.predict_task_id(x)
+        predict_s += time.perf_counter() - start
+        if ids is None:
+            raise ConfigError(f"eval.task_id=predicted: strategy {strategy.name!r} predicts no "
+                              "task id; use eval.task_id=oracle or a task-agnostic strategy")
+        ids = ids.cpu().long()
+        pred = _no_answer(task, x, scorer)
+        for i in ids.unique().tolist():
+            sel = ids == i
+            other = stream[i]
+            if _compatible(other, task):
+                strategy.activate(other)
+                pred[sel] = _answer(model, other, x[sel.to(x.device)], autocast).to(pred.dtype)
+        scorer.update(pred, label)
+        hits += int((ids == j).sum())
+        n += len(ids)
+    result = scorer.result()
+    if predicted:
+        result["retrieval"] = hits / max(n, 1)
+        result["retrieval_ms_per_sample"] = 1000.0 * predict_s / max(n, 1)
     model.train(was_training)
     return result

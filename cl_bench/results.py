@@ -92,6 +92,42 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     return metrics
 
 
+def write_task_agnostic(out_dir: Path, stream: list[Task], rows: dict[str, list[float]],
+                        retrieval: dict[str, list[float]], mode: str, extra: dict[str, Any]) -> dict:
+    """Write a task-agnostic strategy's second R matrix and its retrieval-accuracy matrix.
+
+    Files in ``out_dir``: ``matrix_<mode>.csv`` (R measured with the other task-id mode than
+    ``matrix.csv``), ``retrieval.csv`` (share of task j's test samples the strategy routed to task
+    j, after each task; rows as in R) and ``retrieval.png``.
+
+    Returns:
+        The summary merged into metrics.json under ``task_agnostic``: the other mode's CL metrics,
+        the last retrieval row and its mean over the tasks trained so far.
+    """
+    out_dir = Path(out_dir)
+    df = matrix_frame(rows, stream)
+    atomic_write(out_dir / f"matrix_{mode}.csv", lambda tmp: df.to_csv(tmp, float_format="%.6g"))
+    ret = matrix_frame(retrieval, stream)
+    atomic_write(out_dir / "retrieval.csv", lambda tmp: ret.to_csv(tmp, float_format="%.6g"))
+    trained = df.drop(index="init", errors="ignore")
+    summary: dict[str, Any] = {"other_mode": mode}
+    if len(trained):
+        try:
+            summary[f"metrics_{mode}"] = cl_metrics(
+                trained.to_numpy(float), df.loc["init"].to_numpy(float) if "init" in df.index else None,
+                higher_is_better=[t.higher_is_better for t in stream],
+                task_names=[t.name for t in stream], metric_names=[t.metric for t in stream])
+        except ValueError as e:
+            summary["error"] = f"metrics not computed: {e}"
+        last = ret.drop(index="init", errors="ignore").iloc[-1]
+        summary["retrieval_last_row"] = {k: float(v) for k, v in last.items()}
+        summary["retrieval_mean_seen"] = float(last.iloc[:len(trained)].mean())
+    title = f"task retrieval accuracy: {extra.get('strategy')} (seed {extra.get('seed')})"
+    shown = [Task(t.name, "classification", [], []) for t in stream]  # one 0..1 panel
+    atomic_write(out_dir / "retrieval.png", lambda tmp: plot_heatmap(ret, shown, tmp, title))
+    return summary
+
+
 def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
                  title: str | None = None) -> None:
     """Annotated heatmap of R, one panel and colour scale per metric (Dice, MAE, ...).
@@ -110,7 +146,7 @@ def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
         cmap = "viridis" if task0.higher_is_better else "viridis_r"
         finite = sub[np.isfinite(sub)]
         vmin, vmax = (finite.min(), finite.max()) if finite.size else (0, 1)
-        if metric == "dice":
+        if metric in ("dice", "accuracy"):
             vmin, vmax = 0.0, 1.0
         im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1,
                        aspect="auto")

@@ -26,7 +26,8 @@ from cl_bench.errors import ConfigError
 from cl_bench.evaluation import evaluate_task
 from cl_bench.models.lit import LitTask
 from cl_bench.loggers import close_logger, log_row, make_logger
-from cl_bench.results import matrix_frame, write_json, write_results
+from cl_bench.results import (matrix_frame, write_json, write_results,
+                              write_task_agnostic)
 
 log = logging.getLogger(__name__)
 # Lightning's banner lines ("GPU available: False", tips) are noise in a stream of many Trainers
@@ -125,8 +126,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         if channels != model.encoder.in_channels:
             raise ConfigError(f"task {task.name!r} has {channels}-channel images but "
                               f"backbone.in_channels is {model.encoder.in_channels}; make them agree")
-        model.add_head(task)
+        spatial = task.train[0]["image"].dim() - 1
+        if spatial != model.encoder.spatial_dims:
+            raise ConfigError(f"task {task.name!r} has {spatial}D images but backbone "
+                              f"{cfg.backbone.get('name')!r} has spatial_dims="
+                              f"{model.encoder.spatial_dims}; pick a {spatial}D backbone")
+    model.add_heads(stream)
     strategy.setup(model, stream)
+    if cfg.eval.task_id not in ("oracle", "predicted"):
+        raise ConfigError(f"eval.task_id: expected oracle or predicted, got {cfg.eval.task_id!r}")
+    if cfg.eval.task_id == "predicted" and not strategy.task_agnostic:
+        raise ConfigError(f"eval.task_id=predicted: strategy={strategy.name} does not predict "
+                          "task ids; use eval.task_id=oracle or strategy=proteus|duallora")
 
     r = _StreamRun(cfg, run_dir, stream, model, strategy, main)
     if state is not None:  # rebuild the finished tasks' structure, then load their state
@@ -155,6 +166,8 @@ class _StreamRun:
             cfg, run_dir, stream, model, strategy)
         self.main = main  # False on DDP ranks > 0: they train and evaluate in lockstep, write nothing
         self.rows, self.details = {}, {}
+        # task-agnostic strategies: R of the other task-id mode and the retrieval-accuracy matrix
+        self.other_rows, self.retrieval = {}, {}
         self.timing, self.params = {"tasks": {}}, {"tasks": {}}
         self.done, self.logger = 0, None
         self.extra = {"strategy": strategy.name, "seed": cfg.seed, "tasks": cfg.tasks.get("name"),
@@ -171,10 +184,13 @@ class _StreamRun:
             raise ConfigError(f"resume: {self.run_dir} was run on tasks {state['task_names']}, "
                               f"this stream has {names}")
         for t in range(state["tasks_done"]):
+            self.model.begin_task(self.stream[t])
             self.strategy.before_task(t, self.stream[t])
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
         self.rows, self.details = state["rows"], state["details"]
+        self.other_rows = state.get("other_rows", {})
+        self.retrieval = state.get("retrieval", {})
         self.timing, self.params = state["timing"], state["params"]
         self.done = state["tasks_done"]
         self.t0 -= self.timing.get("total_s", 0.0)
@@ -184,21 +200,44 @@ class _StreamRun:
     def evaluate_row(self, label: str) -> float:
         """Evaluate every task into row ``label`` of R; returns the seconds it took.
 
+        A task-agnostic strategy is evaluated with both the oracle and the predicted task id:
+        ``eval.task_id`` picks the mode of R (``matrix.csv``), the other mode and the retrieval
+        accuracies go to ``task_agnostic/``.
+
         Under DDP every rank evaluates the whole test set with the same weights (MONAI's and
         torchmetrics' metrics all-gather across ranks; duplicates leave the means unchanged)."""
         start = time.perf_counter()
-        scores = {t.name: evaluate_task(self.model, self.strategy, t,
-                                        self.cfg.train.eval_batch_size, self.device, self.bf16)
-                  for t in self.stream}
-        self.rows[label] = [scores[t.name][t.metric] for t in self.stream]
-        self.details[label] = scores
+        modes = [False, True] if self.strategy.task_agnostic else [False]
+        if self.cfg.eval.task_id == "predicted":
+            modes.reverse()
+        scores = [{t.name: evaluate_task(self.model, self.strategy, t,
+                                         self.cfg.train.eval_batch_size, self.device, self.bf16,
+                                         self.stream, predicted)
+                   for t in self.stream} for predicted in modes]
+        self.rows[label] = [scores[0][t.name][t.metric] for t in self.stream]
+        self.details[label] = scores[0]
+        if len(modes) == 2:
+            self.other_rows[label] = [scores[1][t.name][t.metric] for t in self.stream]
+            pred = scores[modes.index(True)]
+            self.retrieval[label] = [pred[t.name]["retrieval"] for t in self.stream]
+            if self.cfg.eval.task_id == "oracle":
+                for t in self.stream:  # keep the retrieval cost next to the oracle numbers
+                    self.details[label][t.name]["retrieval"] = pred[t.name]["retrieval"]
+                    self.details[label][t.name]["retrieval_ms_per_sample"] = (
+                        pred[t.name]["retrieval_ms_per_sample"])
         return time.perf_counter() - start
 
     def write_row(self, label: str | None) -> dict:
         """Write the result files for the rows so far; log row ``label`` (None: just write)."""
         if not self.main:
             return {}
-        metrics = write_results(self.run_dir, self.stream, self.rows, self.details, self.extra)
+        extra = dict(self.extra, eval_task_id=self.cfg.eval.task_id)
+        if self.other_rows:
+            other = "oracle" if self.cfg.eval.task_id == "predicted" else "predicted"
+            extra["task_agnostic"] = write_task_agnostic(
+                self.run_dir / "task_agnostic", self.stream, self.other_rows, self.retrieval,
+                other, self.extra)
+        metrics = write_results(self.run_dir, self.stream, self.rows, self.details, extra)
         if label is not None:
             log_row(self.logger, len(self.rows) - 1, label, matrix_frame(self.rows, self.stream),
                     self.run_dir / "heatmap.png")
@@ -210,6 +249,7 @@ class _StreamRun:
                                                self.strategy, self.model)
         log.info("task %d/%d: %s (%s)", t + 1, len(self.stream), task.name, task.kind)
         L.seed_everything(cfg.seed * 1000 + t, workers=True, verbose=False)  # shuffle, dropout
+        model.begin_task(task)
         strategy.before_task(t, task)
         self._count_params(task)
         loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
@@ -234,6 +274,7 @@ class _StreamRun:
         ckpt.save_boundary(run_dir, {
             "tasks_done": t + 1, "task_names": [s.name for s in self.stream],
             "model": model.state_dict(), "strategy": strategy.state_dict(), "rows": self.rows,
+            "other_rows": self.other_rows, "retrieval": self.retrieval,
             "details": self.details, "timing": self.timing, "params": self.params})
         shutil.rmtree(ckpt.mid_task_dir(run_dir, task.name), ignore_errors=True)
         return metrics

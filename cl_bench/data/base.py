@@ -6,7 +6,9 @@ how it is scored. Every dataset item is a dict:
 * ``"image"``: ``FloatTensor`` of shape ``(C, D, H, W)`` (3D) or ``(C, H, W)`` (2D), intensity-normalised;
 * ``"label"``: for ``segmentation`` a ``LongTensor`` of shape ``(1, D, H, W)`` with values in
   ``[0, num_classes)`` (0 = background); for ``regression`` a 0-d ``FloatTensor`` in native units
-  (years for brain age).
+  (years for brain age); for ``classification`` a 0-d ``LongTensor`` in the head's index space:
+  task-incremental streams store the task's local index ``0..len(classes)-1``, class-incremental
+  streams the global class id (``Task.classes`` maps local indices to global ids).
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-TaskKind = Literal["segmentation", "regression"]
+TaskKind = Literal["segmentation", "regression", "classification"]
 
 #: metric name and whether higher is better, per task kind
 METRICS: dict[str, tuple[str, bool]] = {
     "segmentation": ("dice", True),
     "regression": ("mae", False),
+    "classification": ("accuracy", True),
 }
+
+#: continual-learning scenarios of a classification stream (van de Ven et al. 2022,
+#: "Three types of incremental learning", Nature Machine Intelligence; arXiv 1904.07734)
+SCENARIOS = ("task_il", "class_il")
 
 
 @dataclass
@@ -33,7 +40,7 @@ class Task:
 
     Args:
         name: unique task name within the stream (used as adapter/head key and matrix column).
-        kind: ``"segmentation"`` or ``"regression"``.
+        kind: ``"segmentation"``, ``"regression"`` or ``"classification"``.
         train: training dataset (items as described in the module docstring).
         test: evaluation dataset.
         num_classes: segmentation classes including background (0 for regression).
@@ -42,6 +49,9 @@ class Task:
         target_std: regression target normalisation std (native units, > 0).
         units: unit of the task's metric, e.g. ``"years"`` for age MAE, ``""`` for Dice.
         info: free-form provenance (generator settings, file counts) written to metrics.json.
+        classes: classification only: the task's global class ids, in local-index order.
+        scenario: classification only: ``"task_il"`` (a head per task, task id given at test) or
+            ``"class_il"`` (one growing head over every class seen so far, no task id at test).
     """
 
     name: str
@@ -53,10 +63,12 @@ class Task:
     target_std: float = 1.0
     units: str = ""
     info: dict = field(default_factory=dict)
+    classes: list[int] = field(default_factory=list)
+    scenario: str = "task_il"
 
     @property
     def metric(self) -> str:
-        """Metric name: ``"dice"`` (segmentation) or ``"mae"`` (regression)."""
+        """Metric name: ``"dice"`` (segmentation), ``"mae"`` (regression), ``"accuracy"``."""
         return METRICS[self.kind][0]
 
     @property
@@ -70,7 +82,8 @@ class ArrayDataset(Dataset):
 
     Args:
         images: ``(N, C, *spatial)`` float array.
-        labels: ``(N, 1, *spatial)`` int array (segmentation) or ``(N,)`` float array (regression).
+        labels: ``(N, 1, *spatial)`` int array (segmentation), ``(N,)`` float array (regression)
+            or ``(N,)`` int array (classification).
 
     Raises:
         ValueError: if ``images`` and ``labels`` disagree on ``N``.
@@ -82,7 +95,10 @@ class ArrayDataset(Dataset):
         if len(images) != len(labels):
             raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) differ in length")
         self.images = images
-        self.labels = labels.long() if labels.ndim > 1 else labels.float()
+        if labels.ndim > 1 or not torch.is_floating_point(labels):
+            self.labels = labels.long()
+        else:
+            self.labels = labels.float()
 
     def __len__(self) -> int:
         return len(self.images)

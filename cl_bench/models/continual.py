@@ -7,7 +7,8 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.models.backbones import ViTEncoder
-from cl_bench.models.heads import RegressionHead, SegmentationDecoder
+from cl_bench.models.heads import (ClassificationHead, ClassILHead, RegressionHead,
+                                   SegmentationDecoder, TaskView)
 
 
 class ContinualModel(nn.Module):
@@ -23,9 +24,14 @@ class ContinualModel(nn.Module):
         decoder_image_skip: give decoders UNETR's raw-image skip (see ``SegmentationDecoder``).
         regression_width: hidden width of regression heads.
 
+    Classification tasks get a :class:`ClassificationHead` each (task-incremental) or, in a
+    class-incremental stream, share one growing :class:`ClassILHead` (each task's entry in
+    ``heads`` is a :class:`TaskView` of it; :meth:`begin_task` activates a task's classes).
+
     Shapes:
         ``forward(x, task_name)``: ``x`` ``(B, C, *spatial)`` -> segmentation logits
-        ``(B, K, *spatial)`` or regression prediction ``(B,)`` (normalised target scale).
+        ``(B, K, *spatial)``, regression prediction ``(B,)`` (normalised target scale) or
+        class logits ``(B, K)``.
 
     Raises:
         KeyError: ``forward`` with a task that has no head.
@@ -55,10 +61,29 @@ class ContinualModel(nn.Module):
                                        enc.spatial_dims, self.decoder_image_skip)
         elif task.kind == "regression":
             head = RegressionHead(enc.hidden_size, self.regression_width)
+        elif task.kind == "classification":
+            head = ClassificationHead(enc.hidden_size, task.num_classes)
         else:
             raise ValueError(f"task {task.name!r}: unsupported kind {task.kind!r}")
         self.heads[task.name] = head
         return head
+
+    def add_heads(self, stream: list[Task]) -> None:
+        """Create the heads of every task of ``stream`` (one shared head for class-IL tasks)."""
+        class_il = [t for t in stream if t.kind == "classification" and t.scenario == "class_il"]
+        shared = (ClassILHead(self.encoder.hidden_size, [len(t.classes) for t in class_il])
+                  if class_il else None)
+        for task in stream:
+            if task in class_il:
+                self.heads[task.name] = TaskView(shared, class_il.index(task))
+            else:
+                self.add_head(task)
+
+    def begin_task(self, task: Task) -> None:
+        """Called before training ``task``: a class-IL head activates the task's classes."""
+        head = self.heads[task.name]
+        if isinstance(head, TaskView):
+            head.shared.begin_task(head.task_index)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder tokens ``(B, N, D)`` and per-block hidden states."""

@@ -93,3 +93,79 @@ class RegressionHead(nn.Module):
     def forward(self, to_grid, tokens: torch.Tensor, hidden: list[torch.Tensor],
                 image: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm(tokens).mean(dim=1)).squeeze(-1)
+
+
+class ClassificationHead(nn.Module):
+    """Pooled tokens -> linear classifier (a task-incremental task's own head).
+
+    Args:
+        hidden_size: token width D; num_classes: the task's classes K.
+
+    Shapes:
+        ``forward(grid_fn, tokens (B, N, D), hidden, image)`` -> logits ``(B, K)``.
+    """
+
+    def __init__(self, hidden_size: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.fc = nn.Linear(hidden_size, num_classes)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` tokens -> ``(B, D)`` pooled, normalised features."""
+        return self.norm(tokens).mean(dim=1)
+
+    def forward(self, to_grid, tokens: torch.Tensor, hidden: list[torch.Tensor],
+                image: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(tokens))
+
+
+#: logit given to classes outside the active set (finite, so distillation stays finite)
+MASKED_LOGIT = -1e4
+
+
+class ClassILHead(ClassificationHead):
+    """One growing classifier shared by the tasks of a class-incremental stream.
+
+    The output units of task k's classes become active when task k begins
+    (:meth:`begin_task`); logits of inactive classes are :data:`MASKED_LOGIT`, so training on
+    task k and evaluation afterwards classify among every class seen so far, with no task id
+    (van de Ven et al. 2022, arXiv 1904.07734, "class-IL"). Evaluating a task not yet trained
+    also activates that task's classes (so the ``init`` row and FWT are measurable).
+
+    Args:
+        hidden_size: token width D; sizes: number of classes of each task, in stream order.
+
+    Shapes:
+        ``forward(grid_fn, tokens, hidden, image, task_index)`` -> logits ``(B, sum(sizes))``.
+    """
+
+    def __init__(self, hidden_size: int, sizes: list[int]):
+        super().__init__(hidden_size, sum(sizes))
+        self.sizes = list(sizes)
+        self.register_buffer("n_seen", torch.zeros((), dtype=torch.long))
+
+    def begin_task(self, t: int) -> None:
+        """Activate the classes of tasks ``0..t``."""
+        self.n_seen.fill_(max(int(self.n_seen), t + 1))
+
+    def active(self, task_index: int) -> torch.Tensor:
+        """``(K,)`` bool mask of the output units active when running task ``task_index``."""
+        upto = sum(self.sizes[:max(int(self.n_seen), task_index + 1)])
+        mask = torch.zeros(sum(self.sizes), dtype=torch.bool, device=self.n_seen.device)
+        mask[:upto] = True
+        return mask
+
+    def forward(self, to_grid, tokens, hidden, image, task_index: int = 0) -> torch.Tensor:
+        logits = super().forward(to_grid, tokens, hidden, image)
+        return logits.masked_fill(~self.active(task_index), MASKED_LOGIT)
+
+
+class TaskView(nn.Module):
+    """Task ``task_index``'s entry in ``ContinualModel.heads`` for a head shared by all tasks."""
+
+    def __init__(self, shared: ClassILHead, task_index: int):
+        super().__init__()
+        self.shared, self.task_index = shared, task_index
+
+    def forward(self, to_grid, tokens, hidden, image) -> torch.Tensor:
+        return self.shared(to_grid, tokens, hidden, image, self.task_index)

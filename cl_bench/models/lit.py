@@ -3,7 +3,7 @@
 Losses: segmentation uses MONAI's ``DiceCELoss`` (softmax, one-hot targets, Dice over the
 foreground classes only since tumours fill ~2 % of a volume; Milletari et al. 2016, arXiv
 1606.04797 for the Dice loss); regression uses the mean squared error on the normalised target
-``(y - task.target_mean) / task.target_std``.
+``(y - task.target_mean) / task.target_std``; classification the cross-entropy.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ class TaskLoss(nn.Module):
 
     Shapes:
         segmentation: ``out`` ``(B, K, *spatial)`` logits, ``label`` ``(B, 1, *spatial)`` int;
-        regression: ``out`` ``(B,)`` normalised prediction, ``label`` ``(B,)`` native units.
+        regression: ``out`` ``(B,)`` normalised prediction, ``label`` ``(B,)`` native units;
+        classification: ``out`` ``(B, K)`` logits, ``label`` ``(B,)`` class indices.
     """
 
     def __init__(self, task: Task):
@@ -36,6 +37,8 @@ class TaskLoss(nn.Module):
     def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if self.dice_ce is not None:
             return self.dice_ce(out, label)
+        if self.task.kind == "classification":
+            return nn.functional.cross_entropy(out.float(), label.long())
         target = (label.float() - self.task.target_mean) / self.task.target_std
         return nn.functional.mse_loss(out.float(), target)
 

@@ -42,6 +42,11 @@ class Strategy:
 
     #: short name used in result paths and tables
     name = "base"
+    #: True if the model needs each test sample's task id to pick a per-task module (adapter),
+    #: so the strategy cannot run a class-incremental stream
+    needs_task_id = False
+    #: True if :meth:`predict_task_id` retrieves the task (task-agnostic evaluation)
+    task_agnostic = False
 
     def __init__(self, lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
         for key, value in (("lr", lr), ("head_lr", head_lr)):
@@ -55,8 +60,20 @@ class Strategy:
 
     # ------------------------------------------------------------------ hooks
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
-        """Attach to the stream's model; heads of all tasks already exist."""
+        """Attach to the stream's model; heads of all tasks already exist.
+
+        Raises:
+            ConfigError: a class-incremental stream with a strategy that needs task ids.
+        """
         self.model, self.stream = model, stream
+        class_il = [t.name for t in stream if t.scenario == "class_il" and t.kind == "classification"]
+        if class_il and self.needs_task_id:
+            hint = (" (its task-agnostic evaluation, tasks.scenario=task_il eval.task_id=predicted,"
+                    " scores in the class-IL label space)" if self.task_agnostic else "")
+            raise ConfigError(
+                f"strategy={self.name} keeps one module per task and needs the task id at test, "
+                f"which tasks.scenario=class_il does not give; use tasks.scenario=task_il{hint}, or"
+                " a strategy with a shared model (seq_ft, seq_lp, ewc, lwf, er, joint)")
 
     def before_task(self, t: int, task: Task) -> None:
         """Prepare task ``t`` (0-based): add modules, set ``requires_grad``."""

@@ -45,6 +45,7 @@ class LoRA(Strategy):
     """
 
     name = "lora"
+    needs_task_id = True
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
                  target_modules: list[str] = ("qkv", "out_proj"), lr: float = 1e-3,

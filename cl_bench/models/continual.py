@@ -89,6 +89,12 @@ class ContinualModel(nn.Module):
         """Encoder tokens ``(B, N, D)`` and per-block hidden states."""
         return self.backbone(x)
 
+    def forward_heads(self, x: torch.Tensor, task_names: list[str]) -> dict[str, torch.Tensor]:
+        """One backbone pass, then the heads of ``task_names``: ``{name: output}``."""
+        tokens, hidden = self.backbone(x)
+        return {n: self.heads[n](self.encoder.tokens_to_grid, tokens, hidden, x)
+                for n in task_names}
+
     def forward(self, x: torch.Tensor, task_name: str) -> torch.Tensor:
         tokens, hidden = self.backbone(x)
         return self.heads[task_name](self.encoder.tokens_to_grid, tokens, hidden, x)

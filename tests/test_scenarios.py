@@ -19,7 +19,8 @@ from cl_bench.strategies.base import Strategy
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 BASE = ["tasks=digits", "tasks.n_tasks=2", "train.max_steps=60", "train.batch_size=32",
-        "train.progress_bar=false", "train.checkpoint_every_n_epochs=0", "logger=none"]
+        "train.progress_bar=false", "train.checkpoint_every_n_epochs=0", "logger=none",
+        "hardware.num_threads=1"]  # tiny models: a second thread only adds overhead
 
 
 def cfg(*overrides):

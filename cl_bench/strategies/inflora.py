@@ -1,0 +1,289 @@
+"""InfLoRA: interference-free low-rank adaptation of the attention keys and values.
+
+Liang & Li 2024, "InfLoRA: Interference-Free Low-Rank Adaptation for Continual Learning",
+CVPR 2024, arXiv 2404.00228; reconstructed from the paper and its official code
+(``methods/inflora.py``, ``models/vit_inflora.py``).
+
+Every attention block's keys and values get one low-rank branch per task, ``ΔW_t = B_t A_t``
+(no ``alpha / r`` scaling), and *all* branches of the tasks seen so far are summed::
+
+    k = W_k x + sum_{j<=t} B^k_j A_j x        v = W_v x + sum_{j<=t} B^v_j A_j x
+
+Before task t (``before_task``), per block, on task t's training data with the current model:
+
+    C   = mean over tokens of x xᵀ                (x: the attention input, (D,) per token)
+    C'  = C - M Mᵀ C                               (M: basis of the earlier tasks' inputs, (D, k))
+    A_t = (top-r left singular vectors of C')ᵀ / sqrt(3)     (r, D), frozen
+    B_t = 0                                        (D, r) for k and for v: the only part that trains
+
+so ``A_t M = 0``: the new branch cannot change the block's output on inputs in span(M), which
+is where the old tasks' inputs live (up to the energy threshold). After task t (``after_task``),
+``M`` grows by the DualGPM / GPM rule (:func:`cl_bench.strategies.subspace.gpm_update`) with the
+covariance of task t's inputs under the trained model as representation matrix (as in the code,
+so the energy counted is the squared eigenvalues of C and the bases stay small) and energy
+threshold ``eps_t = eps_start + (eps_end - eps_start) * t / T`` (t 0-based, T tasks; the paper's
+CIFAR-100 setting 0.95 -> 1.0, ImageNet-R 0.98 -> 1.0). Everything else in the backbone is frozen;
+the current task's head trains (task-IL: its own head; class-IL: the shared growing head, so no
+task id is needed at test: ``needs_task_id = False``; as with the code's per-task
+``classifier_pool``, only the rows of the current task's classes train, with the cross-entropy
+over those classes only (:meth:`InfLoRA.training_loss`), and the head's LayerNorm on task 0
+only). Since the branches are always on and sum, merging them into the weights
+(``merge_and_unload``) gives the same function exactly.
+
+Implementation: MONAI's attention has one fused ``qkv`` Linear (rows ``[0:D]`` q, ``[D:2D]`` k,
+``[2D:3D]`` v). Each task is one peft LoRA adapter on ``qkv`` (``lora_alpha = r``, so the scale
+is 1): ``lora_A`` (r, D) is set to ``A_t`` and frozen, ``lora_B`` (3D, r) is zero-initialised and
+a gradient hook zeroes its q rows, so ``B[0:D]`` stays exactly 0 and the branch is InfLoRA's
+``(B^k, B^v)`` pair with a shared ``A_t`` (as in the code, where ``lora_A_k`` and ``lora_A_v`` get
+the same matrix). All adapters are active at once (peft ``set_adapter([...])``). The trainable B's
+are picked by the exact adapter key in each layer's ``lora_B`` dict, never by a substring of a
+parameter name (the official code's ``"lora_B_k.1" in name`` also unfreezes task 10's branch).
+
+Shapes: attention input ``x`` ``(B, N, D)``; ``C`` ``(D, D)``; ``M`` ``(D, k)``; ``A_t`` ``(r, D)``;
+peft ``lora_B`` ``(3D, r)``.
+
+Raises:
+    ConfigError: a non-positive rank, thresholds outside (0, 1], non-positive statistics batch
+    size / sample cap (at construction), a backbone without fused ViT attention (at ``setup``).
+
+Deviations: the energy rule on the first task reaches the threshold (the code stops one direction
+short) and the basis is always stored as such, not as its complement (see
+:mod:`cl_bench.strategies.subspace`). If the complement of ``M`` has fewer than r dimensions the
+missing rows of ``A_t`` are zero (the code would take arbitrary singular vectors there). The
+statistics passes may be capped (``stat_max_samples``). Class-IL: the runner's loss is the
+cross-entropy over every class seen so far, so the code's loss over the current task's classes is
+obtained by adding ``CE_own - CE_all`` (same value and gradient as ``CE_own``); with
+``weight_decay > 0`` AdamW's decoupled decay still shrinks the frozen head rows. The code's
+k-means task keys (cluster centres of each task's features) are not reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from torch.nn import functional as F
+
+from cl_bench.data.base import Task
+from cl_bench.errors import ConfigError
+from cl_bench.models.heads import TaskView
+from cl_bench.strategies.base import Strategy
+from cl_bench.strategies.subspace import (collect_layer_inputs, gpm_update, principal_directions,
+                                          relative_overlap, task_images)
+
+
+class InfLoRA(Strategy):
+    """InfLoRA on the keys and values of every attention block (see module docstring).
+
+    Args:
+        rank: rank r of each task's branch (paper: 10).
+        eps_start, eps_end: energy threshold of the basis update after the first and (nearly)
+            the last task, ``eps_t = eps_start + (eps_end - eps_start) * t / T``, each in (0, 1].
+        stat_batch_size: batch size of the statistics passes over a task's training data.
+        stat_max_samples: at most this many training samples per statistics pass (None: all).
+        lr, head_lr, weight_decay: optimiser settings (B's at ``lr``, head at ``head_lr``).
+
+    Raises:
+        ConfigError: see module docstring.
+    """
+
+    name = "inflora"
+    needs_task_id = False
+
+    def __init__(self, rank: int = 10, eps_start: float = 0.95, eps_end: float = 1.0,
+                 stat_batch_size: int = 16, stat_max_samples: int | None = None,
+                 lr: float = 5e-4, head_lr: float = 3e-3, weight_decay: float = 0.0):
+        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
+        if rank <= 0:
+            raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")
+        for key, value in (("eps_start", eps_start), ("eps_end", eps_end)):
+            if not 0 < value <= 1:
+                raise ConfigError(f"strategy.{key}: expected a value in (0, 1], got {value}")
+        if stat_batch_size <= 0:
+            raise ConfigError(f"strategy.stat_batch_size: expected a positive int, got "
+                              f"{stat_batch_size}")
+        if stat_max_samples is not None and stat_max_samples <= 0:
+            raise ConfigError(f"strategy.stat_max_samples: expected a positive int or null, got "
+                              f"{stat_max_samples}")
+        self.rank, self.eps_start, self.eps_end = int(rank), float(eps_start), float(eps_end)
+        self.stat_batch_size, self.stat_max_samples = int(stat_batch_size), stat_max_samples
+        #: task names with a branch, in stream order
+        self.adapters: list[str] = []
+        #: per block ("blocks.<i>"): basis M of the earlier tasks' attention inputs, (D, k) float64
+        self.bases: dict[str, torch.Tensor] = {}
+        #: per task t: {block: k}, the size of M when A_t was designed (M_{<t} = M[:, :k])
+        self.basis_sizes: list[dict[str, int]] = []
+        self._hooks: dict[int, object] = {}
+        self._head_hooks: list = []
+        self._own_rows = slice(0, 0)
+
+    # ------------------------------------------------------------------ wiring
+    def setup(self, model: nn.Module, stream: list[Task]) -> None:
+        super().setup(model, stream)
+        blocks = getattr(getattr(model.encoder, "vit", None), "blocks", None)
+        if not blocks or not all(isinstance(getattr(getattr(b, "attn", None), "qkv", None),
+                                            nn.Linear) for b in blocks):
+            raise ConfigError("strategy=inflora: the backbone needs ViT blocks with a fused "
+                              "attention 'qkv' Linear (MONAI ViT/UNETR encoders)")
+        self.dim = blocks[0].attn.qkv.in_features
+
+    def _blocks(self) -> dict[str, nn.Module]:
+        return {f"blocks.{i}": b for i, b in enumerate(self.model.encoder.vit.blocks)}
+
+    def _threshold(self, t: int) -> float:
+        return self.eps_start + (self.eps_end - self.eps_start) * t / len(self.stream)
+
+    def _attention_covariances(self, task: Task) -> dict[str, torch.Tensor]:
+        """``C`` per block on ``task.train`` with the model as it is now (eval mode)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        try:
+            return collect_layer_inputs(
+                model.features, {n: b.attn for n, b in self._blocks().items()},
+                task_images(task.train, self.stat_batch_size, device, self.stat_max_samples),
+                reduce="covariance")
+        finally:
+            model.train(was_training)
+
+    def _config(self) -> LoraConfig:
+        return LoraConfig(r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, bias="none",
+                          target_modules=["qkv"])
+
+    def _set_active(self) -> None:
+        """All branches on (peft's set_adapter flips requires_grad: keep ours)."""
+        backbone = self.model.backbone
+        flags = {p: p.requires_grad for p in self.model.parameters()}
+        backbone.base_model.set_adapter(list(self.adapters))
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+    def qkv_layers(self) -> dict[str, nn.Module]:
+        """The peft LoRA layer wrapping each block's ``qkv`` (after the first ``before_task``)."""
+        return {n: b.attn.qkv for n, b in self._blocks().items()}
+
+    # ------------------------------------------------------------------- hooks
+    def before_task(self, t: int, task: Task) -> None:
+        covariances = self._attention_covariances(task)
+        new = task.name not in self.adapters
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peft warns about custom (non-transformers) models
+            if not isinstance(self.model.backbone, PeftModel):
+                self.model.backbone = get_peft_model(self.model.backbone, self._config(),
+                                                     adapter_name=task.name)
+            elif new:
+                self.model.backbone.add_adapter(task.name, self._config())
+        if new:
+            self.adapters.append(task.name)
+        sizes = {}
+        for name, layer in self.qkv_layers().items():
+            basis = self.bases.get(name)
+            sizes[name] = 0 if basis is None else basis.shape[1]
+            if new:
+                a = principal_directions(covariances[name], basis, self.rank).T / math.sqrt(3)
+                with torch.no_grad():
+                    layer.lora_A[task.name].weight.copy_(a.to(layer.lora_A[task.name].weight))
+                    layer.lora_B[task.name].weight.zero_()
+        if new:
+            self.basis_sizes = self.basis_sizes[:t] + [sizes]
+        self._set_active()
+        self.model.requires_grad_(False)
+        for layer in self.qkv_layers().values():
+            b = layer.lora_B[task.name].weight  # exact key: this task's branch only
+            b.requires_grad_(True)
+            if id(b) not in self._hooks:
+                self._hooks[id(b)] = b.register_hook(_zero_rows(self.dim))
+        head = self.model.heads[task.name]
+        head.requires_grad_(True)
+        if isinstance(head, TaskView):
+            self._train_own_classes_only(head, t)
+
+    def _train_own_classes_only(self, view: TaskView, t: int) -> None:
+        """Class-IL: the shared head acts as the code's per-task ``classifier_pool``: only the
+        rows of task t's classes train (gradient hooks zero the others); its LayerNorm trains on
+        the first task only."""
+        shared = view.shared
+        for handle in self._head_hooks:
+            handle.remove()
+        start = sum(shared.sizes[:view.task_index])
+        rows = slice(start, start + shared.sizes[view.task_index])
+        self._head_hooks = [p.register_hook(_keep_rows(rows))
+                            for p in (shared.fc.weight, shared.fc.bias)]
+        self._own_rows = rows
+        if t > 0:
+            shared.norm.requires_grad_(False)
+
+    def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
+        """Class-IL only: ``CE(own classes) - CE(all seen classes)``, which turns the runner's
+        cross-entropy over every seen class into the code's cross-entropy over the current task's
+        classes (its per-task classifier); ``None`` (no extra term) in task-IL."""
+        if not isinstance(self.model.heads[self.stream[t].name], TaskView):
+            return None
+        rows, label = self._own_rows, batch["label"].long()
+        own = F.cross_entropy(out[:, rows].float(), label - rows.start)
+        return own - F.cross_entropy(out.float(), label)
+
+    def activate(self, task: Task) -> None:
+        backbone = self.model.backbone
+        if isinstance(backbone, PeftModel) and list(backbone.active_adapters) != self.adapters:
+            self._set_active()
+
+    def after_task(self, t: int, task: Task) -> None:
+        covariances = self._attention_covariances(task)
+        eps = self._threshold(t)
+        for name in self.qkv_layers():
+            self.bases[name] = gpm_update(covariances[name], self.bases.get(name), eps)
+
+    # --------------------------------------------------------------- checks
+    def orthogonality_residual(self, t: int) -> float:
+        """``max`` over blocks of ``||A_t M_{<t}||_F / ||A_t||_F`` (0 for t = 0; ~1e-7 expected).
+
+        ``M_{<t}``: the basis as it was when ``A_t`` was designed (the first ``k`` columns of
+        the current one: GPM only appends).
+        """
+        name = self.adapters[t]
+        worst = 0.0
+        for layer_name, layer in self.qkv_layers().items():
+            k = self.basis_sizes[t][layer_name]
+            basis = self.bases.get(layer_name)
+            if k == 0 or basis is None:
+                continue
+            worst = max(worst, relative_overlap(layer.lora_A[name].weight, basis[:, :k]))
+        return worst
+
+    def save(self, run_dir: Path, t: int, task: Task) -> None:
+        self.model.backbone.save_pretrained(str(Path(run_dir) / "adapters"),
+                                            selected_adapters=[task.name])
+
+    def state_dict(self) -> dict:
+        return {"adapters": list(self.adapters),
+                "bases": {n: b.clone() for n, b in self.bases.items()},
+                "basis_sizes": [dict(s) for s in self.basis_sizes]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adapters = list(state.get("adapters", []))
+        self.bases = {n: b.to(torch.float64) for n, b in state.get("bases", {}).items()}
+        self.basis_sizes = [dict(s) for s in state.get("basis_sizes", [])]
+
+
+def _keep_rows(rows: slice):
+    """Gradient hook that zeroes every row outside ``rows`` (a class-IL head's other tasks)."""
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(grad)
+        out[rows] = grad[rows]
+        return out
+    return hook
+
+
+def _zero_rows(rows: int):
+    """Gradient hook that zeroes the first ``rows`` rows (the q part of a fused qkv ``lora_B``)."""
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:rows] = 0
+        return grad
+    return hook

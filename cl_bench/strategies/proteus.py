@@ -1,0 +1,602 @@
+"""PROTEUS: composed low-rank modules + parameter-free task retrieval by per-task signatures.
+
+Source: "PROTEUS" (arXiv 2603.13235). No public code; this is a reconstruction from reviews
+(DESIGN.md §7, mark [review]) — every choice below is a config value.
+
+(a) Module composition. Per adapted ``nn.Linear`` ``W`` (``out x in``) of the frozen backbone,
+task k owns a low-rank component ``(A_k: (r, in), B_k: (out, r))`` and, per layer, a vector of
+composition coefficients ``c_k: (k,)`` over the frozen components of the earlier tasks::
+
+    h = W x + s * ( sum_{i<k} c_{k,i} B_i A_i  +  B_k A_k ) x ,      s = alpha / r
+      = W x + s * ΔW_k x
+
+(``S_k = sum_{i<k} c_{k,i} B_i A_i`` is the selective re-use of old knowledge, ``B_k A_k`` the new
+component). While task k trains only ``A_k, B_k, c_k`` and task k's head are updated, and::
+
+    L = L_task + orth_lambda * sum_layers sum_{i<k} sum |A_i A_kᵀ|     (O-LoRA, arXiv 2310.14152)
+               + coef_l1     * sum_layers ||c_k||_1                      (selective composition)
+               + update_l1   * sum_layers ||ΔW_k||_1 + update_l2 * sum_layers ||ΔW_k||_F²
+
+``||ΔW_k||_F²`` is computed from the factors (``sum((B'ᵀB') ⊙ (A Aᵀ))``, small square matrices);
+``||ΔW_k||_1`` forms ``ΔW_k`` (``out x in``) and is skipped when its weight is 0. With
+``orthogonal_init`` the rows of a new ``A_k`` are first projected onto the orthogonal complement of
+the earlier ``A_i`` rows (while ``sum r < in``), so the penalty starts at ~0. ``B_k`` starts at
+zero and ``c_k`` at ``coef_init``. After task k everything of task k is frozen, so task j's
+composed update never changes afterwards: with the oracle task id BWT is exactly 0 (as ``lora``).
+
+Why not peft: peft LoRA layers sum the active adapters with fixed scalings (and
+``add_weighted_adapter`` bakes fixed weights into a new adapter); learned, per-layer composition
+coefficients with gradients need their own module, :class:`ProteusLinear`, which wraps the
+target ``nn.Linear`` (kept as ``base_layer``, as in peft; parameter names contain ``lora_`` and
+``.<task>.`` so the runner's parameter counts work unchanged).
+
+(b) Task retrieval by signatures. After task k, task k's training images are embedded with the
+backbone carrying task k's composed adapter, ``h_k(x) = mean over tokens of the last layer's
+(normed) output`` ``(B, D)`` (optionally L2-normalised), and a Dirichlet-process Gaussian mixture is
+fitted to them (sklearn ``BayesianGaussianMixture(weight_concentration_prior_type=
+"dirichlet_process")``, at most ``n_components`` components). At test time ``x`` goes through
+every trained task's adapted backbone (T passes) and the task whose signature gives the highest
+log-likelihood ``log p_k(h_k(x))`` is chosen. ``retrieval: frozen`` is the cheap variant: one pass
+through the frozen backbone (no adapter), all signatures fitted in that shared space. The fitted
+mixtures are stored as plain tensors (means, precision Cholesky factors and the per-component
+constants of sklearn's variational ``score_samples``), and :func:`signature_log_likelihood`
+re-scores them in torch: it reproduces ``BayesianGaussianMixture.score_samples`` (to float64
+rounding), and the state loads with ``torch.load(weights_only=True)``.
+
+Cluster separation (the paper bounds retrieval error by it): ``save`` writes
+``retrieval/separation_after_<task>.{json,png}``: for each trained signature k and trained task j,
+``sep[k][j] = ||c_k - m_kj|| / ((s_k + s_kj) / 2)`` with ``c_k, s_k`` the centre and RMS spread of
+signature k's training embeddings and ``m_kj, s_kj`` those of task j's test images embedded with
+task k's adapter (frozen: the shared space); ``min_separation[k] = min_{j != k} sep[k][j]``, plus
+the mean log-likelihood matrix and the retrieval accuracy on those samples.
+
+Shapes: images ``(B, C, *spatial)``; embeddings ``(B, D)``, D = backbone hidden size;
+``predict_task_id`` returns ``(B,)`` long stream indices (only trained tasks are candidates;
+before any task is trained it returns zeros).
+
+Deviations:
+    * The paper's exact regularisers, coefficient parametrisation and retrieval layer are not
+      public: coefficients are per layer and per task (one vector ``c_k`` per adapted layer), the
+      update regulariser is an elastic net on ``ΔW_k`` (weights ``update_l1``, ``update_l2``).
+    * MONAI's ViT has no [CLS] token: the signature embedding is the mean over tokens of the last
+      layer's output.
+    * The frozen variant uses the same DP-GMM signature (not k-means).
+    * ``save`` reads the seen tasks' *test* images for the separation diagnostics (as the runner's
+      evaluation does); nothing of them is stored or trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+from cl_bench.data.base import Task
+from cl_bench.errors import ConfigError, DataError
+from cl_bench.strategies.base import Strategy
+
+RETRIEVAL_MODES = ("adapted", "frozen")
+COVARIANCE_TYPES = ("diag", "full", "spherical", "tied")
+
+
+def _key(task_name: str) -> str:
+    """A module-dict key for a task name (no dots)."""
+    return task_name.replace(".", "_")
+
+
+# --------------------------------------------------------------------------- the layer
+def orthogonality_penalty(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """O-LoRA's penalty ``sum |old @ newᵀ|`` (entry-wise L1), ``old (R, in)``, ``new (r, in)``."""
+    return (old @ new.T).abs().sum()
+
+
+class _Component(nn.Module):
+    """Task k's parameters in one layer: ``A (r, in)``, ``B (out, r)``, ``coef (k,)``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, n_prev: int,
+                 coef_init: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        self.coef = nn.Parameter(torch.full((n_prev,), float(coef_init)))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as peft's LoRA A
+
+
+class ProteusLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus composed per-task low-rank updates (module docstring (a)).
+
+    Args:
+        base_layer: the wrapped linear layer (its weights are never changed here).
+        rank: r of every component; scale: ``s = alpha / r``.
+
+    Shapes:
+        ``forward(x)``: ``(..., in)`` -> ``(..., out)``; with no active task it returns
+        ``base_layer(x)`` exactly.
+    """
+
+    def __init__(self, base_layer: nn.Linear, rank: int, scale: float):
+        super().__init__()
+        self.base_layer = base_layer
+        self.rank, self.scale = rank, scale
+        self.lora_adapters = nn.ModuleDict()
+        self.active: str | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.lora_adapters.keys())
+
+    def add(self, key: str, coef_init: float = 0.0, orthogonal_init: bool = True) -> None:
+        """Add the component of a new task (after the existing ones, in stream order)."""
+        if key in self.lora_adapters:
+            return
+        w = self.base_layer.weight
+        comp = _Component(w.shape[1], w.shape[0], self.rank, len(self.lora_adapters), coef_init)
+        comp.to(device=w.device, dtype=w.dtype)
+        if orthogonal_init and len(self.lora_adapters):
+            prev = torch.cat([c.A.detach() for c in self.lora_adapters.values()])  # (R, in)
+            if prev.shape[0] + self.rank <= prev.shape[1]:
+                q, _ = torch.linalg.qr(prev.T)  # (in, R): basis of the old rows
+                with torch.no_grad():
+                    comp.A -= (comp.A @ q) @ q.T
+        self.lora_adapters[key] = comp
+
+    def factors(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A (R, in), B' (out, R))`` with ``ΔW_key = B' A``, ``R = r * (k + 1)``: the rows of
+        ``A`` and columns of ``B'`` are task 0..k's, each ``B_i`` multiplied by ``c_{k,i}``
+        (1 for i = k)."""
+        keys = self.keys
+        k = keys.index(key)
+        comps = [self.lora_adapters[n] for n in keys[:k + 1]]
+        own = comps[-1]
+        weights = torch.cat([own.coef, own.coef.new_ones(1)])  # (k + 1,)
+        a = torch.cat([c.A for c in comps])
+        b = torch.cat([c.B for c in comps], dim=1) * weights.repeat_interleave(self.rank)
+        return a, b
+
+    def delta_weight(self, key: str) -> torch.Tensor:
+        """The composed update ``s * ΔW_key``, ``(out, in)``."""
+        a, b = self.factors(key)
+        return self.scale * (b @ a)
+
+    def update_sq_norm(self, key: str) -> torch.Tensor:
+        """``||s * ΔW_key||_F²`` from the factors (no ``out x in`` matrix)."""
+        a, b = self.factors(key)
+        return self.scale ** 2 * ((b.T @ b) * (a @ a.T)).sum()
+
+    def orthogonality(self, key: str) -> torch.Tensor:
+        """``sum_{i<k} sum |A_i A_kᵀ|`` (entry-wise L1, as O-LoRA); 0 for the first task."""
+        keys = self.keys
+        k = keys.index(key)
+        a_k = self.lora_adapters[key].A
+        if k == 0:
+            return a_k.new_zeros(())
+        return orthogonality_penalty(torch.cat([self.lora_adapters[n].A for n in keys[:k]]), a_k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.active is None:
+            return y
+        a, b = self.factors(self.active)
+        return y + self.scale * F.linear(F.linear(x.to(a.dtype), a), b).to(y.dtype)
+
+
+# ----------------------------------------------------------------------- the signatures
+def fit_signature(emb: np.ndarray, n_components: int, covariance_type: str, reg_covar: float,
+                  weight_concentration_prior: float | None, max_iter: int,
+                  random_state: int) -> tuple[dict[str, torch.Tensor], object]:
+    """Fit a DP Gaussian mixture to ``emb`` ``(N, D)``; return it as tensors and the sklearn fit.
+
+    The dict holds ``means (K, D)``, ``prec_chol`` (``(K, D)`` for diag/spherical, ``(K, D, D)``
+    for full/tied), ``offset (K,)`` (log mixing weight + the variational terms of sklearn's
+    ``BayesianGaussianMixture._estimate_log_prob``), ``weights (K,)``, ``center (D,)`` and
+    ``spread ()`` (RMS distance of ``emb`` to its mean), all float64.
+
+    Raises:
+        DataError: fewer than 2 samples.
+    """
+    from scipy.special import digamma
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import BayesianGaussianMixture
+
+    n, d = emb.shape
+    if n < 2:
+        raise DataError(f"strategy=proteus: a task needs >= 2 training samples to fit its "
+                        f"retrieval signature, got {n}")
+    gm = BayesianGaussianMixture(
+        n_components=min(n_components, n), covariance_type=covariance_type, reg_covar=reg_covar,
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=weight_concentration_prior, max_iter=max_iter,
+        random_state=random_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(emb)
+    k = gm.means_.shape[0]
+    log_w = gm._estimate_log_weights()
+    dof = np.broadcast_to(np.asarray(gm.degrees_of_freedom_, dtype=np.float64), (k,))
+    log_lambda = d * np.log(2.0) + np.sum(digamma(0.5 * (dof - np.arange(d)[:, None])), 0)
+    offset = log_w - 0.5 * d * np.log(dof) + 0.5 * (log_lambda - d / gm.mean_precision_)
+    pc = np.asarray(gm.precisions_cholesky_, dtype=np.float64)
+    if covariance_type == "spherical":
+        pc = np.repeat(pc[:, None], d, axis=1)
+    elif covariance_type == "tied":
+        pc = np.repeat(pc[None], k, axis=0)
+    center = emb.mean(0)
+    t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64)  # noqa: E731
+    sig = {"means": t(gm.means_), "prec_chol": t(pc), "offset": t(offset),
+           "weights": t(gm.weights_), "center": t(center),
+           "spread": t(np.sqrt(((emb - center) ** 2).sum(1).mean()))}
+    return sig, gm
+
+
+def signature_log_likelihood(sig: dict[str, torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+    """Per-sample log-likelihood ``(N,)`` of ``emb`` ``(N, D)`` under a stored signature.
+
+    Equals sklearn's ``BayesianGaussianMixture.score_samples`` of the fitted mixture.
+    """
+    x = emb.to(torch.float64)
+    mu, pc = sig["means"].to(x.device), sig["prec_chol"].to(x.device)
+    d = x.shape[1]
+    if pc.dim() == 2:  # diagonal (spherical expanded): (K, D)
+        y = (x[:, None, :] - mu[None]) * pc[None]                      # (N, K, D)
+        log_det = pc.log().sum(1)
+    else:  # full / tied: (K, D, D), y_k = (x - mu_k) @ P_k
+        y = torch.einsum("nd,kde->nke", x, pc) - torch.einsum("kd,kde->ke", mu, pc)[None]
+        log_det = torch.diagonal(pc, dim1=1, dim2=2).log().sum(1)
+    log_gauss = -0.5 * (d * math.log(2 * math.pi) + (y ** 2).sum(-1)) + log_det  # (N, K)
+    return torch.logsumexp(log_gauss + sig["offset"].to(x.device), dim=1)
+
+
+# ------------------------------------------------------------------------- the strategy
+class Proteus(Strategy):
+    """PROTEUS (arXiv 2603.13235): composed LoRA modules + signature-based task retrieval.
+
+    Args:
+        rank: rank r of each task's new component (> 0).
+        alpha: scale numerator, ``s = alpha / r`` (> 0).
+        target_modules: names of the backbone's ``nn.Linear`` layers to adapt (MONAI ViT:
+            ``qkv``, ``out_proj``, ``linear1``, ``linear2``).
+        coef_init: initial composition coefficients ``c_{k,i}`` (finite).
+        coef_l1: weight of ``||c_k||_1`` (>= 0; selectivity of the composition).
+        orth_lambda: weight of the O-LoRA orthogonality penalty ``sum |A_i A_kᵀ|`` (>= 0).
+        update_l1, update_l2: weights of ``||ΔW_k||_1`` and ``||ΔW_k||_F²`` (>= 0).
+        orthogonal_init: start ``A_k`` orthogonal to the earlier ``A_i`` (see module docstring).
+        retrieval: ``adapted`` (T passes, signature of task k in task k's adapted space) or
+            ``frozen`` (one pass through the frozen backbone).
+        n_components: truncation level of the Dirichlet-process mixture (> 0).
+        covariance_type: ``diag``, ``full``, ``spherical`` or ``tied`` (sklearn's).
+        reg_covar: added to the covariance diagonals (> 0).
+        weight_concentration_prior: DP concentration (> 0); ``None``: sklearn's 1/n_components.
+        normalize: L2-normalise the embeddings before fitting and scoring.
+        max_fit_samples: at most this many training images per task for the signature (> 0).
+        gmm_max_iter: variational EM iterations (> 0).
+        random_state: seed of the mixture fit and of the subsampling (>= 0).
+        embed_batch_size: batch size of the embedding passes (> 0).
+        separation_max_samples: test images per task for the separation diagnostics (> 0).
+        lr, head_lr, weight_decay: optimiser settings (components at ``lr``, head at ``head_lr``).
+
+    Raises:
+        ConfigError: any value out of range (naming ``strategy.<key>``); a target module the
+            backbone does not have (at ``setup``, naming ``strategy.target_modules``).
+        DataError: a task with fewer than 2 training samples (no signature can be fitted).
+    """
+
+    name = "proteus"
+    needs_task_id = True
+    task_agnostic = True
+
+    def __init__(self, rank: int = 8, alpha: float = 16.0,
+                 target_modules: list[str] = ("qkv", "out_proj"), coef_init: float = 0.0,
+                 coef_l1: float = 1e-3, orth_lambda: float = 0.5, update_l1: float = 0.0,
+                 update_l2: float = 1e-4, orthogonal_init: bool = True,
+                 retrieval: str = "adapted", n_components: int = 5,
+                 covariance_type: str = "diag", reg_covar: float = 1e-4,
+                 weight_concentration_prior: float | None = None, normalize: bool = False,
+                 max_fit_samples: int = 2000, gmm_max_iter: int = 200, random_state: int = 0,
+                 embed_batch_size: int = 64, separation_max_samples: int = 256,
+                 lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
+        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
+
+        def positive_int(key, v):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"strategy.{key}: expected a positive int, got {v!r}")
+
+        def non_negative(key, v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
+                    or not math.isfinite(v):
+                raise ConfigError(f"strategy.{key}: expected a finite number >= 0, got {v!r}")
+
+        for key, v in (("rank", rank), ("n_components", n_components),
+                       ("max_fit_samples", max_fit_samples), ("gmm_max_iter", gmm_max_iter),
+                       ("embed_batch_size", embed_batch_size),
+                       ("separation_max_samples", separation_max_samples)):
+            positive_int(key, v)
+        for key, v in (("coef_l1", coef_l1), ("orth_lambda", orth_lambda),
+                       ("update_l1", update_l1), ("update_l2", update_l2)):
+            non_negative(key, v)
+        if not (isinstance(alpha, (int, float)) and alpha > 0):
+            raise ConfigError(f"strategy.alpha: expected a positive number, got {alpha!r}")
+        if not (isinstance(coef_init, (int, float)) and math.isfinite(coef_init)):
+            raise ConfigError(f"strategy.coef_init: expected a finite number, got {coef_init!r}")
+        if not (isinstance(reg_covar, (int, float)) and reg_covar > 0):
+            raise ConfigError(f"strategy.reg_covar: expected a positive number, got {reg_covar!r}")
+        if weight_concentration_prior is not None and not weight_concentration_prior > 0:
+            raise ConfigError("strategy.weight_concentration_prior: expected a positive number "
+                              f"or null, got {weight_concentration_prior!r}")
+        if retrieval not in RETRIEVAL_MODES:
+            raise ConfigError(f"strategy.retrieval: expected one of {list(RETRIEVAL_MODES)}, "
+                              f"got {retrieval!r}")
+        if covariance_type not in COVARIANCE_TYPES:
+            raise ConfigError(f"strategy.covariance_type: expected one of "
+                              f"{list(COVARIANCE_TYPES)}, got {covariance_type!r}")
+        if isinstance(random_state, bool) or not isinstance(random_state, int) or random_state < 0:
+            raise ConfigError(f"strategy.random_state: expected an int >= 0, got {random_state!r}")
+        if isinstance(target_modules, str) or not target_modules:
+            raise ConfigError("strategy.target_modules: expected a non-empty list of module names,"
+                              f" got {target_modules!r}")
+        self.rank, self.alpha, self.scale = int(rank), float(alpha), float(alpha) / int(rank)
+        self.target_modules = list(target_modules)
+        self.coef_init, self.coef_l1, self.orth_lambda = float(coef_init), float(coef_l1), \
+            float(orth_lambda)
+        self.update_l1, self.update_l2 = float(update_l1), float(update_l2)
+        self.orthogonal_init, self.retrieval, self.normalize = bool(orthogonal_init), retrieval, \
+            bool(normalize)
+        self.n_components, self.covariance_type, self.reg_covar = int(n_components), \
+            covariance_type, float(reg_covar)
+        self.weight_concentration_prior = (None if weight_concentration_prior is None
+                                           else float(weight_concentration_prior))
+        self.max_fit_samples, self.gmm_max_iter = int(max_fit_samples), int(gmm_max_iter)
+        self.random_state, self.embed_batch_size = int(random_state), int(embed_batch_size)
+        self.separation_max_samples = int(separation_max_samples)
+        self.layers: dict[str, ProteusLinear] = {}
+        self.tasks: list[str] = []                     # tasks with components, stream order
+        self.signatures: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ structure
+    def setup(self, model: nn.Module, stream: list[Task]) -> None:
+        """Validate the targets and wrap every targeted ``nn.Linear`` in a :class:`ProteusLinear`.
+
+        Raises:
+            ConfigError: class-IL stream (base class) or unknown ``strategy.target_modules``.
+        """
+        super().setup(model, stream)
+        enc = model.encoder
+        linear_names = {n.rsplit(".", 1)[-1] for n, m in enc.named_modules()
+                        if isinstance(m, nn.Linear)}
+        unknown = sorted(set(self.target_modules) - linear_names)
+        if unknown:
+            raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
+                              f"Linear layers {sorted(linear_names)}")
+        self.layers = {}
+        for name, module in list(enc.named_modules()):
+            if isinstance(module, ProteusLinear):
+                self.layers[name] = module
+                continue
+            if (not isinstance(module, nn.Linear) or name.rsplit(".", 1)[-1]
+                    not in self.target_modules or ".base_layer" in f".{name}"):
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            parent = enc.get_submodule(parent_name) if parent_name else enc
+            wrapped = ProteusLinear(module, self.rank, self.scale)
+            setattr(parent, attr, wrapped)
+            self.layers[name] = wrapped
+
+    def _set_active(self, key: str | None) -> None:
+        for layer in self.layers.values():
+            layer.active = key
+
+    def _active(self) -> str | None:
+        return next(iter(self.layers.values())).active if self.layers else None
+
+    def before_task(self, t: int, task: Task) -> None:
+        key = _key(task.name)
+        for layer in self.layers.values():
+            layer.add(key, self.coef_init, self.orthogonal_init)
+        if task.name not in self.tasks:
+            self.tasks.append(task.name)
+        self.model.requires_grad_(False)
+        for layer in self.layers.values():
+            layer.lora_adapters[key].requires_grad_(True)
+        self.model.heads[task.name].requires_grad_(True)
+        self.activate(task)
+
+    def activate(self, task: Task) -> None:
+        """Task ``task``'s composed update (none for a task not reached yet)."""
+        self._set_active(_key(task.name) if task.name in self.tasks else None)
+
+    # ------------------------------------------------------------------ training
+    def regularisers(self, task_name: str) -> dict[str, torch.Tensor]:
+        """Unweighted sums over the adapted layers: ``orth``, ``coef_l1``, ``update_l1``,
+        ``update_l2`` of task ``task_name``'s component (module docstring (a))."""
+        key = _key(task_name)
+        terms: dict[str, list[torch.Tensor]] = {"orth": [], "coef_l1": [], "update_l1": [],
+                                                "update_l2": []}
+        for layer in self.layers.values():
+            terms["orth"].append(layer.orthogonality(key))
+            terms["coef_l1"].append(layer.lora_adapters[key].coef.abs().sum())
+            terms["update_l2"].append(layer.update_sq_norm(key))
+            if self.update_l1 > 0:
+                terms["update_l1"].append(layer.delta_weight(key).abs().sum())
+        return {k: torch.stack(v).sum() for k, v in terms.items() if v}
+
+    def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
+        weights = {"orth": self.orth_lambda, "coef_l1": self.coef_l1,
+                   "update_l1": self.update_l1, "update_l2": self.update_l2}
+        if not any(weights.values()):
+            return None
+        terms = self.regularisers(self.stream[t].name)
+        return sum(weights[k] * v for k, v in terms.items() if weights[k])
+
+    def after_task(self, t: int, task: Task) -> None:
+        """Freeze task ``t``'s components and fit its retrieval signature."""
+        key = _key(task.name)
+        for layer in self.layers.values():
+            layer.lora_adapters[key].requires_grad_(False)
+        ds = task.train
+        if len(ds) > self.max_fit_samples:
+            g = torch.Generator().manual_seed(self.random_state + t)
+            ds = Subset(ds, torch.randperm(len(ds), generator=g)[:self.max_fit_samples].tolist())
+        emb = self.embed_dataset(ds, task.name if self.retrieval == "adapted" else None)
+        self.signatures[task.name], _ = fit_signature(
+            emb.numpy(), self.n_components, self.covariance_type, self.reg_covar,
+            self.weight_concentration_prior, self.gmm_max_iter, self.random_state)
+        self.activate(task)
+
+    # ------------------------------------------------------------------ retrieval
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` float64 CPU: mean token of the backbone's output (current adapter)."""
+        tokens, _ = self.model.backbone(x)
+        e = tokens.float().mean(1)
+        if self.normalize:
+            e = F.normalize(e, dim=-1)
+        return e.double().cpu()
+
+    def embed_dataset(self, ds, task_name: str | None) -> torch.Tensor:
+        """Embed every image of ``ds`` with ``task_name``'s composed adapter (None: frozen)."""
+        model, prev = self.model, self._active()
+        was_training = model.training
+        device = next(model.parameters()).device
+        model.eval()
+        self._set_active(None if task_name is None else _key(task_name))
+        try:
+            with torch.no_grad():
+                out = [self._embed(b["image"].to(device))
+                       for b in DataLoader(ds, batch_size=self.embed_batch_size)]
+        finally:
+            self._set_active(prev)
+            model.train(was_training)
+        return torch.cat(out)
+
+    def retrieval_scores(self, x: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """Log-likelihood of ``x`` under every trained task's signature: ``(names, (B, K))``."""
+        names = [t.name for t in self.stream if t.name in self.signatures]
+        prev = self._active()
+        try:
+            if self.retrieval == "frozen":
+                self._set_active(None)
+                e = self._embed(x)
+                cols = [signature_log_likelihood(self.signatures[n], e) for n in names]
+            else:
+                cols = []
+                for n in names:
+                    self._set_active(_key(n))
+                    cols.append(signature_log_likelihood(self.signatures[n], self._embed(x)))
+        finally:
+            self._set_active(prev)
+        return names, torch.stack(cols, 1) if cols else torch.empty(x.shape[0], 0)
+
+    def predict_task_id(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` stream index of the trained task whose signature scores ``x`` highest."""
+        names, scores = self.retrieval_scores(x)
+        if not names:
+            return torch.zeros(x.shape[0], dtype=torch.long)
+        index = torch.as_tensor([[t.name for t in self.stream].index(n) for n in names])
+        return index[scores.argmax(1)]
+
+    # ------------------------------------------------------------------ artefacts
+    def separation(self, upto: int) -> dict:
+        """Cluster-separation diagnostics of the signatures of tasks ``0..upto`` (module doc)."""
+        names = [t.name for t in self.stream[:upto + 1] if t.name in self.signatures]
+        tests = []
+        for name in names:
+            ds = next(t for t in self.stream if t.name == name).test
+            n = min(len(ds), self.separation_max_samples)
+            tests.append(Subset(ds, list(range(n))) if n < len(ds) else ds)
+        spaces = [None] if self.retrieval == "frozen" else names
+        emb = {s: [self.embed_dataset(ds, s) for ds in tests] for s in spaces}
+        k = len(names)
+        sep, ll = np.full((k, k), np.nan), np.full((k, k), np.nan)
+        for a, name in enumerate(names):
+            sig = self.signatures[name]
+            space = None if self.retrieval == "frozen" else name
+            for b in range(k):
+                e = emb[space][b]
+                m = e.mean(0)
+                s_b = float(((e - m) ** 2).sum(1).mean().sqrt())
+                dist = float((m - sig["center"]).norm())
+                sep[a, b] = dist / max(0.5 * (float(sig["spread"]) + s_b), 1e-12)
+                ll[a, b] = float(signature_log_likelihood(sig, e).mean())
+        correct = []
+        for b in range(k):  # retrieval on these samples: argmax over signatures
+            cols = [signature_log_likelihood(self.signatures[n],
+                                             emb[None if self.retrieval == "frozen" else n][b])
+                    for n in names]
+            correct.append(float((torch.stack(cols, 1).argmax(1) == b).double().mean()))
+        off = sep + np.where(np.eye(k, dtype=bool), np.inf, 0.0)
+        return {"tasks": names, "retrieval": self.retrieval,
+                "separation": sep.tolist(), "mean_loglik": ll.tolist(),
+                "min_separation": {n: (float(off[i].min()) if k > 1 else None)
+                                   for i, n in enumerate(names)},
+                "retrieval_accuracy": dict(zip(names, correct)),
+                "n_components_used": {n: int((self.signatures[n]["weights"] > 1e-2).sum())
+                                      for n in names},
+                "definition": "separation[k][j] = ||c_k - m_kj|| / ((s_k + s_kj)/2): c_k, s_k "
+                              "centre and RMS spread of signature k's training embeddings, m_kj, "
+                              "s_kj of task j's test images in signature k's embedding space"}
+
+    def save(self, run_dir: Path, t: int, task: Task) -> None:
+        """Write ``adapters/<task>/adapter_model.safetensors`` (A, B, coefficients per layer) and
+        ``retrieval/separation_after_<task>.{json,png}``."""
+        from safetensors.torch import save_file
+
+        key = _key(task.name)
+        out = Path(run_dir) / "adapters" / task.name
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{name}.{p}": getattr(layer.lora_adapters[key], p).detach().cpu().contiguous()
+                   for name, layer in self.layers.items() for p in ("A", "B", "coef")}
+        save_file(tensors, str(out / "adapter_model.safetensors"))
+        rdir = Path(run_dir) / "retrieval"
+        rdir.mkdir(parents=True, exist_ok=True)
+        info = self.separation(t)
+        (rdir / f"separation_after_{task.name}.json").write_text(json.dumps(info, indent=2))
+        self._plot_separation(info, rdir / f"separation_after_{task.name}.png", task.name)
+
+    @staticmethod
+    def _plot_separation(info: dict, path: Path, after: str) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names, sep = info["tasks"], np.asarray(info["separation"], dtype=float)
+        k = len(names)
+        fig, axes = plt.subplots(1, 2, figsize=(4.5 + 1.6 * k, 1.8 + 0.6 * k))
+        im = axes[0].imshow(sep, cmap="viridis")
+        mid = np.nanmin(sep) + 0.6 * (np.nanmax(sep) - np.nanmin(sep))
+        for (i, j), v in np.ndenumerate(sep):
+            axes[0].text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                         color="k" if v > mid else "w")
+        axes[0].set_xticks(range(k), names, rotation=30, ha="right", fontsize=7)
+        axes[0].set_yticks(range(k), names, fontsize=7)
+        axes[0].set_xlabel("test data of task j")
+        axes[0].set_ylabel("signature k")
+        axes[0].set_title("distance / mean spread", fontsize=9)
+        fig.colorbar(im, ax=axes[0])
+        mins = [info["min_separation"][n] if info["min_separation"][n] is not None else 0.0
+                for n in names]
+        acc = [info["retrieval_accuracy"][n] for n in names]
+        axes[1].bar(range(k), mins, color="tab:blue")
+        axes[1].set_xticks(range(k), names, rotation=30, ha="right", fontsize=7)
+        axes[1].set_title("min inter-signature separation", fontsize=9)
+        for i, (m, a) in enumerate(zip(mins, acc)):
+            axes[1].text(i, m, f"acc {a:.2f}", ha="center", va="bottom", fontsize=7)
+        fig.suptitle(f"PROTEUS signatures ({info['retrieval']}) after {after}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"tasks": list(self.tasks),
+                "signatures": {n: {k: v.clone() for k, v in s.items()}
+                               for n, s in self.signatures.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tasks = list(state.get("tasks", self.tasks))
+        self.signatures = {n: {k: torch.as_tensor(v, dtype=torch.float64) for k, v in s.items()}
+                           for n, s in state.get("signatures", {}).items()}

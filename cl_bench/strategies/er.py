@@ -36,7 +36,8 @@ class ER(Strategy):
 
     Args:
         buffer_size: capacity in samples (> 0), over all tasks.
-        replay_batch_size: replayed samples per step (> 0).
+        replay_batch_size: replayed samples per step (> 0); ``None``: as many as the current
+            batch holds (Chaudhry et al.'s choice; keeps 3D replay affordable).
         alpha: weight of the replay loss (>= 0).
         lr, head_lr, weight_decay: optimiser settings.
 
@@ -48,15 +49,17 @@ class ER(Strategy):
     #: weight each replayed task's loss 1 (joint training) instead of by its share of the batch
     per_task_loss = False
 
-    def __init__(self, buffer_size: int = 200, replay_batch_size: int = 32, alpha: float = 1.0,
+    def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None,
+                 alpha: float = 1.0,
                  lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         for key, value in (("buffer_size", buffer_size), ("replay_batch_size", replay_batch_size)):
-            if value <= 0:
+            if value is not None and value <= 0:
                 raise ConfigError(f"strategy.{key}: expected a positive int, got {value}")
         if alpha < 0:
             raise ConfigError(f"strategy.alpha: expected >= 0, got {alpha}")
-        self.buffer_size, self.replay_batch_size = int(buffer_size), int(replay_batch_size)
+        self.buffer_size = int(buffer_size)
+        self.replay_batch_size = None if replay_batch_size is None else int(replay_batch_size)
         self.alpha = float(alpha)
         self.buffer: list[tuple[int, int]] = []  # (task index, sample index in task.train)
         self.n_seen = 0  # samples offered to the reservoir so far
@@ -91,15 +94,16 @@ class ER(Strategy):
                 if k < self.buffer_size:
                     self.buffer[k] = (t, i)
 
-    def replay_samples(self, t: int) -> list[tuple[int, int]]:
-        """The (task, index) pairs replayed at one step of task ``t`` (uniform from the buffer)."""
+    def replay_samples(self, t: int, n: int) -> list[tuple[int, int]]:
+        """The (task, index) pairs replayed at one step of task ``t``: ``n`` uniform draws from
+        the buffer (``n`` = the current batch size unless ``replay_batch_size`` is set)."""
         if not self.buffer:
             return []
-        pick = torch.randint(len(self.buffer), (min(self.replay_batch_size, len(self.buffer)),))
+        pick = torch.randint(len(self.buffer), (min(self.replay_batch_size or n, len(self.buffer)),))
         return [self.buffer[k] for k in pick.tolist()]
 
     def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
-        samples = self.replay_samples(t)
+        samples = self.replay_samples(t, len(batch["image"]))
         if not samples or self.alpha == 0:
             return None
         device = batch["image"].device

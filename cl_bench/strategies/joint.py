@@ -25,7 +25,7 @@ class Joint(ER):
     """Joint training on all tasks so far (see module docstring).
 
     Args:
-        batch_size: samples of each earlier task per step (> 0).
+        batch_size: samples of each earlier task per step (> 0); ``None``: the current batch size.
         lr, head_lr, weight_decay: optimiser settings.
 
     Raises:
@@ -35,9 +35,9 @@ class Joint(ER):
     name = "joint"
     per_task_loss = True
 
-    def __init__(self, batch_size: int = 32, lr: float = 1e-3, head_lr: float = 3e-3,
+    def __init__(self, batch_size: int | None = None, lr: float = 1e-3, head_lr: float = 3e-3,
                  weight_decay: float = 0.0):
-        if batch_size <= 0:  # named as this strategy's key, not ER's
+        if batch_size is not None and batch_size <= 0:  # named as this strategy's key, not ER's
             from cl_bench.errors import ConfigError
             raise ConfigError(f"strategy.batch_size: expected a positive int, got {batch_size}")
         super().__init__(buffer_size=1, replay_batch_size=batch_size, alpha=1.0, lr=lr,
@@ -46,9 +46,10 @@ class Joint(ER):
     def after_task(self, t: int, task) -> None:
         """Nothing to store: every earlier task's data stays available."""
 
-    def replay_samples(self, t: int) -> list[tuple[int, int]]:
+    def replay_samples(self, t: int, n: int) -> list[tuple[int, int]]:
         out = []
         for j in range(t):
-            n = len(self.stream[j].train)
-            out += [(j, i) for i in torch.randint(n, (min(self.replay_batch_size, n),)).tolist()]
+            size = len(self.stream[j].train)
+            k = min(self.replay_batch_size or n, size)
+            out += [(j, i) for i in torch.randint(size, (k,)).tolist()]
         return out

@@ -78,6 +78,7 @@ from torch.nn import functional as F
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.strategies.base import Strategy
+from cl_bench.strategies.lora import check_target_modules
 from cl_bench.strategies.subspace import (collect_layer_inputs, energy_basis, gpm_update,
                                           projector, relative_overlap, task_images)
 
@@ -242,11 +243,7 @@ class DualLoRA(Strategy):
         super().setup(model, stream)
         encoder = model.encoder
         linear = {n: m for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
-        short = {n.rsplit(".", 1)[-1] for n in linear}
-        unknown = sorted(set(self.target_modules) - short)
-        if unknown:
-            raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
-                              f"Linear layers {sorted(short)}")
+        check_target_modules(model, self.target_modules)
         targets = {n: m for n, m in linear.items() if n.rsplit(".", 1)[-1] in self.target_modules}
         too_narrow = sorted({n.rsplit(".", 1)[-1] for n, m in targets.items()
                              if m.out_features < self.rank})

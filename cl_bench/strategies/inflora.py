@@ -60,11 +60,10 @@ k-means task keys (cluster centres of each task's features) are not reproduced.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from torch import nn
 from torch.nn import functional as F
 
@@ -72,6 +71,7 @@ from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.heads import TaskView
 from cl_bench.strategies.base import Strategy
+from cl_bench.strategies.lora import add_adapter
 from cl_bench.strategies.subspace import (collect_layer_inputs, gpm_update, principal_directions,
                                           relative_overlap, task_images)
 
@@ -171,13 +171,7 @@ class InfLoRA(Strategy):
     def before_task(self, t: int, task: Task) -> None:
         covariances = self._attention_covariances(task)
         new = task.name not in self.adapters
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # peft warns about custom (non-transformers) models
-            if not isinstance(self.model.backbone, PeftModel):
-                self.model.backbone = get_peft_model(self.model.backbone, self._config(),
-                                                     adapter_name=task.name)
-            elif new:
-                self.model.backbone.add_adapter(task.name, self._config())
+        add_adapter(self.model, task.name, self._config())
         if new:
             self.adapters.append(task.name)
         sizes = {}

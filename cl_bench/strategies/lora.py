@@ -28,6 +28,31 @@ from cl_bench.strategies.base import Strategy
 log = logging.getLogger(__name__)
 
 
+def check_target_modules(model: nn.Module, target_modules: list[str]) -> None:
+    """Raise ConfigError (``strategy.target_modules``) for names no backbone ``nn.Linear`` has.
+
+    ``model`` is a :class:`~cl_bench.models.ContinualModel`; names are the layers' last path
+    component (MONAI ViT: ``qkv``, ``out_proj``, ``linear1``, ``linear2``)."""
+    linear_names = {n.rsplit(".", 1)[-1] for n, m in model.encoder.named_modules()
+                    if isinstance(m, nn.Linear)}
+    unknown = sorted(set(target_modules) - linear_names)
+    if unknown:
+        raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
+                          f"Linear layers {sorted(linear_names)}")
+
+
+def add_adapter(model: nn.Module, name: str, config: LoraConfig) -> PeftModel:
+    """Give ``model.backbone`` the peft LoRA adapter ``name`` (wrapping it in peft the first
+    time; an adapter that already exists, e.g. when resuming, is kept). Returns the PeftModel."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns about custom (non-transformers) models
+        if not isinstance(model.backbone, PeftModel):
+            model.backbone = get_peft_model(model.backbone, config, adapter_name=name)
+        elif name not in model.backbone.peft_config:
+            model.backbone.add_adapter(name, config)
+    return model.backbone
+
+
 class LoRA(Strategy):
     """Per-task peft LoRA adapters on a frozen backbone.
 
@@ -65,25 +90,14 @@ class LoRA(Strategy):
 
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
         super().setup(model, stream)
-        linear_names = {n.rsplit(".", 1)[-1] for n, m in model.encoder.named_modules()
-                        if isinstance(m, nn.Linear)}
-        unknown = sorted(set(self.target_modules) - linear_names)
-        if unknown:
-            raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
-                              f"Linear layers {sorted(linear_names)}")
+        check_target_modules(model, self.target_modules)
 
     def _config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
                           target_modules=self.target_modules, bias="none")
 
     def before_task(self, t: int, task: Task) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # peft warns about custom (non-transformers) models
-            if not isinstance(self.model.backbone, PeftModel):
-                self.model.backbone = get_peft_model(self.model.backbone, self._config(),
-                                                     adapter_name=task.name)
-            elif task.name not in self.adapters:
-                self.model.backbone.add_adapter(task.name, self._config())
+        add_adapter(self.model, task.name, self._config())
         if task.name not in self.adapters:
             self.adapters.append(task.name)
         self.activate(task)

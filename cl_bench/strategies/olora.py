@@ -41,17 +41,17 @@ Deviations:
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.strategies.base import Strategy
+from cl_bench.strategies.lora import add_adapter, check_target_modules
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,6 @@ def lora_layers(encoder: nn.Module) -> dict[str, LoraLayer]:
     """``{module name: LoraLayer}`` of the peft-injected layers of ``encoder`` (stable names
     relative to the encoder, e.g. ``vit.blocks.0.attn.qkv``)."""
     return {n: m for n, m in encoder.named_modules() if isinstance(m, LoraLayer)}
-
-
-def check_target_modules(model: nn.Module, target_modules: list[str]) -> None:
-    """Raise ConfigError (``strategy.target_modules``) for names no backbone Linear has."""
-    linear_names = {n.rsplit(".", 1)[-1] for n, m in model.encoder.named_modules()
-                    if isinstance(m, nn.Linear)}
-    unknown = sorted(set(target_modules) - linear_names)
-    if unknown:
-        raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
-                          f"Linear layers {sorted(linear_names)}")
 
 
 class OLoRA(Strategy):
@@ -155,13 +145,7 @@ class OLoRA(Strategy):
     # ------------------------------------------------------------------ hooks
     def before_task(self, t: int, task: Task) -> None:
         """Add task ``t``'s adapter; it and the task's head are the only trainable parameters."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # peft warns about custom (non-transformers) models
-            if not isinstance(self.model.backbone, PeftModel):
-                self.model.backbone = get_peft_model(self.model.backbone, self._config(),
-                                                     adapter_name=task.name)
-            elif task.name not in self.model.backbone.peft_config:
-                self.model.backbone.add_adapter(task.name, self._config())
+        add_adapter(self.model, task.name, self._config())
         if task.name not in self.adapters:
             self.adapters.append(task.name)
         self.current = task.name

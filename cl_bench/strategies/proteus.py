@@ -81,6 +81,7 @@ from torch.utils.data import DataLoader, Subset
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError, DataError
 from cl_bench.strategies.base import Strategy
+from cl_bench.strategies.lora import check_target_modules
 
 RETRIEVAL_MODES = ("adapted", "frozen")
 COVARIANCE_TYPES = ("diag", "full", "spherical", "tied")
@@ -367,12 +368,7 @@ class Proteus(Strategy):
         """
         super().setup(model, stream)
         enc = model.encoder
-        linear_names = {n.rsplit(".", 1)[-1] for n, m in enc.named_modules()
-                        if isinstance(m, nn.Linear)}
-        unknown = sorted(set(self.target_modules) - linear_names)
-        if unknown:
-            raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
-                              f"Linear layers {sorted(linear_names)}")
+        check_target_modules(model, self.target_modules)
         self.layers = {}
         for name, module in list(enc.named_modules()):
             if isinstance(module, ProteusLinear):

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
@@ -67,6 +67,7 @@ from torch import nn
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.strategies.base import Strategy
+from cl_bench.strategies.lora import add_adapter, check_target_modules
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +180,7 @@ class RegLoRA(Strategy):
 
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
         super().setup(model, stream)
-        linear_names = {n.rsplit(".", 1)[-1] for n, m in model.encoder.named_modules()
-                        if isinstance(m, nn.Linear)}
-        unknown = sorted(set(self.target_modules) - linear_names)
-        if unknown:
-            raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
-                              f"Linear layers {sorted(linear_names)}")
+        check_target_modules(model, self.target_modules)
 
     def _config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
@@ -207,14 +203,9 @@ class RegLoRA(Strategy):
         if self._transform is not None:
             original = self._untransformed.setdefault(task.name, task.train)
             task.train = self._transform(task, original)
-        backbone = self.model.backbone
+        backbone = add_adapter(self.model, task.name, self._config())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft warns about custom (non-transformers) models
-            if not isinstance(backbone, PeftModel):
-                backbone = self.model.backbone = get_peft_model(backbone, self._config(),
-                                                                adapter_name=task.name)
-            elif task.name not in backbone.peft_config:
-                backbone.add_adapter(task.name, self._config())
             backbone.base_model.set_adapter(task.name)
             for old in [n for n in backbone.peft_config if n != task.name]:
                 backbone.delete_adapter(old)  # merged into the weights and zeroed already

@@ -79,8 +79,8 @@ from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import check_target_modules
-from cl_bench.strategies.subspace import (collect_layer_inputs, energy_basis, gpm_update,
-                                          projector, relative_overlap, task_images)
+from cl_bench.strategies.subspace import (energy_basis, gpm_update, projector,
+                                          relative_overlap, task_layer_inputs)
 
 RESIDUAL_WEIGHTS = ("task", "dynamic")
 
@@ -261,17 +261,8 @@ class DualLoRA(Strategy):
 
     def _layer_inputs(self, task: Task) -> dict[str, torch.Tensor]:
         """Mean-token inputs ``(in, n)`` of every adapted layer on ``task.train`` (eval mode)."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        try:
-            reps = collect_layer_inputs(
-                model.features, self.layers,
-                task_images(task.train, self.stat_batch_size, device, self.stat_max_samples),
-                reduce="mean_token")
-        finally:
-            model.train(was_training)
+        reps = task_layer_inputs(self.model, self.layers, task.train, self.stat_batch_size,
+                                 self.stat_max_samples, "mean_token")
         self.retrieval_layer = next(iter(reps))  # first layer reached in the forward pass
         return reps
 

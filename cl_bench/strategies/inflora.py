@@ -72,8 +72,8 @@ from cl_bench.errors import ConfigError
 from cl_bench.models.heads import TaskView
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import add_adapter
-from cl_bench.strategies.subspace import (collect_layer_inputs, gpm_update, principal_directions,
-                                          relative_overlap, task_images)
+from cl_bench.strategies.subspace import (gpm_update, principal_directions, relative_overlap,
+                                          task_layer_inputs)
 
 
 class InfLoRA(Strategy):
@@ -139,17 +139,9 @@ class InfLoRA(Strategy):
 
     def _attention_covariances(self, task: Task) -> dict[str, torch.Tensor]:
         """``C`` per block on ``task.train`` with the model as it is now (eval mode)."""
-        model = self.model
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        try:
-            return collect_layer_inputs(
-                model.features, {n: b.attn for n, b in self._blocks().items()},
-                task_images(task.train, self.stat_batch_size, device, self.stat_max_samples),
-                reduce="covariance")
-        finally:
-            model.train(was_training)
+        return task_layer_inputs(self.model, {n: b.attn for n, b in self._blocks().items()},
+                                 task.train, self.stat_batch_size, self.stat_max_samples,
+                                 "covariance")
 
     def _config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, bias="none",

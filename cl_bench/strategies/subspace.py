@@ -122,6 +122,22 @@ def collect_layer_inputs(forward: Callable[[torch.Tensor], object],
     return {n: torch.cat(cols, dim=1) for n, cols in columns.items()}
 
 
+def task_layer_inputs(model: nn.Module, modules: Mapping[str, nn.Module], dataset,
+                      batch_size: int, max_samples: int | None,
+                      reduce: Literal["covariance", "mean_token"]) -> dict[str, torch.Tensor]:
+    """:func:`collect_layer_inputs` over a task's training images with ``model`` (a
+    ContinualModel) in eval mode on its own device; its train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        return collect_layer_inputs(model.features, modules,
+                                    task_images(dataset, batch_size, device, max_samples),
+                                    reduce=reduce)
+    finally:
+        model.train(was_training)
+
+
 def projector(basis: torch.Tensor) -> torch.Tensor:
     """``M Mᵀ``: the ``(D, D)`` orthogonal projector onto the span of a ``(D, k)`` basis."""
     return basis @ basis.T

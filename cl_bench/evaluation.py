@@ -8,6 +8,12 @@ O(T^2) of these).
   for that label; the task's value is the mean over foreground labels of the mean over subjects.
 * MAE: torchmetrics ``MeanAbsoluteError`` in the target's native units (years for brain age).
 * accuracy: torchmetrics ``MulticlassAccuracy`` (micro: share of correctly classified images).
+* mIoU (class-incremental segmentation): a torchmetrics ``MulticlassConfusionMatrix`` over the
+  whole test set, IoU per class (:func:`cl_bench.metrics.iou_from_confusion`). Pixels of classes
+  the model has no active output for yet, and 255, are ignored (as MiB's and STAR's evaluators
+  do). A step's value in R is the mean IoU of its classes (step 0: plus background); the row's
+  ``miou_base`` (background + step-0 classes: STAR's "old"), ``miou_new`` (classes of later
+  steps), ``miou_all`` and ``iou_<c>`` per class go to the details.
 
 Task id at test (``eval.task_id``): ``oracle`` runs every test sample with its own task's
 adapter and head. ``predicted`` asks the strategy (:meth:`Strategy.predict_task_id`) which task
@@ -25,12 +31,16 @@ import time
 import torch
 from monai.metrics import DiceMetric
 from torch.utils.data import DataLoader
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.regression import MeanAbsoluteError
 
-from cl_bench.data.base import Task
+from cl_bench.data.base import IGNORE_INDEX, Task
 from cl_bench.errors import ConfigError
+from cl_bench.metrics import iou_from_confusion, mean_iou
 from cl_bench.strategies.base import Strategy
+
+
+CISS = "class_incremental_segmentation"
 
 
 def global_classes(task: Task, pred: torch.Tensor) -> torch.Tensor:
@@ -54,9 +64,18 @@ def _compatible(a: Task, b: Task) -> bool:
 class _Scorer:
     """Accumulates one task's metric over batches of outputs in the task's own terms."""
 
-    def __init__(self, task: Task, stream: list[Task] | None = None):
+    def __init__(self, task: Task, stream: list[Task] | None = None,
+                 active: list[int] | None = None):
         self.task = task
-        if task.kind == "segmentation":
+        if task.kind == CISS:
+            # active: the foreground classes the model can answer now, in learning order
+            self.active = list(active or [])
+            self.metric = MulticlassConfusionMatrix(num_classes=task.num_classes,
+                                                    ignore_index=IGNORE_INDEX)
+            lut = torch.full((max(task.num_classes, IGNORE_INDEX + 1),), IGNORE_INDEX)
+            lut[[0] + self.active] = torch.as_tensor([0] + self.active)
+            self.lut = lut  # ground truth id -> itself if answerable, else ignored
+        elif task.kind == "segmentation":
             self.metric = DiceMetric(include_background=False, reduction="mean_batch",
                                      ignore_empty=True)
         elif task.kind == "regression":
@@ -72,7 +91,9 @@ class _Scorer:
         """``pred``: segmentation ``(B, *spatial)`` class map, regression ``(B,)`` native units,
         classification ``(B,)`` global class ids; ``label`` as stored in the dataset."""
         task = self.task
-        if task.kind == "segmentation":
+        if task.kind == CISS:
+            self.metric.update(pred.long(), self.lut[label[:, 0].long()])
+        elif task.kind == "segmentation":
             k = task.num_classes
             self.metric(torch.nn.functional.one_hot(pred.long(), k).movedim(-1, 1),
                         torch.nn.functional.one_hot(label[:, 0].long(), k).movedim(-1, 1))
@@ -83,6 +104,15 @@ class _Scorer:
 
     def result(self) -> dict[str, float]:
         task = self.task
+        if task.kind == CISS:
+            iou = iou_from_confusion(self.metric.compute().numpy())
+            own = ([0] if task.info["step"] == 0 else []) + list(task.classes)
+            base = [0] + task.stream_classes[:task.info["n_base"]]
+            new = [c for c in self.active if c not in base]
+            out = {"miou": mean_iou(iou, own), "miou_base": mean_iou(iou, base),
+                   "miou_new": mean_iou(iou, new), "miou_all": mean_iou(iou, [0] + self.active)}
+            out.update({f"iou_{c}": float(iou[c]) for c in [0] + self.active})
+            return out
         if task.kind == "segmentation":
             per_label = self.metric.aggregate()  # (K-1,), NaN where no subject had the label
             valid = per_label[~torch.isnan(per_label)]
@@ -99,6 +129,8 @@ def _answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
     """``task``'s head on ``x``, as a prediction in the terms of :meth:`_Scorer.update`."""
     with autocast:
         out = model(x, task.name).float().cpu()
+    if task.kind == CISS:
+        return model.heads[task.name].shared.predict(out)
     if task.kind == "segmentation":
         return out.argmax(1)
     if task.kind == "regression":
@@ -143,7 +175,11 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
     model.to(device)
     loader = DataLoader(task.test, batch_size=batch_size, shuffle=False)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-    scorer = _Scorer(task, stream)
+    active = None
+    if task.kind == CISS:
+        view = model.heads[task.name]
+        active = view.shared.active_classes(view.task_index)
+    scorer = _Scorer(task, stream, active)
     j = stream.index(task) if predicted else None
     hits, n, predict_s = 0, 0, 0.0
     if not predicted:

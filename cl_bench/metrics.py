@@ -515,3 +515,34 @@ def cl_metrics(R: Any, init: Any = None, higher_is_better: bool | Sequence[bool]
         "groups": groups,
         "stream": stream,
     })
+
+
+def iou_from_confusion(cm: Any) -> np.ndarray:
+    """Per-class intersection over union from a confusion matrix.
+
+    Args:
+        cm: ``(K, K)`` counts, rows = ground truth, columns = prediction (torchmetrics'
+            ``MulticlassConfusionMatrix`` layout).
+
+    Returns:
+        ``(K,)`` float array: ``cm[c, c] / (sum_row_c + sum_col_c - cm[c, c])``, NaN for a class
+        absent from both ground truth and prediction (it is left out of means, as in the
+        evaluators of MiB, arXiv 2002.00718, and STAR).
+
+    Raises:
+        ValueError: ``cm`` not square.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}")
+    inter = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+
+
+def mean_iou(iou: Any, classes: Sequence[int]) -> float:
+    """Mean of ``iou[c]`` over ``classes``, ignoring NaN (absent classes); NaN if all are."""
+    vals = np.asarray(iou, dtype=np.float64)[list(classes)] if len(classes) else np.array([])
+    vals = vals[~np.isnan(vals)]
+    return float(vals.mean()) if len(vals) else float("nan")

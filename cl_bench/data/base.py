@@ -8,7 +8,10 @@ how it is scored. Every dataset item is a dict:
   ``[0, num_classes)`` (0 = background); for ``regression`` a 0-d ``FloatTensor`` in native units
   (years for brain age); for ``classification`` a 0-d ``LongTensor`` in the head's index space:
   task-incremental streams store the task's local index ``0..len(classes)-1``, class-incremental
-  streams the global class id (``Task.classes`` maps local indices to global ids).
+  streams the global class id (``Task.classes`` maps local indices to global ids); for
+  ``class_incremental_segmentation`` a ``LongTensor`` ``(1, H, W)`` of global class ids in which
+  only the step's own classes are kept (0 = background, :data:`IGNORE_INDEX` = unlabelled), see
+  :mod:`cl_bench.data.ciss`.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-TaskKind = Literal["segmentation", "regression", "classification"]
+TaskKind = Literal["segmentation", "regression", "classification",
+                   "class_incremental_segmentation"]
 
 #: metric name and whether higher is better, per task kind
 METRICS: dict[str, tuple[str, bool]] = {
     "segmentation": ("dice", True),
     "regression": ("mae", False),
     "classification": ("accuracy", True),
+    "class_incremental_segmentation": ("miou", True),
 }
+
+#: label of unlabelled pixels (PASCAL VOC's object boundaries); ignored by losses and metrics
+IGNORE_INDEX = 255
 
 #: continual-learning scenarios of a classification stream (van de Ven et al. 2022,
 #: "Three types of incremental learning", Nature Machine Intelligence; arXiv 1904.07734)
@@ -40,16 +48,21 @@ class Task:
 
     Args:
         name: unique task name within the stream (used as adapter/head key and matrix column).
-        kind: ``"segmentation"``, ``"regression"`` or ``"classification"``.
+        kind: ``"segmentation"``, ``"regression"``, ``"classification"`` or
+            ``"class_incremental_segmentation"`` (a step of a CISS stream).
         train: training dataset (items as described in the module docstring).
         test: evaluation dataset.
-        num_classes: segmentation classes including background (0 for regression).
+        num_classes: segmentation classes including background (0 for regression); for a CISS
+            step, the classes of the whole stream including background.
         target_mean: regression target normalisation mean (native units); the model predicts
             ``(y - target_mean) / target_std`` and metrics are computed back in native units.
         target_std: regression target normalisation std (native units, > 0).
         units: unit of the task's metric, e.g. ``"years"`` for age MAE, ``""`` for Dice.
         info: free-form provenance (generator settings, file counts) written to metrics.json.
-        classes: classification only: the task's global class ids, in local-index order.
+        classes: classification: the task's global class ids, in local-index order; CISS: the
+            step's new foreground class ids.
+        stream_classes: CISS only: the foreground ids of every step of the stream, in learning
+            order (the channel order of the shared classifier).
         scenario: classification only: ``"task_il"`` (a head per task, task id given at test) or
             ``"class_il"`` (one growing head over every class seen so far, no task id at test).
     """
@@ -65,10 +78,12 @@ class Task:
     info: dict = field(default_factory=dict)
     classes: list[int] = field(default_factory=list)
     scenario: str = "task_il"
+    stream_classes: list[int] = field(default_factory=list)
 
     @property
     def metric(self) -> str:
-        """Metric name: ``"dice"`` (segmentation), ``"mae"`` (regression), ``"accuracy"``."""
+        """Metric name: ``"dice"`` (segmentation), ``"mae"`` (regression), ``"accuracy"``,
+        ``"miou"`` (CISS: mean IoU over the step's classes)."""
         return METRICS[self.kind][0]
 
     @property

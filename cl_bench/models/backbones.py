@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 #: checkpoint shipped inside the package, produced by ``scripts/pretrain_backbone.py``
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors"}
+PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors",
+              "vit2d_mnist_uci": ASSETS / "vit2d_mnist_uci.safetensors"}
 
 # prefixes under which other codebases store a MONAI ViT state dict
 _PREFIXES = ("module.", "model.", "state_dict.", "backbone.", "encoder.", "vit.", "swinViT.")
@@ -183,3 +184,63 @@ def load_encoder_weights(vit: ViT, path: Path) -> None:
     vit.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
     log.info("loaded %d encoder tensors from %s (%d decoder keys ignored)", len(mapped), path,
              len(ignored))
+
+
+class UNetEncoder(nn.Module):
+    """A MONAI ``UNet`` as a dense feature extractor (encoder + decoder) for 2D/3D segmentation
+    streams whose classifier grows (class-incremental segmentation).
+
+    The UNet (Ronneberger et al. 2015, arXiv 1505.04597; MONAI's residual-unit variant, Kerfoot
+    et al. 2018) maps the image to a ``feature_size``-channel map at full resolution, followed by
+    a ReLU, so features are non-negative like the ASPP output of the DeepLab-v3 decoder that CISS
+    methods such as STAR classify with 1x1 convolutions. It offers the interface of
+    :class:`ViTEncoder` that heads and the runner use (``in_channels``, ``spatial_dims``,
+    ``hidden_size`` = ``feature_size``, ``tokens_to_grid`` = identity). It has no ``qkv``-style
+    linear layers, so LoRA-family strategies refuse it in ``setup``.
+
+    Args:
+        in_channels: image channels; img_size: input side (checked at forward);
+        spatial_dims: 2 or 3; channels: UNet widths per level; strides: down-sampling per level
+            (``len(channels) - 1`` entries); num_res_units: residual units per block;
+        feature_size: width of the output feature map F; norm: MONAI norm name.
+
+    Shapes:
+        input ``(B, C, *[img_size] * spatial_dims)``; output ``(features, [])`` with features
+        ``(B, feature_size, *[img_size] * spatial_dims)``.
+
+    Raises:
+        ConfigError: ``strides`` not one shorter than ``channels`` or an image side that the
+        strides do not divide.
+    """
+
+    def __init__(self, in_channels: int = 1, img_size: int = 64, spatial_dims: int = 2,
+                 channels: tuple[int, ...] = (16, 32, 64), strides: tuple[int, ...] = (2, 2),
+                 num_res_units: int = 1, feature_size: int = 32, norm: str = "instance"):
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
+        if len(strides) != len(channels) - 1:
+            raise ConfigError(f"backbone.strides: expected {len(channels) - 1} entries (one fewer "
+                              f"than backbone.channels {list(channels)}), got {list(strides)}")
+        down = int(torch.tensor(strides).prod())
+        if img_size % down:
+            raise ConfigError(f"backbone.img_size ({img_size}) must be divisible by the product "
+                              f"of backbone.strides ({down})")
+        self.in_channels, self.img_size, self.spatial_dims = in_channels, img_size, spatial_dims
+        self.hidden_size, self.num_layers, self.patch_size = feature_size, 0, 1
+        self.unet = UNet(spatial_dims=spatial_dims, in_channels=in_channels,
+                         out_channels=feature_size, channels=channels, strides=strides,
+                         num_res_units=num_res_units, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        expected = (self.in_channels,) + (self.img_size,) * self.spatial_dims
+        if tuple(x.shape[1:]) != expected:
+            raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
+                            f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
+        return torch.relu(self.unet(x)), []
+
+    @staticmethod
+    def tokens_to_grid(features: torch.Tensor) -> torch.Tensor:
+        """The features are already a grid ``(B, F, *spatial)``."""
+        return features

@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from cl_bench.data.base import Task
-from cl_bench.models.backbones import ViTEncoder
-from cl_bench.models.heads import (ClassificationHead, ClassILHead, RegressionHead,
+from cl_bench.models.backbones import UNetEncoder, ViTEncoder
+from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
                                    SegmentationDecoder, TaskView)
+
+#: the task kind of a class-incremental semantic segmentation step
+CISS = "class_incremental_segmentation"
 
 
 class ContinualModel(nn.Module):
@@ -27,6 +30,9 @@ class ContinualModel(nn.Module):
     Classification tasks get a :class:`ClassificationHead` each (task-incremental) or, in a
     class-incremental stream, share one growing :class:`ClassILHead` (each task's entry in
     ``heads`` is a :class:`TaskView` of it; :meth:`begin_task` activates a task's classes).
+    The steps of a class-incremental segmentation stream likewise share one :class:`CISSHead`
+    (per-class sigmoid 1x1 classifiers on the backbone's dense features, e.g. a
+    :class:`~cl_bench.models.backbones.UNetEncoder`).
 
     Shapes:
         ``forward(x, task_name)``: ``x`` ``(B, C, *spatial)`` -> segmentation logits
@@ -47,14 +53,16 @@ class ContinualModel(nn.Module):
         self.decoder_image_skip = decoder_image_skip
 
     @property
-    def encoder(self) -> ViTEncoder:
-        """The :class:`ViTEncoder`, also when a peft wrapper sits around it."""
+    def encoder(self) -> ViTEncoder | UNetEncoder:
+        """The encoder (:class:`ViTEncoder` or :class:`UNetEncoder`), also inside a peft wrapper."""
         enc = self.backbone
         return enc.get_base_model() if hasattr(enc, "get_base_model") else enc
 
     def add_head(self, task: Task) -> nn.Module:
-        """Create the head for ``task`` (segmentation decoder or regression MLP)."""
+        """Create the head for ``task`` (segmentation decoder, regression MLP, classifier)."""
         enc = self.encoder
+        if task.kind == CISS:
+            raise ValueError(f"task {task.name!r}: CISS steps share one head (add_heads)")
         if task.kind == "segmentation":
             head = SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers,
                                        enc.patch_size, task.num_classes, self.decoder_feature_size,
@@ -73,9 +81,14 @@ class ContinualModel(nn.Module):
         class_il = [t for t in stream if t.kind == "classification" and t.scenario == "class_il"]
         shared = (ClassILHead(self.encoder.hidden_size, [len(t.classes) for t in class_il])
                   if class_il else None)
+        ciss = [t for t in stream if t.kind == CISS]
+        ciss_head = (CISSHead(self.encoder.hidden_size, [t.classes for t in ciss],
+                              self.encoder.spatial_dims) if ciss else None)
         for task in stream:
             if task in class_il:
                 self.heads[task.name] = TaskView(shared, class_il.index(task))
+            elif task in ciss:
+                self.heads[task.name] = TaskView(ciss_head, ciss.index(task))
             else:
                 self.add_head(task)
 
@@ -115,3 +128,19 @@ def make_model(in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
     enc = ViTEncoder(in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers,
                      num_heads, spatial_dims, dropout_rate, weights)
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip)
+
+
+def make_unet_model(in_channels: int = 1, img_size: int = 64, spatial_dims: int = 2,
+                    channels: list[int] = (16, 32, 64), strides: list[int] = (2, 2),
+                    num_res_units: int = 1, feature_size: int = 32,
+                    norm: str = "instance") -> ContinualModel:
+    """Build a :class:`ContinualModel` on a MONAI UNet feature extractor (``conf/backbone/unet2d``).
+
+    Args: as :class:`~cl_bench.models.backbones.UNetEncoder`.
+
+    Raises:
+        ConfigError: see :class:`~cl_bench.models.backbones.UNetEncoder`.
+    """
+    enc = UNetEncoder(in_channels, img_size, spatial_dims, tuple(channels), tuple(strides),
+                      num_res_units, feature_size, norm)
+    return ContinualModel(enc)

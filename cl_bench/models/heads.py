@@ -160,10 +160,74 @@ class ClassILHead(ClassificationHead):
         return logits.masked_fill(~self.active(task_index), MASKED_LOGIT)
 
 
+class CISSHead(nn.Module):
+    """The growing per-class sigmoid classifier of class-incremental semantic segmentation.
+
+    One 1x1 convolution per step on the shared feature map F (as STAR's ``cls`` ModuleList on the
+    DeepLab-v3 ASPP output; Chen et al., NeurIPS 2023, code github.com/jinpeng0528/STAR). Output
+    channel k scores foreground class ``class_ids[k]`` with an independent sigmoid; background
+    has no channel: a pixel is background where no active class has probability > 0.5, else the
+    class of the largest probability (STAR's evaluation rule). Channels of steps not begun yet
+    are :data:`MASKED_LOGIT` (sigmoid 0, zero loss and gradient against a 0 target), so shapes
+    stay fixed while classes are added. As for :class:`ClassILHead`, running step t activates
+    the classes of steps ``0..max(seen, t)``.
+
+    Args:
+        feature_size: channels of F; steps: the foreground class ids of each step, in order;
+        spatial_dims: 2 or 3.
+
+    Shapes:
+        ``forward(to_grid, features (B, F, *spatial), hidden, image, task_index)`` -> logits
+        ``(B, K, *spatial)``, K = number of foreground classes of the stream;
+        :meth:`classify` on features ``(N, F, *any)`` -> ``(N, K, *any)`` with every step
+        active (for replayed features); :meth:`predict` logits -> class map ``(B, *spatial)``.
+    """
+
+    def __init__(self, feature_size: int, steps: list[list[int]], spatial_dims: int = 2):
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.steps = [list(map(int, s)) for s in steps]
+        self.sizes = [len(s) for s in self.steps]
+        self.class_ids = [c for s in self.steps for c in s]
+        self.cls = nn.ModuleList([conv(feature_size, n, kernel_size=1) for n in self.sizes])
+        self.register_buffer("n_seen", torch.zeros((), dtype=torch.long))
+
+    def begin_task(self, t: int) -> None:
+        """Activate the classes of steps ``0..t``."""
+        self.n_seen.fill_(max(int(self.n_seen), t + 1))
+
+    def n_active(self, task_index: int) -> int:
+        """Number of active channels when running step ``task_index``."""
+        return sum(self.sizes[:max(int(self.n_seen), task_index + 1)])
+
+    def active_classes(self, task_index: int) -> list[int]:
+        """Global class ids of the active channels, in channel order."""
+        return self.class_ids[:self.n_active(task_index)]
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """All steps' 1x1 classifiers on ``features`` ``(N, F, *any)`` -> ``(N, K, *any)``."""
+        return torch.cat([c(features) for c in self.cls], dim=1)
+
+    def forward(self, to_grid, features, hidden, image, task_index: int = 0) -> torch.Tensor:
+        logits = self.classify(to_grid(features))
+        k = self.n_active(task_index)
+        if k == logits.shape[1]:
+            return logits
+        mask = torch.arange(logits.shape[1], device=logits.device) < k
+        return logits.masked_fill(~mask.view(1, -1, *[1] * (logits.dim() - 2)), MASKED_LOGIT)
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, *spatial)`` -> class map ``(B, *spatial)`` (0 = background)."""
+        prob = torch.sigmoid(logits.float())
+        best = prob.argmax(dim=1)
+        ids = torch.as_tensor(self.class_ids, device=logits.device)[best]
+        return torch.where(prob.amax(dim=1) > 0.5, ids, torch.zeros_like(ids))
+
+
 class TaskView(nn.Module):
     """Task ``task_index``'s entry in ``ContinualModel.heads`` for a head shared by all tasks."""
 
-    def __init__(self, shared: ClassILHead, task_index: int):
+    def __init__(self, shared: ClassILHead | CISSHead, task_index: int):
         super().__init__()
         self.shared, self.task_index = shared, task_index
 

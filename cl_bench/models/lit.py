@@ -3,7 +3,12 @@
 Losses: segmentation uses MONAI's ``DiceCELoss`` (softmax, one-hot targets, Dice over the
 foreground classes only since tumours fill ~2 % of a volume; Milletari et al. 2016, arXiv
 1606.04797 for the Dice loss); regression uses the mean squared error on the normalised target
-``(y - task.target_mean) / task.target_std``; classification the cross-entropy.
+``(y - task.target_mean) / task.target_std``; classification the cross-entropy; a
+class-incremental segmentation step the per-class binary cross-entropy of STAR (Chen et al.,
+NeurIPS 2023): a sigmoid per foreground class, the target of class c is ``label == c`` (so old
+and future classes, labelled background in the step's data, are pushed to 0: the background
+shift that makes plain fine-tuning forget), summed over classes and averaged over the pixels
+that are not :data:`~cl_bench.data.base.IGNORE_INDEX`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from cl_bench.checkpoint import rng_state, set_rng_state
-from cl_bench.data.base import Task
+from cl_bench.data.base import IGNORE_INDEX, Task
 from cl_bench.errors import TrainingError
 from cl_bench.strategies.base import Strategy
 
@@ -25,7 +30,10 @@ class TaskLoss(nn.Module):
     Shapes:
         segmentation: ``out`` ``(B, K, *spatial)`` logits, ``label`` ``(B, 1, *spatial)`` int;
         regression: ``out`` ``(B,)`` normalised prediction, ``label`` ``(B,)`` native units;
-        classification: ``out`` ``(B, K)`` logits, ``label`` ``(B,)`` class indices.
+        classification: ``out`` ``(B, K)`` logits, ``label`` ``(B,)`` class indices;
+        class-incremental segmentation: ``out`` ``(B, K, *spatial)`` per-class logits (channel k
+        = class ``task.stream_classes[k]``; inactive channels at the masked logit), ``label``
+        ``(B, 1, *spatial)`` global class ids.
     """
 
     def __init__(self, task: Task):
@@ -37,10 +45,31 @@ class TaskLoss(nn.Module):
     def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if self.dice_ce is not None:
             return self.dice_ce(out, label)
+        if self.task.kind == "class_incremental_segmentation":
+            return ciss_bce(out, label, self.task.stream_classes)
         if self.task.kind == "classification":
             return nn.functional.cross_entropy(out.float(), label.long())
         target = (label.float() - self.task.target_mean) / self.task.target_std
         return nn.functional.mse_loss(out.float(), target)
+
+
+def ciss_bce(logits: torch.Tensor, label: torch.Tensor, class_ids: list[int],
+             pos_weight: float = 1.0) -> torch.Tensor:
+    """STAR's per-class BCE (0-d): ``sum_c mean_pixels BCE(logit_c, label == c)``.
+
+    Args:
+        logits: ``(B, K, *spatial)``; label: ``(B, 1, *spatial)`` global ids (255 ignored);
+        class_ids: the class of each channel (K ids); pos_weight: weight of positive pixels
+            (STAR: 4 on VOC's 21 classes; 1 = plain BCE).
+    """
+    ids = torch.as_tensor(class_ids, device=label.device).view(1, -1, *[1] * (label.dim() - 2))
+    target = (label == ids).to(logits.dtype)
+    valid = (label != IGNORE_INDEX).to(logits.dtype)
+    weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    bce = nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), target.float(), reduction="none",
+        pos_weight=weight.float().expand(len(class_ids)).view(1, -1, *[1] * (label.dim() - 2)))
+    return (bce * valid).sum() / valid.sum().clamp_min(1) if bce.numel() else logits.sum() * 0
 
 
 class LitTask(L.LightningModule):
@@ -65,7 +94,7 @@ class LitTask(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.model(batch["image"], self.task.name)
-        loss = self.loss_fn(out, batch["label"])
+        loss = self.strategy.task_loss(batch, out, self.t, self.loss_fn)
         self.log(f"{self.task.name}/task_loss", loss.detach(), prog_bar=True, batch_size=len(out))
         extra = self.strategy.training_loss(batch, out, self.t)
         if extra is not None:

@@ -9,7 +9,8 @@ Call order for a stream of T tasks (see :func:`cl_bench.runner.run`)::
     evaluate every task            -> row "init"   (activate(j) before each task j)
     for t, task in enumerate(stream):
         before_task(t, task)       # add head/adapter, choose what trains
-        fit: loss = task loss + training_loss(batch, out, t), optimiser over trainable_parameters()
+        fit: loss = task_loss(batch, out, t, loss_fn) + training_loss(batch, out, t),
+             optimiser over trainable_parameters()
         after_task(t, task)        # merge, masks, statistics ...
         evaluate every task        -> row t        (activate(j) before each task j)
         save(run_dir, t, task)     # e.g. adapters/<task>/
@@ -66,7 +67,8 @@ class Strategy:
             ConfigError: a class-incremental stream with a strategy that needs task ids.
         """
         self.model, self.stream = model, stream
-        class_il = [t.name for t in stream if t.scenario == "class_il" and t.kind == "classification"]
+        class_il = [t.name for t in stream if t.scenario == "class_il"
+                    and t.kind in ("classification", "class_incremental_segmentation")]
         if class_il and self.needs_task_id:
             hint = (" (its task-agnostic evaluation, tasks.scenario=task_il eval.task_id=predicted,"
                     " scores in the class-IL label space)" if self.task_agnostic else "")
@@ -92,6 +94,12 @@ class Strategy:
         groups = [{"params": [p for p in params if id(p) in head], "lr": self.head_lr},
                   {"params": [p for p in params if id(p) not in head], "lr": self.lr}]
         return [g for g in groups if g["params"]]
+
+    def task_loss(self, batch: dict, out: torch.Tensor, t: int, loss_fn) -> torch.Tensor:
+        """The current task's own loss (0-d). Default: ``loss_fn(out, label)``, the task's
+        :class:`~cl_bench.models.lit.TaskLoss`.
+        A strategy that changes the task loss itself (STAR's rebalanced BCE) overrides this."""
+        return loss_fn(out, batch["label"])
 
     def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
         """Extra loss term added to the task loss (regularisers); ``None`` for none."""

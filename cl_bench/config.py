@@ -140,6 +140,9 @@ def check_node(node: DictConfig, key: str) -> None:
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     valid = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
     for name in node:
+        if OmegaConf.is_missing(node, name):
+            raise ConfigError(f"{key}.{name}: required but not set; give it on the command line "
+                              f"({key}.{name}=...)")
         if name.startswith("_") or name == "name" and name not in sig.parameters:
             continue
         if name not in sig.parameters:

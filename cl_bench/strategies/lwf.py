@@ -8,7 +8,11 @@ task's head of both models and the new outputs are pulled towards the old ones::
 
 KD per kind of head: classification: Hinton et al.'s soft-target cross-entropy at temperature T,
 times T^2 (arXiv 1503.02531), as in the paper; segmentation: the same per voxel; regression:
-the squared error between the two normalised predictions (LwF has no regression form; ours).
+the squared error between the two normalised predictions (LwF has no regression form; ours);
+class-incremental segmentation (independent sigmoids per class): the binary cross-entropy of the
+new old-class logits against the old model's old-class probabilities, summed over old classes and
+averaged over pixels (the sigmoid form of LwF used as a CISS baseline, e.g. by MiB, arXiv
+2002.00718; MiB's own unbiased background distillation is not implemented).
 A class-incremental stream's shared head is distilled once, on the classes seen before task t
 (the iCaRL/van de Ven form of LwF for class-IL, arXiv 1611.07725, 1904.07734).
 
@@ -40,6 +44,10 @@ def distillation(new: torch.Tensor, old: torch.Tensor, kind: str,
     """
     if kind == "regression":
         return F.mse_loss(new.float(), old.float())
+    if kind == "class_incremental_segmentation":
+        bce = F.binary_cross_entropy_with_logits(new.float(), torch.sigmoid(old.float()),
+                                                 reduction="none")
+        return bce.sum(dim=1).mean()
     t = temperature
     log_p = F.log_softmax(new.float() / t, dim=1)
     q = F.softmax(old.float() / t, dim=1)
@@ -98,7 +106,7 @@ class LwF(Strategy):
         for old in self.old_tasks:
             new, target = news[old.name], targets[old.name]
             head = self.model.heads[old.name]
-            if isinstance(head, TaskView):  # class-IL: the classes seen before this task
+            if isinstance(head, TaskView):  # class-IL / CISS: the classes seen before this task
                 n_old = sum(head.shared.sizes[:t])
                 new, target = new[:, :n_old], target[:, :n_old]
             terms.append(distillation(new, target, old.kind, self.temperature))

@@ -51,3 +51,18 @@ def test_position_embedding_must_match_the_grid(tmp_path):
     shutil.copy(CKPT, tmp_path / "v.safetensors")
     with pytest.raises(DataError, match="patch_embedding.position_embeddings"):
         ViTEncoder(img_size=32, weights=str(tmp_path / "v.safetensors"))
+
+
+def test_shipped_2d_checkpoint_loads_into_vit2d_mnist_and_was_trained_without_mnist():
+    """The split-MNIST backbone: pretrained on sklearn's UCI digits, loads strictly."""
+    path = PRETRAINED["vit2d_mnist_uci"]
+    assert path.is_file() and path.stat().st_size <= 2**20
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["loss_last_100"] < 0.25 * meta["loss_first_100"]
+    assert meta["held_out_accuracy"] >= 0.95  # on held-out UCI digits
+    assert "no MNIST image" in meta["data"]
+    enc = ViTEncoder(in_channels=1, img_size=28, patch_size=7, hidden_size=64, mlp_dim=128,
+                     num_layers=2, num_heads=4, spatial_dims=2, weights="vit2d_mnist_uci")
+    sd = load_file(str(path))
+    for k, v in enc.vit.state_dict().items():
+        assert torch.equal(v, sd[k].float()), k

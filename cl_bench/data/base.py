@@ -61,6 +61,8 @@ class Task:
         info: free-form provenance (generator settings, file counts) written to metrics.json.
         classes: classification: the task's global class ids, in local-index order; CISS: the
             step's new foreground class ids.
+        pos_weight: CISS only: weight of positive pixels in the per-class BCE (STAR's code: 4 on
+            VOC, 30 on ADE20K), used by every strategy's task loss.
         stream_classes: CISS only: the foreground ids of every step of the stream, in learning
             order (the channel order of the shared classifier).
         scenario: classification only: ``"task_il"`` (a head per task, task id given at test) or
@@ -79,6 +81,7 @@ class Task:
     classes: list[int] = field(default_factory=list)
     scenario: str = "task_il"
     stream_classes: list[int] = field(default_factory=list)
+    pos_weight: float = 1.0
 
     @property
     def metric(self) -> str:

@@ -151,7 +151,7 @@ def present_classes(masks: torch.Tensor) -> list[set[int]]:
 def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
                 test_images: torch.Tensor, test_masks: torch.Tensor, n_classes: int,
                 protocol: str, setting: str, name: str, class_order: list[int] | None = None,
-                info: dict | None = None) -> list[Task]:
+                info: dict | None = None, pos_weight: float = 4.0) -> list[Task]:
     """Cut a labelled segmentation dataset into the steps of a CISS protocol.
 
     Args:
@@ -159,14 +159,18 @@ def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
         train_masks, test_masks: ``(N, 1, H, W)`` int tensors of ids ``0..n_classes`` or 255.
         n_classes: foreground classes; protocol, setting, class_order: see
             :func:`protocol_steps`, :func:`step_images`; name: the stream's name (steps are
-            ``<name>_s<k>``); info: provenance copied into every task.
+            ``<name>_s<k>``); info: provenance copied into every task; pos_weight: weight of
+            positive pixels in the per-class BCE (``Task.pos_weight``; STAR on VOC: 4).
 
     Returns:
         One task per step; every step shares the test set (all labels kept).
 
     Raises:
-        ConfigError: bad protocol / setting / order, or a step left without training images.
+        ConfigError: bad protocol / setting / order, a non-positive pos_weight, or a step left
+        without training images.
     """
+    if not pos_weight > 0:
+        raise ConfigError(f"tasks.pos_weight: expected > 0, got {pos_weight}")
     steps = protocol_steps(protocol, n_classes, class_order)
     present = present_classes(train_masks)
     test = SegStepDataset(test_images, test_masks)
@@ -181,7 +185,7 @@ def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
             name=f"{name}_s{t}", kind="class_incremental_segmentation",
             train=SegStepDataset(train_images, train_masks, idx, classes), test=test,
             num_classes=n_classes + 1, classes=list(classes), scenario="class_il",
-            stream_classes=[c for s in steps for c in s],
+            stream_classes=[c for s in steps for c in s], pos_weight=float(pos_weight),
             info=dict(info or {}, protocol=protocol, setting=setting, step=t, n_base=len(steps[0]),
                       n_train=len(idx), n_test=len(test_images))))
     return tasks

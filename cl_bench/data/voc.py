@@ -188,7 +188,8 @@ def make_voc(name: str = "voc", root: str | None = None, protocol: str = "15-1",
              train_list: str = "ImageSets/Segmentation/train_aug.txt",
              val_list: str = "ImageSets/Segmentation/val.txt",
              max_train: int | None = None, max_test: int | None = None, seed: int = 0,
-             image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClassAug") -> list[Task]:
+             image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClassAug",
+             pos_weight: float = 4.0) -> list[Task]:
     """The PASCAL VOC 2012 CISS stream (see module docstring).
 
     Args:
@@ -202,6 +203,7 @@ def make_voc(name: str = "voc", root: str | None = None, protocol: str = "15-1",
         max_train, max_test: keep a random subset of at most this many listed images
             (``None``: all); seed: the subset's seed.
         image_dir, mask_dir: folders of ``<id>.jpg`` / ``<id>.png`` for id-only split lines.
+        pos_weight: weight of positive pixels in the per-class BCE (STAR's VOC value: 4).
 
     Returns:
         One :class:`~cl_bench.data.base.Task` per step, 21 classes (background included).
@@ -246,7 +248,7 @@ def make_voc(name: str = "voc", root: str | None = None, protocol: str = "15-1",
             "listed_train": splits["train_list"][1], "listed_test": splits["val_list"][1],
             "class_names": list(VOC_CLASSES)}
     tasks = ciss_stream(tr_x, tr_y, te_x, te_y, N_CLASSES, protocol, setting, name,
-                        class_order, info)
+                        class_order, info, pos_weight)
     test = VOCStepDataset.of(tasks[0].test)  # one shared test set, as ciss_stream builds it
     for task in tasks:
         task.train, task.test = VOCStepDataset.of(task.train), test

@@ -46,7 +46,7 @@ class TaskLoss(nn.Module):
         if self.dice_ce is not None:
             return self.dice_ce(out, label)
         if self.task.kind == "class_incremental_segmentation":
-            return ciss_bce(out, label, self.task.stream_classes)
+            return ciss_bce(out, label, self.task.stream_classes, self.task.pos_weight)
         if self.task.kind == "classification":
             return nn.functional.cross_entropy(out.float(), label.long())
         target = (label.float() - self.task.target_mean) / self.task.target_std

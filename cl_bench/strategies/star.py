@@ -440,7 +440,8 @@ class STAR(Strategy):
     Args:
         variant: ``basic`` (stored prototypes + statistics) or ``lite`` (prototypes derived from
             the old classifier; only pixel counts stored).
-        pos_weight: weight of positive pixels in L_ori (official: 4 on VOC, 30 on ADE20K).
+        pos_weight: weight of positive pixels in L_ori (official: 4 on VOC, 30 on ADE20K);
+            ``None``: the stream's ``tasks.pos_weight`` (the baselines' value).
         ocfm_weight: weight of L_OCFM (official ``pkd``: 5).
         sad_weight: weight of L_SAD (official ``cont``: 0.05).
         lite_iters, lite_lr, lite_weight_decay: AdamW of the lite derivation (official
@@ -463,14 +464,14 @@ class STAR(Strategy):
 
     name = "star"
 
-    def __init__(self, variant: str = "basic", pos_weight: float = 4.0, ocfm_weight: float = 5.0,
+    def __init__(self, variant: str = "basic", pos_weight: float | None = None, ocfm_weight: float = 5.0,
                  sad_weight: float = 0.05, lite_iters: int = 500_000, lite_lr: float = 2.5e-4,
                  lite_weight_decay: float = 0.01, stats_batch_size: int = 16,
                  lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if variant not in VARIANTS:
             raise ConfigError(f"strategy.variant: expected basic or lite, got {variant!r}")
-        if not pos_weight > 0:
+        if pos_weight is not None and not pos_weight > 0:
             raise ConfigError(f"strategy.pos_weight: expected > 0, got {pos_weight}")
         for key, value in (("ocfm_weight", ocfm_weight), ("sad_weight", sad_weight),
                            ("lite_weight_decay", lite_weight_decay)):
@@ -484,7 +485,8 @@ class STAR(Strategy):
         self.variant = variant
         self.name = "star" if variant == "basic" else "star_lite"
         self.pos_weight, self.ocfm_weight, self.sad_weight = (
-            float(pos_weight), float(ocfm_weight), float(sad_weight))
+            None if pos_weight is None else float(pos_weight), float(ocfm_weight),
+            float(sad_weight))
         self.lite_iters, self.lite_lr = int(lite_iters), float(lite_lr)
         self.lite_weight_decay = float(lite_weight_decay)
         self.stats_batch_size = int(stats_batch_size)
@@ -545,10 +547,11 @@ class STAR(Strategy):
         head, x, label = self.head, batch["image"], batch["label"]
         lo, hi = sum(head.sizes[:t]), sum(head.sizes[:t + 1])
         new_ids = head.class_ids[lo:hi]
+        pos_weight = self.pos_weight if self.pos_weight is not None else self.stream[t].pos_weight
         feats = self._captured.pop("features", None)
         self._extra = None
         if t == 0 or self.old_model is None:
-            return rebalanced_bce(out[:, lo:hi], label, new_ids, pos_weight=self.pos_weight)
+            return rebalanced_bce(out[:, lo:hi], label, new_ids, pos_weight=pos_weight)
         if feats is None:
             raise RuntimeError("STAR: the CISS head's features were not captured; was setup() "
                                "called on this model?")
@@ -573,7 +576,7 @@ class STAR(Strategy):
         loss = rebalanced_bce(out[:, lo:hi], label, new_ids,
                               self._classify_rows(fake)[:, lo:hi] if len(fake) else None,
                               self._classify_rows(bg_feats)[:, lo:hi] if len(bg_feats) else None,
-                              w_f, w_b, self.pos_weight)
+                              w_f, w_b, pos_weight)
         mask = ((lab == 0) & (old_pred > 0)).unsqueeze(1)
         extra = self.ocfm_weight * ocfm_loss(feats, old_feats, mask)
         if self.sad_weight:

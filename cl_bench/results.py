@@ -2,7 +2,9 @@
 
 Files (DESIGN §1): ``matrix.csv`` (rows ``init`` and ``after_<task>``, one column per task, native
 units; ``pd.read_csv(path, index_col=0)`` gives the matrix), ``metrics.json``, ``heatmap.png``,
-``params.json``, ``timing.json``. An interrupted run keeps every completed row.
+``params.json``, ``timing.json``; for a class-incremental segmentation stream also ``ciss.csv``
+(after each step: ``miou_base`` = background + step-0 classes, ``miou_new`` = classes of later
+steps, ``miou_all``; STAR's "old / new / all"). An interrupted run keeps every completed row.
 """
 
 from __future__ import annotations
@@ -85,11 +87,33 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     metrics["units"] = {t.name: {"metric": t.metric, "units": t.units,
                                  "higher_is_better": t.higher_is_better} for t in stream}
     metrics["details"] = details
+    ciss = ciss_summary(stream, details)
+    if ciss is not None:
+        atomic_write(run_dir / "ciss.csv", lambda tmp: ciss.to_csv(tmp, float_format="%.6g"))
+        metrics["ciss"] = {"per_step": ciss.to_dict(orient="index"),
+                           "last": ciss.iloc[-1].to_dict() if len(ciss) else {}}
     metrics.update(extra)
     write_json(run_dir / "metrics.json", metrics)
     title = f"{extra.get('strategy')} on {extra.get('tasks')} (seed {extra.get('seed')})"
     atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp, title))
     return metrics
+
+
+def ciss_summary(stream: list[Task], details: dict) -> pd.DataFrame | None:
+    """Per trained step of a CISS stream: ``miou_base``, ``miou_new``, ``miou_all`` (0..1).
+
+    Rows ``after_<step>``, read from step i's own evaluation after step i (the classes seen so
+    far). ``None`` if the stream has no class-incremental segmentation step."""
+    kinds = {t.kind for t in stream}
+    if "class_incremental_segmentation" not in kinds:
+        return None
+    rows = {}
+    for t in stream:
+        d = details.get(f"after_{t.name}", {}).get(t.name)
+        if d is not None:
+            rows[f"after_{t.name}"] = {k: d.get(k, float("nan"))
+                                       for k in ("miou_base", "miou_new", "miou_all")}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["miou_base", "miou_new", "miou_all"])
 
 
 def write_task_agnostic(out_dir: Path, stream: list[Task], rows: dict[str, list[float]],

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -240,6 +241,12 @@ def test_tiny_seg_mnist_stream_writes_metrics_and_storage(finished):
         for key in ("miou_base", "miou_new", "miou_all"):
             assert 0.0 <= last[task][key] <= 1.0, (task, key)
     assert last["seg_mnist_6-4_s0"]["miou_all"] == last["seg_mnist_6-4_s1"]["miou_all"]
+    ciss = pd.read_csv(run_dir / "ciss.csv", index_col=0)  # base / new / all after each step
+    assert list(ciss.index) == ["after_seg_mnist_6-4_s0", "after_seg_mnist_6-4_s1"]
+    assert ciss.loc["after_seg_mnist_6-4_s1", "miou_all"] == pytest.approx(
+        last["seg_mnist_6-4_s1"]["miou_all"])
+    assert np.isnan(ciss.loc["after_seg_mnist_6-4_s0", "miou_new"])  # no new class yet
+    assert metrics["ciss"]["last"]["miou_base"] == pytest.approx(last["seg_mnist_6-4_s1"]["miou_base"])
 
     storage = json.loads((run_dir / "star" / "storage.json").read_text())
     assert storage["variant"] == variant and storage["classes_stored"] == 10

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 #: checkpoint shipped inside the package, produced by ``scripts/pretrain_backbone.py``
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors",
-              "vit2d_mnist_uci": ASSETS / "vit2d_mnist_uci.safetensors"}
+              "vit2d_mnist_uci": ASSETS / "vit2d_mnist_uci.safetensors",
+              "unet2d_uci": ASSETS / "unet2d_uci.safetensors"}
 
 # prefixes under which other codebases store a MONAI ViT state dict
 _PREFIXES = ("module.", "model.", "state_dict.", "backbone.", "encoder.", "vit.", "swinViT.")
@@ -203,19 +204,24 @@ class UNetEncoder(nn.Module):
         spatial_dims: 2 or 3; channels: UNet widths per level; strides: down-sampling per level
             (``len(channels) - 1`` entries); num_res_units: residual units per block;
         feature_size: width of the output feature map F; norm: MONAI norm name.
+        weights: ``None`` (random init), a shipped checkpoint name (``"unet2d_uci"``, pretrained
+            on canvases of sklearn's UCI digits by ``scripts/pretrain_backbone_2d.py``) or a path
+            to a state dict of MONAI's ``UNet`` with this configuration (loaded strictly).
 
     Shapes:
         input ``(B, C, *[img_size] * spatial_dims)``; output ``(features, [])`` with features
         ``(B, feature_size, *[img_size] * spatial_dims)``.
 
     Raises:
-        ConfigError: ``strides`` not one shorter than ``channels`` or an image side that the
-        strides do not divide.
+        ConfigError: ``strides`` not one shorter than ``channels``, an image side that the
+        strides do not divide, or an unknown shipped checkpoint name;
+        DataError: an unreadable checkpoint or one that does not fit (keys listed).
     """
 
     def __init__(self, in_channels: int = 1, img_size: int = 64, spatial_dims: int = 2,
                  channels: tuple[int, ...] = (16, 32, 64), strides: tuple[int, ...] = (2, 2),
-                 num_res_units: int = 1, feature_size: int = 32, norm: str = "instance"):
+                 num_res_units: int = 1, feature_size: int = 32, norm: str = "instance",
+                 weights: str | None = None):
         super().__init__()
         from monai.networks.nets import UNet
 
@@ -232,6 +238,20 @@ class UNetEncoder(nn.Module):
         self.unet = UNet(spatial_dims=spatial_dims, in_channels=in_channels,
                          out_channels=feature_size, channels=channels, strides=strides,
                          num_res_units=num_res_units, norm=norm)
+        self.weights = weights
+        if weights:
+            path = resolve_weights(weights)
+            sd = {k.removeprefix("unet."): v for k, v in read_state_dict(path).items()}
+            own = self.unet.state_dict()
+            missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+            shapes = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+            if missing or unexpected or shapes:
+                raise DataError(f"backbone.weights: {path} does not fit the configured UNet "
+                                f"(missing {missing[:5]}, unexpected {unexpected[:5]}, shape "
+                                f"mismatches {shapes[:5]}); check backbone.channels/strides/"
+                                "num_res_units/feature_size/in_channels")
+            self.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+            log.info("loaded %d UNet tensors from %s", len(sd), path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         expected = (self.in_channels,) + (self.img_size,) * self.spatial_dims

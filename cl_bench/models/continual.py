@@ -133,14 +133,14 @@ def make_model(in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
 def make_unet_model(in_channels: int = 1, img_size: int = 64, spatial_dims: int = 2,
                     channels: list[int] = (16, 32, 64), strides: list[int] = (2, 2),
                     num_res_units: int = 1, feature_size: int = 32,
-                    norm: str = "instance") -> ContinualModel:
+                    norm: str = "instance", weights: str | None = None) -> ContinualModel:
     """Build a :class:`ContinualModel` on a MONAI UNet feature extractor (``conf/backbone/unet2d``).
 
     Args: as :class:`~cl_bench.models.backbones.UNetEncoder`.
 
     Raises:
-        ConfigError: see :class:`~cl_bench.models.backbones.UNetEncoder`.
+        ConfigError, DataError: see :class:`~cl_bench.models.backbones.UNetEncoder`.
     """
     enc = UNetEncoder(in_channels, img_size, spatial_dims, tuple(channels), tuple(strides),
-                      num_res_units, feature_size, norm)
+                      num_res_units, feature_size, norm, weights)
     return ContinualModel(enc)

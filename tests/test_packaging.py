@@ -23,6 +23,7 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
     assert expected and expected <= names, sorted(expected - names)
     assert "cl_bench/assets/vit3d_tiny_mae.safetensors" in names
     assert "cl_bench/assets/vit2d_mnist_uci.safetensors" in names
+    assert "cl_bench/assets/unet2d_uci.safetensors" in names
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",

@@ -66,3 +66,19 @@ def test_shipped_2d_checkpoint_loads_into_vit2d_mnist_and_was_trained_without_mn
     sd = load_file(str(path))
     for k, v in enc.vit.state_dict().items():
         assert torch.equal(v, sd[k].float()), k
+
+
+def test_shipped_unet_checkpoint_loads_into_unet2d_and_misfits_are_named(tmp_path):
+    """seg_mnist's backbone: pretrained on canvases of UCI digits, loads strictly."""
+    from cl_bench.models.backbones import UNetEncoder
+
+    path = PRETRAINED["unet2d_uci"]
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["loss_last_100"] < 0.1 * meta["loss_first_100"]
+    assert meta["held_out_miou"] >= 0.6 and "no MNIST image" in meta["data"]
+    enc = UNetEncoder(weights="unet2d_uci")
+    sd = load_file(str(path))
+    for k, v in enc.unet.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+does not fit"):|does not fit"):
+        UNetEncoder(in_channels=3, weights="unet2d_uci")  # RGB UNet, 1-channel checkpoint

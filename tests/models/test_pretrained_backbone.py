@@ -80,5 +80,5 @@ def test_shipped_unet_checkpoint_loads_into_unet2d_and_misfits_are_named(tmp_pat
     sd = load_file(str(path))
     for k, v in enc.unet.state_dict().items():
         assert torch.equal(v, sd[k]), k
-does not fit"):|does not fit"):
+    with pytest.raises(DataError, match="does not fit the configured UNet"):
         UNetEncoder(in_channels=3, weights="unet2d_uci")  # RGB UNet, 1-channel checkpoint

@@ -44,10 +44,9 @@ def test_runs_write_steps_and_base_new_all(finished):
     assert head.active_classes(0) == list(range(1, 11))
 
 
+@pytest.mark.parametrize("finished", ["joint"], indirect=True)
 def test_joint_trains_on_the_union_labelled_for_every_seen_class(finished):
-    name, _, out = finished
-    if name != "joint":
-        pytest.skip("joint only")
+    _, _, out = finished
     joint, stream = out.strategy, out.strategy.stream
     union = joint.union  # built for the last step: every image of both steps
     expected = np.unique(np.concatenate([s.train.index for s in stream]))
@@ -68,6 +67,6 @@ def test_sigmoid_distillation_is_zero_only_for_saturated_agreement():
         40.0, rel=1e-3)
 
 
-def test_lora_family_refuses_the_unet_backbone():
-    with pytest.raises(ConfigError, match="needs the task id|target"):
-        run(tiny_cfg("lora"), "/tmp/never_written_lora_ciss")
+def test_per_task_module_strategies_refuse_ciss(tmp_path):
+    with pytest.raises(ConfigError, match="keeps one module per task and needs the task id"):
+        run(tiny_cfg("lora"), tmp_path / "lora")

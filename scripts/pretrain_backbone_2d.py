@@ -128,7 +128,7 @@ def pretrain_unet(args) -> None:
     cm = np.bincount(11 * va_y[:, 0].flatten().numpy() + pred.flatten().numpy(),
                      minlength=121).reshape(11, 11)
     miou = float(np.nanmean(iou_from_confusion(cm)))
-    out = Path(args.out or PRETRAINED["unet2d_uci"])
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in enc.unet.state_dict().items()}, str(out))
     UNetEncoder(**UNET2D, weights=str(out))  # loads strictly, or raises
@@ -165,10 +165,10 @@ def main() -> None:
     args.steps = args.steps or (2000 if unet else 3000)
     args.batch_size = args.batch_size or (16 if unet else 64)
     args.lr = args.lr or (3e-3 if unet else 2e-3)
+    args.out = args.out or str(PRETRAINED[args.target])
     if unet:
         torch.manual_seed(args.seed)
         return pretrain_unet(args)
-    args.out = args.out or str(PRETRAINED["vit2d_mnist_uci"])
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 

@@ -111,8 +111,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     if cfg.get("logger") and cfg.logger.get("_target_"):
         check_node(cfg.logger, "logger")
     main = getattr(rank_zero_only, "rank", 0) == 0  # DDP: only rank 0 evaluates and writes
-    resuming = ckpt.claim_run_dir(run_dir, cfg, write=main)
-    state = ckpt.load_boundary(run_dir) if resuming else None
     strategy = build(cfg.strategy, "strategy")
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
     model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
@@ -138,6 +136,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     if cfg.eval.task_id == "predicted" and not strategy.task_agnostic:
         raise ConfigError(f"eval.task_id=predicted: strategy={strategy.name} does not predict "
                           "task ids; use eval.task_id=oracle or strategy=proteus|duallora")
+    # claim the run directory only once the config is known to be runnable: a refused config
+    # leaves at most an empty directory (and a resume of another config is refused before anything is written)
+    resuming = ckpt.claim_run_dir(run_dir, cfg, write=main)
+    state = ckpt.load_boundary(run_dir) if resuming else None
 
     r = _StreamRun(cfg, run_dir, stream, model, strategy, main)
     if state is not None:  # rebuild the finished tasks' structure, then load their state

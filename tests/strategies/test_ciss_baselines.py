@@ -70,3 +70,4 @@ def test_sigmoid_distillation_is_zero_only_for_saturated_agreement():
 def test_per_task_module_strategies_refuse_ciss(tmp_path):
     with pytest.raises(ConfigError, match="keeps one module per task and needs the task id"):
         run(tiny_cfg("lora"), tmp_path / "lora")
+    assert not any((tmp_path / "lora").rglob("*"))  # refused before the run dir is claimed

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from monai.transforms import RandAffine
 from safetensors.torch import save_file
 from sklearn.datasets import load_digits
+from torchmetrics.classification import MulticlassConfusionMatrix
 from torch import nn
 
 from cl_bench.data.seg_mnist import paste_digits
@@ -88,6 +89,71 @@ UNET2D = dict(in_channels=1, img_size=64, spatial_dims=2, channels=(16, 32, 64),
               num_res_units=1, feature_size=32, norm="instance")
 
 
+def fit(params, batch_loss, args, weight_decay: float, every: int) -> tuple[list[float], float]:
+    """AdamW + one-cycle schedule for ``args.steps`` steps of ``batch_loss()``; returns the losses
+    and the start time."""
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
+                                                pct_start=0.1)
+    losses, start = [], time.time()
+    for step in range(args.steps):
+        loss = batch_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % every == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}", flush=True)
+    return losses, start
+
+
+def save(state: dict, reload, args, meta: dict, losses: list[float], start: float) -> None:
+    """Write the encoder ``state`` (float32 safetensors), reload it strictly with ``reload(path)``,
+    and write the provenance JSON beside it."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(out))
+    reload(str(out))  # loads strictly, or raises
+    meta = {"script": "scripts/pretrain_backbone_2d.py", "args": vars(args), **meta,
+            "loss_first_100": float(np.mean(losses[:100])),
+            "loss_last_100": float(np.mean(losses[-100:])),
+            "seconds": round(time.time() - start, 1), "date": datetime.date.today().isoformat(),
+            "torch": torch.__version__, "monai": __import__("monai").__version__,
+            "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(meta, indent=2))
+
+
+def pretrain_vit(args) -> None:
+    """``--target vit2d_mnist_uci`` (see module docstring)."""
+    gen = torch.Generator().manual_seed(args.seed)
+    x, y = uci_digits_28()
+    # hold out 20 % to report the pretraining accuracy; standardise with the training pixels
+    perm = torch.randperm(len(x), generator=gen)
+    n_val = len(x) // 5
+    val, tr = perm[:n_val], perm[n_val:]
+    mean, std = x[tr].mean().item(), x[tr].std().item()
+    affine = RandAffine(prob=1.0, rotate_range=(np.pi / 12,), scale_range=(0.15, 0.15),
+                        translate_range=(3, 3), padding_mode="zeros")
+    affine.set_random_state(args.seed)
+    model = Pretrainer()
+
+    def batch_loss():
+        idx = tr[torch.randint(0, len(tr), (args.batch_size,), generator=gen)]
+        return F.cross_entropy(model((augment(x[idx], affine, gen) - mean) / std), y[idx])
+
+    losses, start = fit(model.parameters(), batch_loss, args, 0.05, 500)
+    model.eval()
+    with torch.no_grad():
+        val_acc = (model((x[val] - mean) / std).argmax(1) == y[val]).float().mean().item()
+    save(model.encoder.vit.state_dict(), lambda p: ViTEncoder(**VIT2D_MNIST, weights=p), args,
+         {"method": "supervised 10-way pretraining of MONAI's 2D ViT (vit2d_mnist shape)",
+          "data": "sklearn load_digits (UCI optical digits), 8x8 -> 20x20 in a 28x28 canvas; "
+                  f"{len(tr)} train / {len(val)} held out; no MNIST image",
+          "held_out_accuracy": round(val_acc, 4)}, losses, start)
+
+
 def pretrain_unet(args) -> None:
     """``--target unet2d_uci`` (see module docstring)."""
     gen = torch.Generator().manual_seed(args.seed)
@@ -106,46 +172,26 @@ def pretrain_unet(args) -> None:
     enc = UNetEncoder(**UNET2D)
     head = CISSHead(UNET2D["feature_size"], [list(range(1, 11))])
     head.begin_task(0)
-    params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
-                                                pct_start=0.1)
-    losses, start = [], time.time()
-    for step in range(args.steps):
+
+    def batch_loss():
         idx = torch.randint(0, len(tr_x), (args.batch_size,), generator=gen)
         feats, _ = enc(tr_x[idx])
-        loss = ciss_bce(head.classify(feats), tr_y[idx], head.class_ids, pos_weight=4.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 250 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}", flush=True)
+        return ciss_bce(head.classify(feats), tr_y[idx], head.class_ids, pos_weight=4.0)
+
+    losses, start = fit(list(enc.parameters()) + list(head.parameters()), batch_loss, args,
+                        0.01, 250)
     enc.eval()
     with torch.no_grad():
         pred = head.predict(head.classify(enc(va_x)[0]))
-    cm = np.bincount(11 * va_y[:, 0].flatten().numpy() + pred.flatten().numpy(),
-                     minlength=121).reshape(11, 11)
+    cm = MulticlassConfusionMatrix(num_classes=11)(pred, va_y[:, 0]).numpy()
     miou = float(np.nanmean(iou_from_confusion(cm)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in enc.unet.state_dict().items()}, str(out))
-    UNetEncoder(**UNET2D, weights=str(out))  # loads strictly, or raises
-    meta = {"script": "scripts/pretrain_backbone_2d.py", "args": vars(args),
-            "method": "supervised per-class BCE segmentation pretraining of MONAI's 2D UNet "
-                      "(unet2d shape)",
-            "data": "sklearn load_digits (UCI optical digits) pasted 1-3 per 64x64 canvas; "
-                    f"{args.n_canvases} training canvases from {len(tr_ids)} digits, 200 held-out "
-                    f"canvases from {n_val} other digits; no MNIST image",
-            "held_out_miou": round(miou, 4),
-            "loss_first_100": float(np.mean(losses[:100])),
-            "loss_last_100": float(np.mean(losses[-100:])),
-            "seconds": round(time.time() - start, 1), "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__, "monai": __import__("monai").__version__,
-            "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(json.dumps(meta, indent=2))
+    save(enc.unet.state_dict(), lambda p: UNetEncoder(**UNET2D, weights=p), args,
+         {"method": "supervised per-class BCE segmentation pretraining of MONAI's 2D UNet "
+                    "(unet2d shape)",
+          "data": "sklearn load_digits (UCI optical digits) pasted 1-3 per 64x64 canvas; "
+                  f"{args.n_canvases} training canvases from {len(tr_ids)} digits, 200 held-out "
+                  f"canvases from {n_val} other digits; no MNIST image",
+          "held_out_miou": round(miou, 4)}, losses, start)
 
 
 def main() -> None:
@@ -166,59 +212,8 @@ def main() -> None:
     args.batch_size = args.batch_size or (16 if unet else 64)
     args.lr = args.lr or (3e-3 if unet else 2e-3)
     args.out = args.out or str(PRETRAINED[args.target])
-    if unet:
-        torch.manual_seed(args.seed)
-        return pretrain_unet(args)
     torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-
-    x, y = uci_digits_28()
-    # hold out 20 % to report the pretraining accuracy; standardise with the training pixels
-    perm = torch.randperm(len(x), generator=gen)
-    n_val = len(x) // 5
-    val, tr = perm[:n_val], perm[n_val:]
-    mean, std = x[tr].mean().item(), x[tr].std().item()
-    affine = RandAffine(prob=1.0, rotate_range=(np.pi / 12,), scale_range=(0.15, 0.15),
-                        translate_range=(3, 3), padding_mode="zeros")
-    affine.set_random_state(args.seed)
-
-    model = Pretrainer()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
-                                                pct_start=0.1)
-    losses, start = [], time.time()
-    for step in range(args.steps):
-        idx = tr[torch.randint(0, len(tr), (args.batch_size,), generator=gen)]
-        xb = (augment(x[idx], affine, gen) - mean) / std
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 500 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {np.mean(losses[-100:]):.4f}", flush=True)
-    model.eval()
-    with torch.no_grad():
-        val_acc = (model((x[val] - mean) / std).argmax(1) == y[val]).float().mean().item()
-
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.encoder.vit.state_dict().items()},
-              str(out))
-    ViTEncoder(**VIT2D_MNIST, weights=str(out))  # loads strictly, or raises
-    meta = {"script": "scripts/pretrain_backbone_2d.py", "args": vars(args),
-            "method": "supervised 10-way pretraining of MONAI's 2D ViT (vit2d_mnist shape)",
-            "data": "sklearn load_digits (UCI optical digits), 8x8 -> 20x20 in a 28x28 canvas; "
-                    f"{len(tr)} train / {len(val)} held out; no MNIST image",
-            "held_out_accuracy": round(val_acc, 4),
-            "loss_first_100": float(np.mean(losses[:100])),
-            "loss_last_100": float(np.mean(losses[-100:])),
-            "seconds": round(time.time() - start, 1), "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__, "monai": __import__("monai").__version__,
-            "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(json.dumps(meta, indent=2))
+    (pretrain_unet if unet else pretrain_vit)(args)
 
 
 if __name__ == "__main__":

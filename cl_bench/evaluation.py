@@ -34,13 +34,10 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.regression import MeanAbsoluteError
 
-from cl_bench.data.base import IGNORE_INDEX, Task
+from cl_bench.data.base import CISS, IGNORE_INDEX, Task
 from cl_bench.errors import ConfigError
 from cl_bench.metrics import iou_from_confusion, mean_iou
 from cl_bench.strategies.base import Strategy
-
-
-CISS = "class_incremental_segmentation"
 
 
 def global_classes(task: Task, pred: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cl_bench.data.base import Task  # noqa: E402
+from cl_bench.data.base import CISS, Task  # noqa: E402
 from cl_bench.metrics import cl_metrics  # noqa: E402
 
 
@@ -104,8 +104,7 @@ def ciss_summary(stream: list[Task], details: dict) -> pd.DataFrame | None:
 
     Rows ``after_<step>``, read from step i's own evaluation after step i (the classes seen so
     far). ``None`` if the stream has no class-incremental segmentation step."""
-    kinds = {t.kind for t in stream}
-    if "class_incremental_segmentation" not in kinds:
+    if all(t.kind != CISS for t in stream):
         return None
     rows = {}
     for t in stream:

@@ -26,12 +26,15 @@ from torch.utils.data import Dataset
 TaskKind = Literal["segmentation", "regression", "classification",
                    "class_incremental_segmentation"]
 
+#: the task kind of a class-incremental semantic segmentation step
+CISS = "class_incremental_segmentation"
+
 #: metric name and whether higher is better, per task kind
 METRICS: dict[str, tuple[str, bool]] = {
     "segmentation": ("dice", True),
     "regression": ("mae", False),
     "classification": ("accuracy", True),
-    "class_incremental_segmentation": ("miou", True),
+    CISS: ("miou", True),
 }
 
 #: label of unlabelled pixels (PASCAL VOC's object boundaries); ignored by losses and metrics

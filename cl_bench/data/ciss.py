@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cl_bench.data.base import IGNORE_INDEX, Task
+from cl_bench.data.base import CISS, IGNORE_INDEX, Task
 from cl_bench.errors import ConfigError
 
 SETTINGS = ("overlapped", "disjoint")
@@ -124,9 +124,11 @@ class SegStepDataset(Dataset):
         self.index = np.arange(len(images)) if index is None else np.asarray(index)
         self.keep = None if keep is None else sorted(set(int(c) for c in keep))
 
-    def with_classes(self, keep: list[int] | None) -> "SegStepDataset":
-        """The same images labelled for ``keep`` (e.g. every class seen so far, for joint)."""
-        return SegStepDataset(self.images, self.masks, self.index, keep)
+    def with_classes(self, keep: list[int] | None,
+                     index: np.ndarray | None = None) -> "SegStepDataset":
+        """The same images (or those of ``index``) labelled for ``keep`` (e.g. every class seen
+        so far, for joint), as a dataset of the same type."""
+        return type(self)(self.images, self.masks, self.index if index is None else index, keep)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -151,7 +153,8 @@ def present_classes(masks: torch.Tensor) -> list[set[int]]:
 def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
                 test_images: torch.Tensor, test_masks: torch.Tensor, n_classes: int,
                 protocol: str, setting: str, name: str, class_order: list[int] | None = None,
-                info: dict | None = None, pos_weight: float = 4.0) -> list[Task]:
+                info: dict | None = None, pos_weight: float = 4.0,
+                dataset: type[SegStepDataset] = SegStepDataset) -> list[Task]:
     """Cut a labelled segmentation dataset into the steps of a CISS protocol.
 
     Args:
@@ -160,7 +163,9 @@ def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
         n_classes: foreground classes; protocol, setting, class_order: see
             :func:`protocol_steps`, :func:`step_images`; name: the stream's name (steps are
             ``<name>_s<k>``); info: provenance copied into every task; pos_weight: weight of
-            positive pixels in the per-class BCE (``Task.pos_weight``; STAR on VOC: 4).
+            positive pixels in the per-class BCE (``Task.pos_weight``; STAR on VOC: 4);
+            dataset: the :class:`SegStepDataset` type of the views (e.g. one that normalises
+            stored ``uint8`` images per item).
 
     Returns:
         One task per step; every step shares the test set (all labels kept).
@@ -173,7 +178,7 @@ def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
         raise ConfigError(f"tasks.pos_weight: expected > 0, got {pos_weight}")
     steps = protocol_steps(protocol, n_classes, class_order)
     present = present_classes(train_masks)
-    test = SegStepDataset(test_images, test_masks)
+    test = dataset(test_images, test_masks)
     tasks = []
     for t, classes in enumerate(steps):
         idx = step_images(present, steps, t, setting)
@@ -182,8 +187,8 @@ def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
                               f"(classes {classes}) has no training image; use more images or "
                               "the overlapped setting")
         tasks.append(Task(
-            name=f"{name}_s{t}", kind="class_incremental_segmentation",
-            train=SegStepDataset(train_images, train_masks, idx, classes), test=test,
+            name=f"{name}_s{t}", kind=CISS,
+            train=dataset(train_images, train_masks, idx, classes), test=test,
             num_classes=n_classes + 1, classes=list(classes), scenario="class_il",
             stream_classes=[c for s in steps for c in s], pos_weight=float(pos_weight),
             info=dict(info or {}, protocol=protocol, setting=setting, step=t, n_base=len(steps[0]),

@@ -77,14 +77,6 @@ class VOCStepDataset(SegStepDataset):
     _mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     _std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
-    @classmethod
-    def of(cls, view: SegStepDataset) -> "VOCStepDataset":
-        """The same view (images, index, kept classes), normalising its items."""
-        return cls(view.images, view.masks, view.index, view.keep)
-
-    def with_classes(self, keep: list[int] | None) -> "VOCStepDataset":
-        return VOCStepDataset(self.images, self.masks, self.index, keep)
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = super().__getitem__(i)
         item["image"] = (item["image"] / 255.0 - self._mean) / self._std
@@ -247,9 +239,5 @@ def make_voc(name: str = "voc", root: str | None = None, protocol: str = "15-1",
             "train_list": str(splits["train_list"][0]), "val_list": str(splits["val_list"][0]),
             "listed_train": splits["train_list"][1], "listed_test": splits["val_list"][1],
             "class_names": list(VOC_CLASSES)}
-    tasks = ciss_stream(tr_x, tr_y, te_x, te_y, N_CLASSES, protocol, setting, name,
-                        class_order, info, pos_weight)
-    test = VOCStepDataset.of(tasks[0].test)  # one shared test set, as ciss_stream builds it
-    for task in tasks:
-        task.train, task.test = VOCStepDataset.of(task.train), test
-    return tasks
+    return ciss_stream(tr_x, tr_y, te_x, te_y, N_CLASSES, protocol, setting, name,
+                       class_order, info, pos_weight, dataset=VOCStepDataset)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cl_bench.data.base import Task
+from cl_bench.data.base import CISS, Task
 from cl_bench.models.backbones import UNetEncoder, ViTEncoder
 from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
                                    SegmentationDecoder, TaskView)
-
-#: the task kind of a class-incremental semantic segmentation step
-CISS = "class_incremental_segmentation"
 
 
 class ContinualModel(nn.Module):

@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from cl_bench.checkpoint import rng_state, set_rng_state
-from cl_bench.data.base import IGNORE_INDEX, Task
+from cl_bench.data.base import CISS, IGNORE_INDEX, Task
 from cl_bench.errors import TrainingError
 from cl_bench.strategies.base import Strategy
 
@@ -45,12 +45,36 @@ class TaskLoss(nn.Module):
     def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if self.dice_ce is not None:
             return self.dice_ce(out, label)
-        if self.task.kind == "class_incremental_segmentation":
+        if self.task.kind == CISS:
             return ciss_bce(out, label, self.task.stream_classes, self.task.pos_weight)
         if self.task.kind == "classification":
             return nn.functional.cross_entropy(out.float(), label.long())
         target = (label.float() - self.task.target_mean) / self.task.target_std
         return nn.functional.mse_loss(out.float(), target)
+
+
+def bce_per_class(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+                  pos_weight: float | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits averaged over positions, per class.
+
+    Args:
+        logits, target: ``(N, C, *any)``; valid: ``None`` or a 0/1 mask broadcastable to them
+            (positions outside it are left out); pos_weight: weight of positive targets.
+
+    Returns:
+        ``(C,)``.
+    """
+    pw = None
+    if pos_weight is not None:
+        pw = torch.full((logits.shape[1],) + (1,) * (logits.dim() - 2), float(pos_weight),
+                        device=logits.device)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float(),
+                                                         reduction="none", pos_weight=pw)
+    dims = [d for d in range(bce.dim()) if d != 1]
+    if valid is None:
+        return bce.mean(dim=dims)
+    v = valid.float().expand_as(bce)
+    return (bce * v).sum(dim=dims) / v.sum(dim=dims).clamp_min(1)
 
 
 def ciss_bce(logits: torch.Tensor, label: torch.Tensor, class_ids: list[int],
@@ -63,13 +87,7 @@ def ciss_bce(logits: torch.Tensor, label: torch.Tensor, class_ids: list[int],
             (STAR: 4 on VOC's 21 classes; 1 = plain BCE).
     """
     ids = torch.as_tensor(class_ids, device=label.device).view(1, -1, *[1] * (label.dim() - 2))
-    target = (label == ids).to(logits.dtype)
-    valid = (label != IGNORE_INDEX).to(logits.dtype)
-    weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-    bce = nn.functional.binary_cross_entropy_with_logits(
-        logits.float(), target.float(), reduction="none",
-        pos_weight=weight.float().expand(len(class_ids)).view(1, -1, *[1] * (label.dim() - 2)))
-    return (bce * valid).sum() / valid.sum().clamp_min(1) if bce.numel() else logits.sum() * 0
+    return bce_per_class(logits, label == ids, label != IGNORE_INDEX, pos_weight).sum()
 
 
 class LitTask(L.LightningModule):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cl_bench.data.base import Task
+from cl_bench.data.base import CISS, Task
 from cl_bench.errors import ConfigError
 
 
@@ -68,7 +68,7 @@ class Strategy:
         """
         self.model, self.stream = model, stream
         class_il = [t.name for t in stream if t.scenario == "class_il"
-                    and t.kind in ("classification", "class_incremental_segmentation")]
+                    and t.kind in ("classification", CISS)]
         if class_il and self.needs_task_id:
             hint = (" (its task-agnostic evaluation, tasks.scenario=task_il eval.task_id=predicted,"
                     " scores in the class-IL label space)" if self.task_agnostic else "")

@@ -26,9 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cl_bench.data.base import CISS
 from cl_bench.strategies.er import ER
-
-CISS = "class_incremental_segmentation"
 
 
 class Joint(ER):
@@ -61,8 +60,7 @@ class Joint(ER):
             steps = self.stream[:t + 1]
             index = np.unique(np.concatenate([s.train.index for s in steps]))
             seen = [c for s in steps for c in s.classes]
-            self.union = task.train.with_classes(seen)
-            self.union.index = index
+            self.union = task.train.with_classes(seen, index)
 
     def task_loss(self, batch: dict, out: torch.Tensor, t: int, loss_fn) -> torch.Tensor:
         """CISS: the loss of a batch of the fully labelled union (see module docstring)."""

@@ -27,7 +27,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from cl_bench.data.base import Task
+from cl_bench.data.base import CISS, Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.heads import TaskView
 from cl_bench.strategies.base import Strategy
@@ -44,7 +44,7 @@ def distillation(new: torch.Tensor, old: torch.Tensor, kind: str,
     """
     if kind == "regression":
         return F.mse_loss(new.float(), old.float())
-    if kind == "class_incremental_segmentation":
+    if kind == CISS:
         bce = F.binary_cross_entropy_with_logits(new.float(), torch.sigmoid(old.float()),
                                                  reduction="none")
         return bce.sum(dim=1).mean()

@@ -111,17 +111,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cl_bench.data.base import IGNORE_INDEX, Task
+from cl_bench.data.base import CISS, IGNORE_INDEX, Task
+from cl_bench.data.ciss import SETTINGS
 from cl_bench.errors import ConfigError
 from cl_bench.models.heads import CISSHead, TaskView
+from cl_bench.models.lit import bce_per_class
 from cl_bench.results import write_json
 from cl_bench.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 
-CISS = "class_incremental_segmentation"
 VARIANTS = ("basic", "lite")
-SETTINGS = ("overlapped", "disjoint")
 
 
 # ------------------------------------------------------------------------ prototype statistics
@@ -273,22 +273,6 @@ def sample_lite(prototypes: torch.Tensor, sigma: float, counts: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------- losses
-def _bce_per_class(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None,
-                   pos_weight: float | None) -> torch.Tensor:
-    """Mean BCE over positions, per class: logits/target ``(N, C, ...)`` -> ``(C,)``."""
-    pw = None
-    if pos_weight is not None:
-        pw = torch.full((logits.shape[1],) + (1,) * (logits.dim() - 2), float(pos_weight),
-                        device=logits.device)
-    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none",
-                                             pos_weight=pw)
-    dims = [d for d in range(bce.dim()) if d != 1]
-    if valid is None:
-        return bce.mean(dim=dims)
-    v = valid.float()
-    return (bce * v).sum(dim=dims) / v.sum(dim=dims).clamp_min(1)
-
-
 def rebalanced_bce(new_logits: torch.Tensor, label: torch.Tensor, new_ids: list[int],
                    fake_logits: torch.Tensor | None = None, bg_logits: torch.Tensor | None = None,
                    w_fake: float = 0.0, w_bg: float = 0.0, pos_weight: float = 1.0) -> torch.Tensor:
@@ -304,10 +288,10 @@ def rebalanced_bce(new_logits: torch.Tensor, label: torch.Tensor, new_ids: list[
     ids = torch.as_tensor(list(new_ids), device=label.device).view(1, -1, *[1] * (label.dim() - 2))
     target = (label == ids)
     valid = (label != IGNORE_INDEX).expand_as(target)
-    loss = _bce_per_class(new_logits, target, valid, pos_weight)
+    loss = bce_per_class(new_logits, target, valid, pos_weight)
     for logits, w in ((fake_logits, w_fake), (bg_logits, w_bg)):
         if logits is not None and len(logits) and w:
-            loss = loss + w * _bce_per_class(logits, torch.zeros_like(logits), None, None)
+            loss = loss + w * bce_per_class(logits, torch.zeros_like(logits))
     return (loss / (1 + w_fake + w_bg)).sum()
 
 

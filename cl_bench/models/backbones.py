@@ -157,6 +157,31 @@ def map_vit_keys(sd: dict[str, torch.Tensor], target_keys: set[str]) -> tuple[di
     return mapped, ignored
 
 
+def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], path: Path, what: str,
+                keys_to_check: str) -> None:
+    """Load ``sd`` into ``module`` strictly (cast to the module's dtypes).
+
+    Raises:
+        DataError: missing keys, unexpected keys or shape mismatches, all listed, naming
+        ``path`` and the config keys to check.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        def show(xs):
+            return ", ".join(xs[:8]) + (f" … (+{len(xs) - 8} more)" if len(xs) > 8 else "") or "none"
+        raise DataError(
+            f"backbone.weights: {path} does not fit the configured {what}.\n"
+            f"  missing keys ({len(missing)}): {show(missing)}\n"
+            f"  unexpected keys ({len(unexpected)}): {show(unexpected)}\n"
+            f"  shape mismatches ({len(shapes)}): {show(shapes)}\n"
+            f"  Check {keys_to_check}.")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
 def load_encoder_weights(vit: ViT, path: Path) -> None:
     """Load a foundation-model checkpoint into a MONAI ViT, strictly.
 
@@ -167,22 +192,9 @@ def load_encoder_weights(vit: ViT, path: Path) -> None:
         DataError: unreadable file, or missing/unexpected keys or shape mismatches (all listed).
     """
     sd = read_state_dict(path)
-    own = vit.state_dict()
-    mapped, ignored = map_vit_keys(sd, set(own))
-    missing = sorted(set(own) - set(mapped))
-    unexpected = sorted(set(mapped) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(mapped) & set(own) if mapped[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        def show(xs):
-            return ", ".join(xs[:8]) + (f" … (+{len(xs) - 8} more)" if len(xs) > 8 else "") or "none"
-        raise DataError(
-            f"backbone.weights: {path} does not fit the configured backbone.\n"
-            f"  missing keys ({len(missing)}): {show(missing)}\n"
-            f"  unexpected keys ({len(unexpected)}): {show(unexpected)}\n"
-            f"  shape mismatches ({len(shapes)}): {show(shapes)}\n"
-            "  Check backbone.hidden_size/num_layers/num_heads/patch_size/img_size/in_channels.")
-    vit.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()}, strict=True)
+    mapped, ignored = map_vit_keys(sd, set(vit.state_dict()))
+    load_strict(vit, mapped, path, "backbone",
+                "backbone.hidden_size/num_layers/num_heads/patch_size/img_size/in_channels")
     log.info("loaded %d encoder tensors from %s (%d decoder keys ignored)", len(mapped), path,
              len(ignored))
 
@@ -242,15 +254,8 @@ class UNetEncoder(nn.Module):
         if weights:
             path = resolve_weights(weights)
             sd = {k.removeprefix("unet."): v for k, v in read_state_dict(path).items()}
-            own = self.unet.state_dict()
-            missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-            shapes = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-            if missing or unexpected or shapes:
-                raise DataError(f"backbone.weights: {path} does not fit the configured UNet "
-                                f"(missing {missing[:5]}, unexpected {unexpected[:5]}, shape "
-                                f"mismatches {shapes[:5]}); check backbone.channels/strides/"
-                                "num_res_units/feature_size/in_channels")
-            self.unet.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+            load_strict(self.unet, sd, path, "UNet",
+                        "backbone.channels/strides/num_res_units/feature_size/in_channels")
             log.info("loaded %d UNet tensors from %s", len(sd), path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -91,6 +91,8 @@ def _load_run(metrics_path: Path) -> dict:
             if key in ("final_average", "mft") and len(g.get("tasks", [])) < 2:
                 continue  # one task: the same as its final / just-learned column
             rec[f"{key} {metric}"] = g.get(key, np.nan) if g.get(key) is not None else np.nan
+    for key, value in m.get("ciss", {}).get("last", {}).items():  # CISS: base / new / all
+        rec[f"{key} (last step)"] = value if value is not None else np.nan
     params = _read_json(run / "params.json") or {}
     pct = [p["trainable_pct"] for p in params.get("tasks", {}).values()]
     rec["trainable %"] = float(np.mean(pct)) if pct else np.nan

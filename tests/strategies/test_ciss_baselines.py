@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cl_bench.errors import ConfigError
+from cl_bench.report import load_runs
 from cl_bench.runner import run
 from cl_bench.strategies.lwf import distillation
 
@@ -42,6 +43,8 @@ def test_runs_write_steps_and_base_new_all(finished):
     assert 0 <= ciss.iloc[-1]["miou_new"] <= 1 and 0 <= ciss.iloc[-1]["miou_all"] <= 1
     head = out.model.heads["seg_mnist_6-4_s1"].shared
     assert head.active_classes(0) == list(range(1, 11))
+    runs, _ = load_runs([run_dir])  # clbench-report's table carries base / new / all
+    assert runs.loc[0, "miou_new (last step)"] == pytest.approx(ciss.iloc[-1]["miou_new"], abs=1e-6)
 
 
 @pytest.mark.parametrize("finished", ["joint"], indirect=True)

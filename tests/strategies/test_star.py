@@ -19,6 +19,7 @@ from cl_bench.models.heads import CISSHead
 from cl_bench.runner import run
 from cl_bench.strategies.star import (STAR, background_ratio, class_centres, classifier_weights,
                                       combine_lite, derive_prototypes, lite_noise, ocfm_loss,
+                                      old_negative_loss,
                                       old_predictions, prototype_statistics, rebalanced_bce,
                                       replay_counts, replay_weights, sad_loss, sample_basic,
                                       sample_lite, storage_bytes, updated_counts)
@@ -117,6 +118,26 @@ def test_sad_uses_the_nearest_old_prototype_of_each_new_class():
     torch.testing.assert_close(c, torch.tensor([[r, r], [0., 0.]]))
 
 
+def test_old_negative_loss_pushes_old_logits_down_on_new_pixels_through_features_only():
+    head = CISSHead(2, [[1, 2], [3]])  # old classes 1, 2; new class 3
+    with torch.no_grad():
+        head.cls[0].weight.copy_(torch.tensor([[1., 0.], [0., 2.]]).view(2, 2, 1, 1))
+        head.cls[0].bias.copy_(torch.tensor([0., -1.]))
+    f = torch.tensor([[1., 4., 9.], [3., 0., 9.]]).view(1, 2, 1, 3).requires_grad_(True)
+    label = torch.tensor([3, 3, 1]).view(1, 1, 1, 3)  # pixels 0, 1 are new class 3
+    loss = old_negative_loss(f, label, [3], head, n_old=2)
+    sp = torch.nn.functional.softplus  # BCE(z, 0) = softplus(z)
+    # old logits on pixel 0: (1, 2*3-1=5); on pixel 1: (4, -1); mean per class, sum over classes
+    want = (sp(torch.tensor(1.)) + sp(torch.tensor(4.))) / 2 + (sp(torch.tensor(5.))
+                                                               + sp(torch.tensor(-1.))) / 2
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-6)
+    loss.backward()
+    assert f.grad[..., :2].abs().sum() > 0 and f.grad[..., 2].abs().sum() == 0
+    assert all(p.grad is None for p in head.parameters())  # the old classifiers do not move
+    none = old_negative_loss(f, torch.zeros_like(label), [3], head, n_old=2)
+    assert float(none) == 0.0
+
+
 def test_old_predictions_follow_the_sigmoid_rule():
     logits = torch.tensor([[-3., 2., 0.1], [-2., 1., 3.]]).view(1, 2, 1, 3)
     assert old_predictions(logits).view(-1).tolist() == [0, 1, 2]
@@ -193,6 +214,7 @@ def test_storage_figure_on_a_known_setting():
     ({"lite_lr": 0.0}, "strategy.lite_lr"),
     ({"lite_weight_decay": -1.0}, "strategy.lite_weight_decay"),
     ({"stats_batch_size": 0}, "strategy.stats_batch_size"),
+    ({"old_negative_weight": -1.0}, "strategy.old_negative_weight"),
     ({"lr": 0}, "strategy.lr"),
 ])
 def test_bad_hyper_parameter_names_the_key(kwargs, key):

@@ -20,18 +20,21 @@ UNITS = {"tumour_seg": {"metric": "dice", "units": "", "higher_is_better": True}
 
 
 def fake_run(root: Path, name: str, strategy: str, seed: int, R: list[list[float]],
-             max_steps: int = 600, complete: bool = True) -> Path:
-    """A run directory as clbench writes it, with R = [init row, after task 1, ...]."""
+             max_steps: int = 600, complete: bool = True, tasks: list[str] = TASKS) -> Path:
+    """A run directory as clbench writes it, with R = [init row, after task 1, ...]; ``tasks``
+    renames the two tasks (a second stream)."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
-    rows = ["init"] + [f"after_{t}" for t in TASKS][:len(R) - 1]
-    pd.DataFrame(R, index=pd.Index(rows, name="row"), columns=TASKS).to_csv(run / "matrix.csv")
+    rows = ["init"] + [f"after_{t}" for t in tasks][:len(R) - 1]
+    pd.DataFrame(R, index=pd.Index(rows, name="row"), columns=tasks).to_csv(run / "matrix.csv")
     trained = np.array(R[1:], float)
     metrics = cl_metrics(trained, np.array(R[0], float), higher_is_better=[True, False],
-                         task_names=TASKS, metric_names=["dice", "mae"])
-    metrics.update(units=UNITS, strategy=strategy, seed=seed, tasks="toy", backbone="vit",
-                   details={r: {"tumour_seg": {"dice": v[0]}, "brain_age": {"mae": v[1],
-                                                               "mae_normalised": v[1] / 10}}
+                         task_names=tasks, metric_names=["dice", "mae"])
+    seg, age = tasks
+    metrics.update(units={seg: UNITS["tumour_seg"], age: UNITS["brain_age"]},
+                   strategy=strategy, seed=seed, tasks="toy", backbone="vit",
+                   details={r: {seg: {"dice": v[0]}, age: {"mae": v[1],
+                                                          "mae_normalised": v[1] / 10}}
                             for r, v in zip(rows, R)})
     assert metrics["complete"] == complete
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -108,6 +111,16 @@ def test_report_files_and_paper_rows(sweep, tmp_path):
     csv = pd.read_csv(out / "report.csv")
     assert set(csv["strategy"]) == {"seq_ft", "lora"}
     assert len(pd.read_csv(out / "runs.csv")) == 5
+
+
+def test_runs_of_two_streams_share_one_report(sweep, tmp_path):
+    fake_run(sweep, "6_seq_ft_other", "seq_ft", 0, [[0.0, 20.0], [0.4, 20.0], [0.2, 9.0]],
+             tasks=["other_seg", "other_age"])
+    out = tmp_path / "out"
+    summary, text, skipped = write_report([sweep], out, "markdown")
+    assert (out / "curves.png").stat().st_size > 0 and (out / "heatmaps.png").stat().st_size > 0
+    assert "other_seg dice ↑" in text and "tumour_seg dice ↑" in text
+    assert len(pd.read_csv(out / "runs.csv")) == 6
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

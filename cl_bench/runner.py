@@ -212,9 +212,10 @@ class _StreamRun:
         modes = [False, True] if self.strategy.task_agnostic else [False]
         if self.cfg.eval.task_id == "predicted":
             modes.reverse()
+        cache: dict = {}  # one row, one set of weights: CISS steps share a test pass
         scores = [{t.name: evaluate_task(self.model, self.strategy, t,
                                          self.cfg.train.eval_batch_size, self.device, self.bf16,
-                                         self.stream, predicted)
+                                         self.stream, predicted, cache)
                    for t in self.stream} for predicted in modes]
         self.rows[label] = [scores[0][t.name][t.metric] for t in self.stream]
         self.details[label] = scores[0]

@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cl_bench.errors import ConfigError
+from cl_bench.evaluation import evaluate_task
 from cl_bench.report import load_runs
 from cl_bench.runner import run
 from cl_bench.strategies.lwf import distillation
@@ -45,6 +46,23 @@ def test_runs_write_steps_and_base_new_all(finished):
     assert head.active_classes(0) == list(range(1, 11))
     runs, _ = load_runs([run_dir])  # clbench-report's table carries base / new / all
     assert runs.loc[0, "miou_new (last step)"] == pytest.approx(ciss.iloc[-1]["miou_new"], abs=1e-6)
+
+
+@pytest.mark.parametrize("finished", ["seq_ft"], indirect=True)
+def test_steps_of_one_row_share_one_test_pass_with_the_same_scores(finished):
+    _, _, out = finished
+    model, strategy = out.model, out.strategy
+    stream = strategy.stream
+    calls = []
+    hook = model.register_forward_hook(lambda *args: calls.append(1))
+    plain = [evaluate_task(model, strategy, t, 16, stream=stream) for t in stream]
+    n_plain, calls[:] = len(calls), []
+    cache: dict = {}
+    cached = [evaluate_task(model, strategy, t, 16, stream=stream, cache=cache) for t in stream]
+    hook.remove()
+    np.testing.assert_equal(cached, plain)  # every step's miou, base/new/all and iou_<c>
+    assert n_plain == 2 * 3 and len(calls) == 3  # 40 test canvases in batches of 16, once
+    assert plain[0]["miou"] != plain[1]["miou"]  # the steps still differ in their own classes
 
 
 @pytest.mark.parametrize("finished", ["joint"], indirect=True)

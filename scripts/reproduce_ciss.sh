@@ -10,20 +10,21 @@
 #   bash scripts/reproduce_ciss.sh                      # one run at a time (~3.5 h on one core)
 #   PARALLEL=2 bash scripts/reproduce_ciss.sh           # two at a time (~1 h 50 min on 2 cores)
 #   PARALLEL=30 bash scripts/reproduce_ciss.sh hardware=slurm      # every run as a SLURM job
-#   STRATEGIES="seq_ft star" SEEDS="0" bash scripts/reproduce_ciss.sh   # a subset
+#   STRATEGIES="seq_ft star" SEEDS="0" PROTOCOLS=6-2_disjoint bash scripts/reproduce_ciss.sh  # a subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$( [ -x .venv/bin/clbench ] && echo .venv/bin || dirname "$(command -v clbench)")}
 SWEEP=${SWEEP:-results/ciss/sweep_$(date +%Y-%m-%d_%H-%M-%S)}
 STRATEGIES=${STRATEGIES:-star_lite star joint lwf seq_ft}   # longest first
 SEEDS=${SEEDS:-0 1 2}
+PROTOCOLS=${PROTOCOLS:-6-1_overlapped 6-2_disjoint}
 PARALLEL=${PARALLEL:-1}
 STAR_OPTS=${STAR_OPTS-strategy.old_negative_weight=1.0}
 EXTRA="$*"   # extra hydra overrides for every run
 export BIN SWEEP STAR_OPTS EXTRA
 jobs() {
-  for protocol in "6-1 overlapped" "6-2 disjoint"; do
-    set -- $protocol
+  for protocol in $PROTOCOLS; do
+    set -- ${protocol/_/ }
     for strategy in $STRATEGIES; do
       for seed in $SEEDS; do echo "$1 $2 $strategy $seed"; done
     done

@@ -115,7 +115,11 @@ def save(state: dict, reload, args, meta: dict, losses: list[float], start: floa
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(out))
     reload(str(out))  # loads strictly, or raises
-    meta = {"script": "scripts/pretrain_backbone_2d.py", "args": vars(args), **meta,
+    root = Path(__file__).resolve().parents[1]
+    shown = out.resolve()  # the provenance names the file relative to the repo, not this machine
+    shown = shown.relative_to(root) if shown.is_relative_to(root) else shown
+    meta = {"script": "scripts/pretrain_backbone_2d.py", "args": dict(vars(args), out=str(shown)),
+            **meta,
             "loss_first_100": float(np.mean(losses[:100])),
             "loss_last_100": float(np.mean(losses[-100:])),
             "seconds": round(time.time() - start, 1), "date": datetime.date.today().isoformat(),

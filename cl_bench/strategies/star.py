@@ -356,9 +356,8 @@ def old_negative_loss(features: torch.Tensor, label: torch.Tensor, new_ids: list
     rows = features.movedim(1, -1)[torch.isin(label[:, 0], ids)]
     if not len(rows) or not n_old:
         return features.new_zeros(())
-    weight = torch.cat([c.weight for c in head.cls]).flatten(1)[:n_old].detach()
-    bias = torch.cat([c.bias for c in head.cls])[:n_old].detach()
-    logits = rows @ weight.T + bias
+    weight, bias = classifier_weights(head, len(head.cls))  # detached
+    logits = rows @ weight[:n_old].to(rows).T + bias[:n_old].to(rows)
     return bce_per_class(logits, torch.zeros_like(logits)).sum()
 
 

@@ -32,7 +32,7 @@ from monai.networks.nets import MaskedAutoEncoderViT
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from cl_bench.data.brain_synth import make_brain_seg_age
+from cl_bench.data.brain_synth import pretraining_volumes
 from cl_bench.models.backbones import PRETRAINED, ViTEncoder
 
 TINY = dict(in_channels=1, img_size=64, patch_size=16, hidden_size=192, mlp_dim=768,
@@ -44,17 +44,6 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     b, c, d, h, w = x.shape
     x = x.reshape(b, c, d // p, p, h // p, p, w // p, p)
     return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, (d // p) * (h // p) * (w // p), -1)
-
-
-def load_volumes(n_volumes: int, cache_dir: str | None) -> torch.Tensor:
-    """``(n, 1, 64, 64, 64)`` unlabeled brains from both tasks, data seeds 1000, 1001, …"""
-    vols, k = [], 0
-    while sum(len(v) for v in vols) < n_volumes:
-        for task in make_brain_seg_age(size=64, n_train=16, n_test=1, seed=1000 + k,
-                                       cache_dir=cache_dir):
-            vols.append(task.train.images)
-        k += 1
-    return torch.cat(vols)[:n_volumes]
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -101,7 +90,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    data = load_volumes(args.n_volumes, args.cache_dir)
+    data = torch.from_numpy(pretraining_volumes(args.n_volumes, args.cache_dir))
     mae = MaskedAutoEncoderViT(**TINY, masking_ratio=args.mask_ratio, decoder_hidden_size=144,
                                decoder_mlp_dim=576, decoder_num_layers=2, decoder_num_heads=4,
                                pos_embed_type="sincos", decoder_pos_embed_type="sincos")

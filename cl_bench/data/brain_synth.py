@@ -274,3 +274,23 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: int = 64, n_train: int
                info={**info, "missing_age_fraction": missing_age_fraction,
                      "imputed_ages": n_missing, "impute_age": impute_age})
     return [seg, age]
+
+
+def pretraining_volumes(n_volumes: int, cache_dir: str | None, size: int = 64,
+                        first_seed: int = 1000) -> np.ndarray:
+    """Unlabelled brains for self-supervised pretraining, disjoint from every evaluation subject.
+
+    Both tasks' training subjects (16 per task per data seed) of the streams with data seeds
+    ``first_seed, first_seed + 1, …`` (the default stream uses seed 0, and tests small seeds),
+    labels and ages discarded.
+
+    Returns:
+        ``(n_volumes, 1, size, size, size)`` float32 z-scored volumes.
+    """
+    vols, k = [], 0
+    while sum(len(v) for v in vols) < n_volumes:
+        for task in make_brain_seg_age(size=size, n_train=16, n_test=1, seed=first_seed + k,
+                                       cache_dir=cache_dir):
+            vols.append(np.asarray(task.train.images))
+        k += 1
+    return np.concatenate(vols)[:n_volumes].astype(np.float32)

@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from cl_bench.data.base import CISS, Task
+from cl_bench.errors import ConfigError
 from cl_bench.models.backbones import UNetEncoder, ViTEncoder
+from cl_bench.models.swin import (PooledClassificationHead, PooledRegressionHead, SwinDecoder,
+                                  SwinEncoder)
 from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
                                    SegmentationDecoder, TaskView)
 
@@ -60,6 +63,8 @@ class ContinualModel(nn.Module):
         enc = self.encoder
         if task.kind == CISS:
             raise ValueError(f"task {task.name!r}: CISS steps share one head (add_heads)")
+        if isinstance(enc, SwinEncoder):
+            return self._add_swin_head(task, enc)
         if task.kind == "segmentation":
             head = SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers,
                                        enc.patch_size, task.num_classes, self.decoder_feature_size,
@@ -73,9 +78,37 @@ class ContinualModel(nn.Module):
         self.heads[task.name] = head
         return head
 
+    def _add_swin_head(self, task: Task, enc: SwinEncoder) -> nn.Module:
+        """Swin UNETR's decoder (segmentation) or a pooled-stage MLP (regression), see
+        :mod:`cl_bench.models.swin`. A checkpoint decoder kept by ``backbone.decoder_weights=keep``
+        initialises every segmentation decoder (strictly: same widths and image skip)."""
+        if task.kind == "segmentation":
+            head = SwinDecoder(enc.in_channels, enc.stage_channels, self.decoder_feature_size,
+                               task.num_classes, self.decoder_image_skip)
+            if enc.pretrained_decoder:
+                from cl_bench.models.backbones import load_strict
+                load_strict(head, enc.pretrained_decoder, enc.weights, "segmentation decoder",
+                            "backbone.decoder_feature_size (= the checkpoint's feature_size), "
+                            "backbone.decoder_image_skip=true and the task's classes, or "
+                            "backbone.decoder_weights=drop")
+        elif task.kind == "regression":
+            head = PooledRegressionHead(enc.stage_channels, self.regression_width)
+        elif task.kind == "classification" and task.scenario != "class_il":
+            head = PooledClassificationHead(enc.stage_channels, task.num_classes)
+        else:
+            raise ConfigError(f"backbone=swin_unetr: task {task.name!r} of kind {task.kind!r} "
+                              f"({task.scenario}) is not supported on a Swin backbone; use a ViT "
+                              "or UNet backbone for class-incremental streams")
+        self.heads[task.name] = head
+        return head
+
     def add_heads(self, stream: list[Task]) -> None:
         """Create the heads of every task of ``stream`` (one shared head for class-IL tasks)."""
         class_il = [t for t in stream if t.kind == "classification" and t.scenario == "class_il"]
+        if isinstance(self.encoder, SwinEncoder):
+            for task in stream:
+                self.add_head(task)
+            return
         shared = (ClassILHead(self.encoder.hidden_size, [len(t.classes) for t in class_il])
                   if class_il else None)
         ciss = [t for t in stream if t.kind == CISS]
@@ -141,3 +174,21 @@ def make_unet_model(in_channels: int = 1, img_size: int = 64, spatial_dims: int 
     enc = UNetEncoder(in_channels, img_size, spatial_dims, tuple(channels), tuple(strides),
                       num_res_units, feature_size, norm, weights)
     return ContinualModel(enc)
+
+
+def make_swin_model(in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
+                    depths: list[int] = (2, 2, 2, 2), num_heads: list[int] = (3, 6, 12, 24),
+                    window_size: int = 4, dropout_rate: float = 0.0, weights: str | None = None,
+                    decoder_weights: str = "drop", decoder_feature_size: int = 12,
+                    decoder_image_skip: bool = False, regression_width: int = 64) -> ContinualModel:
+    """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
+
+    Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
+    (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution).
+
+    Raises:
+        ConfigError, DataError: see :class:`~cl_bench.models.swin.SwinEncoder`.
+    """
+    enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
+                      window_size, dropout_rate, weights, decoder_weights)
+    return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip)

@@ -1,0 +1,217 @@
+"""The Swin-transformer backbone of 3D foundation models, and its heads.
+
+The encoder is MONAI's ``SwinTransformer`` (Liu et al. 2021, arXiv 2103.14030; 3D as the
+``swinViT`` of Swin UNETR, Hatamizadeh et al. 2022, arXiv 2201.01266), the encoder public 3D
+brain-MRI foundation models are built on: MONAI's self-supervised Swin (Tang et al. 2022, arXiv
+2111.14791) and BrainSegFounder (Cox et al. 2024, arXiv 2406.10395). It is stored under the
+attribute ``swinViT`` so its state-dict keys are those of MONAI's ``SwinUNETR``. Its Linear layers
+are ``attn.qkv``, ``attn.proj``, ``mlp.linear1``, ``mlp.linear2`` (peft LoRA targets ``qkv``,
+``proj``, ``linear1``, ``linear2``).
+
+Heads:
+
+* :class:`SwinDecoder` is Swin UNETR's decoder (module names as in MONAI's ``SwinUNETR``: a
+  residual block on each encoder stage, up-sampling blocks with skips) reading the encoder's five
+  stages (1/2 ... 1/32 of the input side). Deviation: by default there is no ``encoder1``, Swin
+  UNETR's convolutional block on the *raw image* at full resolution, which would let the decoder
+  segment without the backbone (and hide forgetting of the backbone); the last stage is then a
+  transposed convolution from 1/2 to full resolution. ``image_skip=True`` restores Swin UNETR
+  exactly (so a fine-tuned Swin UNETR's decoder weights fit).
+* :class:`PooledRegressionHead` / :class:`PooledClassificationHead`: the global average of every
+  stage, concatenated, layer-normed -> MLP / linear.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from torch import nn
+
+from cl_bench.errors import ConfigError, DataError
+
+#: the Linear layers of a Swin block, as peft ``target_modules`` names
+SWIN_LINEARS = ("qkv", "proj", "linear1", "linear2")
+
+
+class SwinEncoder(nn.Module):
+    """MONAI's 3D Swin transformer (``swinViT`` of Swin UNETR) as the stream's shared encoder.
+
+    Args:
+        in_channels: image channels C (BrainSegFounder: 1 for T1, 2 for T1 + T2).
+        img_size: cubic input side in voxels; must be divisible by ``2 ** 5`` (five stages).
+        feature_size: embedding width of stage 1 (doubles per stage; BrainSegFounder and MONAI's
+            SSL Swin: 48).
+        depths, num_heads: blocks and attention heads per stage (Swin UNETR: (2, 2, 2, 2),
+            (3, 6, 12, 24)).
+        window_size: attention window side (Swin UNETR: 7). Windows of 4 divide every stage of a
+            64^3 input and are ~8x faster on CPU than 7 (no padding, no masked partial windows).
+            The relative-position table depends on it, so a released checkpoint needs its own
+            value (7).
+        weights: ``None`` (random init), a shipped checkpoint name or a path to a Swin checkpoint
+            in one of the layouts of :func:`cl_bench.models.swin_weights.load_swin_checkpoint`.
+        decoder_weights: ``"drop"`` (default) ignores a checkpoint's Swin UNETR decoder keys;
+            ``"keep"`` keeps them in :attr:`pretrained_decoder` for the segmentation heads.
+
+    Shapes:
+        input ``(B, C, S, S, S)``; output ``(deepest, stages)``: ``stages`` the five normalised
+        stage outputs ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, and ``deepest``
+        ``stages[-1]``.
+
+    Raises:
+        ConfigError: an input side not divisible by 32, a feature size not divisible by the
+        heads, an unknown ``decoder_weights``; DataError: an unreadable or misfitting checkpoint.
+    """
+
+    spatial_dims = 3
+    patch_size = 2
+
+    def __init__(self, in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
+                 depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
+                 window_size: int = 4, dropout_rate: float = 0.0, weights: str | None = None,
+                 decoder_weights: str = "drop"):
+        super().__init__()
+        from monai.networks.nets.swin_unetr import SwinTransformer
+
+        if img_size % 32:
+            raise ConfigError(f"backbone.img_size ({img_size}) must be divisible by 32 for "
+                              "backbone=swin_unetr (five stages of 2x down-sampling)")
+        depths, num_heads = tuple(int(d) for d in depths), tuple(int(h) for h in num_heads)
+        if len(depths) != 4 or len(num_heads) != 4:
+            raise ConfigError(f"backbone.depths / backbone.num_heads: expected 4 stages each, got "
+                              f"{list(depths)} / {list(num_heads)}")
+        for k, h in enumerate(num_heads):
+            if (feature_size * 2 ** k) % h:
+                raise ConfigError(f"backbone.feature_size ({feature_size}) x 2^{k} must be "
+                                  f"divisible by backbone.num_heads[{k}] ({h})")
+        if decoder_weights not in ("drop", "keep"):
+            raise ConfigError(f"backbone.decoder_weights: expected drop or keep, got "
+                              f"{decoder_weights!r}")
+        self.in_channels, self.img_size, self.feature_size = in_channels, img_size, feature_size
+        self.window_size = window_size
+        self.stage_channels = [feature_size * 2 ** k for k in range(5)]
+        self.hidden_size = self.stage_channels[-1]
+        self.num_layers = sum(depths)
+        self.swinViT = SwinTransformer(
+            in_chans=in_channels, embed_dim=feature_size, window_size=(window_size,) * 3,
+            patch_size=(2,) * 3, depths=depths, num_heads=num_heads, mlp_ratio=4.0,
+            qkv_bias=True, drop_rate=dropout_rate, attn_drop_rate=0.0, drop_path_rate=0.0,
+            norm_layer=nn.LayerNorm, patch_norm=False, use_checkpoint=False, spatial_dims=3,
+            downsample="merging", use_v2=False)
+        self.weights, self.decoder_weights = weights, decoder_weights
+        self.pretrained_decoder: dict[str, torch.Tensor] | None = None
+        if weights:
+            from cl_bench.models.swin_weights import load_swin_checkpoint
+            decoder = load_swin_checkpoint(self.swinViT, weights)
+            if decoder_weights == "keep":
+                self.pretrained_decoder = decoder or None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        expected = (self.in_channels,) + (self.img_size,) * 3
+        if tuple(x.shape[1:]) != expected:
+            raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
+                            f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
+        stages = self.swinViT(x, True)
+        return stages[-1], list(stages)
+
+    @staticmethod
+    def tokens_to_grid(features: torch.Tensor) -> torch.Tensor:
+        """The stages are already grids ``(B, C, *spatial)``."""
+        return features
+
+
+class SwinDecoder(nn.Module):
+    """Swin UNETR's decoder on the five stages of a :class:`SwinEncoder` (module docstring).
+
+    Args:
+        in_channels: image channels (used only with ``image_skip``).
+        stage_channels: channels of the encoder's five stages.
+        feature_size: the decoder's width at 1/2 resolution; its other widths follow Swin UNETR
+            (``feature_size * (1, 1, 2, 4, 8, 16)``). Equal to the encoder's stage-1 width it is
+            Swin UNETR's decoder; smaller, the stage-4 skip gets a residual block to narrow it
+            (``encoder5``, not in Swin UNETR).
+        out_channels: segmentation classes K including background.
+        image_skip: Swin UNETR's ``encoder1`` on the raw image (see module docstring).
+
+    Shapes:
+        ``forward(to_grid, deepest, stages, image)`` -> logits ``(B, K, S, S, S)``.
+    """
+
+    def __init__(self, in_channels: int, stage_channels: list[int], feature_size: int,
+                 out_channels: int, image_skip: bool = False, norm: str = "instance"):
+        super().__init__()
+        fs, sd, (c0, c1, c2, c3, c4) = feature_size, 3, stage_channels
+        self.image_skip = image_skip
+        if image_skip:
+            self.encoder1 = UnetrBasicBlock(sd, in_channels, fs, 3, 1, norm, res_block=True)
+        self.encoder2 = UnetrBasicBlock(sd, c0, fs, 3, 1, norm, res_block=True)
+        self.encoder3 = UnetrBasicBlock(sd, c1, 2 * fs, 3, 1, norm, res_block=True)
+        self.encoder4 = UnetrBasicBlock(sd, c2, 4 * fs, 3, 1, norm, res_block=True)
+        self.encoder5 = (nn.Identity() if c3 == 8 * fs
+                         else UnetrBasicBlock(sd, c3, 8 * fs, 3, 1, norm, res_block=True))
+        self.encoder10 = UnetrBasicBlock(sd, c4, 16 * fs, 3, 1, norm, res_block=True)
+        self.decoder5 = UnetrUpBlock(sd, 16 * fs, 8 * fs, 3, 2, norm, res_block=True)
+        self.decoder4 = UnetrUpBlock(sd, 8 * fs, 4 * fs, 3, 2, norm, res_block=True)
+        self.decoder3 = UnetrUpBlock(sd, 4 * fs, 2 * fs, 3, 2, norm, res_block=True)
+        self.decoder2 = UnetrUpBlock(sd, 2 * fs, fs, 3, 2, norm, res_block=True)
+        if image_skip:
+            self.decoder1 = UnetrUpBlock(sd, fs, fs, 3, 2, norm, res_block=True)
+        else:  # one transposed convolution from 1/2 to full resolution
+            self.decoder1 = UnetrPrUpBlock(sd, fs, fs, 0, 3, 1, 2, norm, False, True)
+        self.out = UnetOutBlock(sd, fs, out_channels)
+
+    def forward(self, to_grid, deepest: torch.Tensor, stages: list[torch.Tensor],
+                image: torch.Tensor) -> torch.Tensor:
+        h0, h1, h2, h3, h4 = stages
+        dec3 = self.decoder5(self.encoder10(h4), self.encoder5(h3))
+        dec2 = self.decoder4(dec3, self.encoder4(h2))
+        dec1 = self.decoder3(dec2, self.encoder3(h1))
+        dec0 = self.decoder2(dec1, self.encoder2(h0))
+        if self.image_skip:
+            return self.out(self.decoder1(dec0, self.encoder1(image)))
+        return self.out(self.decoder1(dec0))
+
+
+def pool_stages(stages: list[torch.Tensor]) -> torch.Tensor:
+    """Global average of each stage ``(B, C_k, *spatial)``, concatenated: ``(B, sum C_k)``."""
+    return torch.cat([s.flatten(2).mean(-1) for s in stages], dim=1)
+
+
+class PooledRegressionHead(nn.Module):
+    """Pooled Swin stages -> LayerNorm -> MLP -> one scalar (normalised target).
+
+    Args:
+        stage_channels: channels of each stage; width: MLP hidden width.
+
+    Shapes:
+        ``forward(to_grid, deepest, stages, image)`` -> ``(B,)``.
+    """
+
+    def __init__(self, stage_channels: list[int], width: int = 64):
+        super().__init__()
+        d = int(sum(stage_channels))
+        self.norm = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.Linear(width, 1))
+
+    def embed(self, deepest, stages) -> torch.Tensor:
+        """``(B, sum C_k)`` pooled, normalised features."""
+        return self.norm(pool_stages(stages))
+
+    def forward(self, to_grid, deepest, stages, image) -> torch.Tensor:
+        return self.mlp(self.embed(deepest, stages)).squeeze(-1)
+
+
+class PooledClassificationHead(nn.Module):
+    """Pooled Swin stages -> LayerNorm -> linear classifier.
+
+    Shapes:
+        ``forward(to_grid, deepest, stages, image)`` -> logits ``(B, K)``.
+    """
+
+    def __init__(self, stage_channels: list[int], num_classes: int):
+        super().__init__()
+        d = int(sum(stage_channels))
+        self.norm = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, num_classes)
+
+    def forward(self, to_grid, deepest, stages, image) -> torch.Tensor:
+        return self.fc(self.norm(pool_stages(stages)))

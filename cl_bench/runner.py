@@ -292,7 +292,8 @@ class _StreamRun:
         self.params["tasks"][task.name] = {
             "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
             "backbone": backbone, "head": _count(model.heads[task.name].parameters()),
-            "adapter": adapters, "adapter_pct_of_backbone": 100.0 * adapters / backbone}
+            "adapter": adapters,
+            "adapter_pct_of_backbone": 100.0 * adapters / backbone if backbone else 0.0}
         self.params["backbone_params"] = backbone
         if self.main:
             write_json(self.run_dir / "params.json", self.params)

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors",
               "vit2d_mnist_uci": ASSETS / "vit2d_mnist_uci.safetensors",
-              "unet2d_uci": ASSETS / "unet2d_uci.safetensors"}
+              "unet2d_uci": ASSETS / "unet2d_uci.safetensors",
+              "swin_brain_ssl": ASSETS / "swin_brain_ssl.safetensors"}
 
 # prefixes under which other codebases store a MONAI ViT state dict
 _PREFIXES = ("module.", "model.", "state_dict.", "backbone.", "encoder.", "vit.", "swinViT.")
@@ -54,6 +55,9 @@ class ViTEncoder(nn.Module):
         ConfigError: sizes that do not divide or a missing shipped checkpoint name.
         DataError: an unreadable checkpoint or one whose keys do not match.
     """
+
+    #: default peft LoRA targets: the attention projections of every block
+    lora_targets = ("qkv", "out_proj")
 
     def __init__(self, in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
                  hidden_size: int = 192, mlp_dim: int = 768, num_layers: int = 12,

@@ -38,7 +38,7 @@ class SwinEncoder(nn.Module):
 
     Args:
         in_channels: image channels C (BrainSegFounder: 1 for T1, 2 for T1 + T2).
-        img_size: cubic input side in voxels; must be divisible by ``2 ** 5`` (five stages).
+        img_size: cubic input side in voxels; a multiple of 32 (five stages), at least 64.
         feature_size: embedding width of stage 1 (doubles per stage; BrainSegFounder and MONAI's
             SSL Swin: 48).
         depths, num_heads: blocks and attention heads per stage (Swin UNETR: (2, 2, 2, 2),
@@ -64,6 +64,8 @@ class SwinEncoder(nn.Module):
 
     spatial_dims = 3
     patch_size = 2
+    #: default peft LoRA targets: the attention projections of every block
+    lora_targets = ("attn.qkv", "attn.proj")
 
     def __init__(self, in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
                  depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
@@ -72,9 +74,10 @@ class SwinEncoder(nn.Module):
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
-        if img_size % 32:
-            raise ConfigError(f"backbone.img_size ({img_size}) must be divisible by 32 for "
-                              "backbone=swin_unetr (five stages of 2x down-sampling)")
+        if img_size % 32 or img_size < 64:
+            raise ConfigError(f"backbone.img_size ({img_size}) must be a multiple of 32 and at "
+                              "least 64 for backbone=swin_unetr (five stages of 2x down-sampling;"
+                              " the instance norms of the deepest stage need 2^3 voxels)")
         depths, num_heads = tuple(int(d) for d in depths), tuple(int(h) for h in num_heads)
         if len(depths) != 4 or len(num_heads) != 4:
             raise ConfigError(f"backbone.depths / backbone.num_heads: expected 4 stages each, got "

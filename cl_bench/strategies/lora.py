@@ -8,7 +8,8 @@ re-evaluation, not by skipping it. Adapters live in peft (``add_adapter`` / ``se
 saved with ``save_pretrained`` under ``adapters/<task>/``.
 
 Deviation: the paper's rank, targets and scaling are not published; ours are config values
-(defaults r=8, alpha=16 on the attention ``qkv``/``out_proj`` layers). The review-reported adapter
+(defaults r=8, alpha=16 on the backbone's attention projections: ``qkv``/``out_proj`` of a ViT,
+``attn.qkv``/``attn.proj`` of a Swin transformer). The review-reported adapter
 on the decoder is covered by the per-task decoder, which trains in full.
 """
 
@@ -28,17 +29,29 @@ from cl_bench.strategies.base import Strategy
 log = logging.getLogger(__name__)
 
 
-def check_target_modules(model: nn.Module, target_modules: list[str]) -> None:
-    """Raise ConfigError (``strategy.target_modules``) for names no backbone ``nn.Linear`` has.
+def check_target_modules(model: nn.Module, target_modules: list[str] | None) -> list[str]:
+    """The backbone ``nn.Linear`` layers to adapt, checked; returns the names to give peft.
 
-    ``model`` is a :class:`~cl_bench.models.ContinualModel`; names are the layers' last path
-    component (MONAI ViT: ``qkv``, ``out_proj``, ``linear1``, ``linear2``)."""
-    linear_names = {n.rsplit(".", 1)[-1] for n, m in model.encoder.named_modules()
-                    if isinstance(m, nn.Linear)}
-    unknown = sorted(set(target_modules) - linear_names)
+    ``model`` is a :class:`~cl_bench.models.ContinualModel`. A name matches a layer whose dotted
+    path ends with it on a component boundary, as peft matches a list of ``target_modules``
+    (MONAI ViT: ``qkv``, ``out_proj``, ``linear1``, ``linear2``; Swin: ``attn.qkv``,
+    ``attn.proj``, ``mlp.linear1``, ``mlp.linear2``). ``None`` gives the backbone's default
+    (``lora_targets`` of the encoder: its attention projections).
+
+    Raises:
+        ConfigError: (``strategy.target_modules``) a name that matches no backbone ``nn.Linear``.
+    """
+    enc = model.encoder
+    if target_modules is None:
+        target_modules = list(getattr(enc, "lora_targets", ("qkv", "out_proj")))
+    linear = [n for n, m in enc.named_modules() if isinstance(m, nn.Linear)]
+    unknown = sorted(t for t in target_modules
+                     if not any(n == t or n.endswith("." + t) for n in linear))
     if unknown:
+        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
         raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
-                          f"Linear layers {sorted(linear_names)}")
+                          f"Linear layers {names}")
+    return list(target_modules)
 
 
 def add_adapter(model: nn.Module, name: str, config: LoraConfig) -> PeftModel:
@@ -60,8 +73,9 @@ class LoRA(Strategy):
         rank: LoRA rank r (> 0).
         alpha: LoRA scaling numerator (scale = alpha / rank, > 0).
         dropout: dropout on the LoRA input, in [0, 1).
-        target_modules: names of the backbone's ``nn.Linear`` modules to adapt (MONAI ViT:
-            ``qkv``, ``out_proj``, ``linear1``, ``linear2``).
+        target_modules: the backbone's ``nn.Linear`` modules to adapt (MONAI ViT: ``qkv``,
+            ``out_proj``, ``linear1``, ``linear2``; Swin: ``attn.qkv``, ``attn.proj``,
+            ``mlp.linear1``, ``mlp.linear2``); ``None``: the backbone's attention projections.
         lr, head_lr, weight_decay: optimiser settings (adapters at ``lr``, head at ``head_lr``).
 
     Raises:
@@ -73,7 +87,7 @@ class LoRA(Strategy):
     needs_task_id = True
 
     def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 target_modules: list[str] = ("qkv", "out_proj"), lr: float = 1e-3,
+                 target_modules: list[str] | None = None, lr: float = 1e-3,
                  head_lr: float = 3e-3, weight_decay: float = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if rank <= 0:
@@ -82,15 +96,16 @@ class LoRA(Strategy):
             raise ConfigError(f"strategy.alpha: expected a positive number, got {alpha}")
         if not 0 <= dropout < 1:
             raise ConfigError(f"strategy.dropout: expected a value in [0, 1), got {dropout}")
-        if not target_modules:
-            raise ConfigError("strategy.target_modules: expected a non-empty list of module names")
+        if target_modules is not None and not target_modules:
+            raise ConfigError("strategy.target_modules: expected a non-empty list of module names"
+                              " or null (the backbone's attention projections)")
         self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
-        self.target_modules = list(target_modules)
+        self.target_modules = None if target_modules is None else list(target_modules)
         self.adapters: list[str] = []
 
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
         super().setup(model, stream)
-        check_target_modules(model, self.target_modules)
+        self.target_modules = check_target_modules(model, self.target_modules)
 
     def _config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,

@@ -145,7 +145,7 @@ def main() -> None:
     out = Path(args.out)
 
     data = torch.from_numpy(pretraining_volumes(args.n_volumes, args.cache_dir))
-    model = SSLHead(SwinEncoder(**SWIN))
+    model = SSLHead(SwinEncoder(**SWIN, normalize=True))  # MONAI SSLHead: normalised stages
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
                                                 pct_start=0.05)

@@ -47,8 +47,9 @@ def test_unknown_target_is_a_config_error():
 
 
 def test_brain_mri_fm_preset_is_the_papers_sweep():
-    """experiment=brain_mri_fm: seq_ft/seq_lp/lora x 3 seeds on the embedded stream, its own
-    sweep directory; the same preset takes the real stream with tasks=brats_ixi."""
+    """experiment=brain_mri_fm: seq_ft/seq_lp/lora + the scratch reference x 3 seeds on the
+    embedded stream, its own sweep directory; the same preset takes the real stream with
+    tasks=brats_ixi."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
@@ -56,7 +57,8 @@ def test_brain_mri_fm_preset_is_the_papers_sweep():
         real = compose("config", overrides=["experiment=brain_mri_fm", "tasks=brats_ixi"],
                        return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params.strategy == "seq_ft,seq_lp,lora" and params.seed == "0,1,2"
+    assert params.strategy == "seq_ft,seq_lp,lora,scratch" and params.seed == "0,1,2"
+    assert cfg.backbone.name == "swin_unetr"
     assert cfg.tasks.name == "brain_seg_age" and real.tasks.name == "brats_ixi"
     assert "brain_mri_fm" in cfg.hydra.sweep.dir  # the preset's key wins over config.yaml's
 

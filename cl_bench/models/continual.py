@@ -178,8 +178,8 @@ def make_unet_model(in_channels: int = 1, img_size: int = 64, spatial_dims: int 
 
 def make_swin_model(in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
                     depths: list[int] = (2, 2, 2, 2), num_heads: list[int] = (3, 6, 12, 24),
-                    window_size: int = 4, dropout_rate: float = 0.0, weights: str | None = None,
-                    decoder_weights: str = "drop", decoder_feature_size: int = 12,
+                    window_size: int = 4, dropout_rate: float = 0.0, normalize: bool = False,
+                    weights: str | None = None, decoder_weights: str = "drop", decoder_feature_size: int = 12,
                     decoder_image_skip: bool = False, regression_width: int = 64) -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
@@ -190,5 +190,5 @@ def make_swin_model(in_channels: int = 1, img_size: int = 64, feature_size: int 
         ConfigError, DataError: see :class:`~cl_bench.models.swin.SwinEncoder`.
     """
     enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
-                      window_size, dropout_rate, weights, decoder_weights)
+                      window_size, dropout_rate, normalize, weights, decoder_weights)
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip)

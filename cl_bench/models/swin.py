@@ -47,14 +47,20 @@ class SwinEncoder(nn.Module):
             64^3 input and are ~8x faster on CPU than 7 (no padding, no masked partial windows).
             The relative-position table depends on it, so a released checkpoint needs its own
             value (7).
+        normalize: layer-normalise every stage output before the heads (MONAI ``SwinUNETR``'s
+            ``normalize``, default there True). Default False here: the normalisation is over the
+            channels of each voxel, and on the stage-1 patch embedding of a 1-channel image
+            (a linear map of 2^3 voxels) it discards most of the intensity *magnitude*; Swin
+            UNETR recovers it through its raw-image ``encoder1``, which we leave out. Measured
+            (frozen random-init encoder, decoder only, 200 steps, seed 0, the default stream):
+            tumour Dice 0.35 with, 0.46 without.
         weights: ``None`` (random init), a shipped checkpoint name or a path to a Swin checkpoint
             in one of the layouts of :func:`cl_bench.models.swin_weights.load_swin_checkpoint`.
         decoder_weights: ``"drop"`` (default) ignores a checkpoint's Swin UNETR decoder keys;
             ``"keep"`` keeps them in :attr:`pretrained_decoder` for the segmentation heads.
 
     Shapes:
-        input ``(B, C, S, S, S)``; output ``(deepest, stages)``: ``stages`` the five normalised
-        stage outputs ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, and ``deepest``
+        input ``(B, C, S, S, S)``; output ``(deepest, stages)``: ``stages`` the five stage outputs ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, and ``deepest``
         ``stages[-1]``.
 
     Raises:
@@ -69,8 +75,8 @@ class SwinEncoder(nn.Module):
 
     def __init__(self, in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
                  depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
-                 window_size: int = 4, dropout_rate: float = 0.0, weights: str | None = None,
-                 decoder_weights: str = "drop"):
+                 window_size: int = 4, dropout_rate: float = 0.0, normalize: bool = False,
+                 weights: str | None = None, decoder_weights: str = "drop"):
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
@@ -90,7 +96,7 @@ class SwinEncoder(nn.Module):
             raise ConfigError(f"backbone.decoder_weights: expected drop or keep, got "
                               f"{decoder_weights!r}")
         self.in_channels, self.img_size, self.feature_size = in_channels, img_size, feature_size
-        self.window_size = window_size
+        self.window_size, self.normalize = window_size, bool(normalize)
         self.stage_channels = [feature_size * 2 ** k for k in range(5)]
         self.hidden_size = self.stage_channels[-1]
         self.num_layers = sum(depths)
@@ -113,7 +119,7 @@ class SwinEncoder(nn.Module):
         if tuple(x.shape[1:]) != expected:
             raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
                             f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
-        stages = self.swinViT(x, True)
+        stages = self.swinViT(x, self.normalize)
         return stages[-1], list(stages)
 
     @staticmethod

@@ -82,3 +82,35 @@ def test_shipped_unet_checkpoint_loads_into_unet2d_and_misfits_are_named(tmp_pat
         assert torch.equal(v, sd[k]), k
     with pytest.raises(DataError, match="does not fit the configured UNet"):
         UNetEncoder(in_channels=3, weights="unet2d_uci")  # RGB UNet, 1-channel checkpoint
+
+
+def test_shipped_swin_checkpoint_is_the_default_backbone_and_loads_strictly():
+    """The flagship backbone: SSL-pretrained Swin (scripts/pretrain_swin.py), provenance intact."""
+    import hashlib
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from cl_bench.models.swin import SwinEncoder
+
+    path = PRETRAINED["swin_brain_ssl"]
+    assert path.is_file() and path.stat().st_size <= 20 * 2**20
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    curve = meta["loss_curve"]
+    assert curve[-1]["inpainting"] < curve[0]["inpainting"]  # the SSL did learn
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("config")
+    assert cfg.backbone.name == "swin_unetr" and cfg.backbone.weights == "swin_brain_ssl"
+    arch = {k: cfg.backbone[k] for k in ("feature_size", "window_size", "in_channels")}
+    enc = SwinEncoder(img_size=64, depths=tuple(cfg.backbone.depths),
+                      num_heads=tuple(cfg.backbone.num_heads), weights="swin_brain_ssl", **arch)
+    sd = load_file(str(path))
+    for k, v in enc.swinViT.state_dict().items():
+        assert torch.equal(v, sd[f"swinViT.{k}"].to(v.dtype)), k
+    rand = SwinEncoder(img_size=64, depths=tuple(cfg.backbone.depths),
+                       num_heads=tuple(cfg.backbone.num_heads), **arch)
+    key = "layers1.0.blocks.0.attn.qkv.weight"
+    assert not torch.equal(enc.swinViT.state_dict()[key], rand.swinViT.state_dict()[key])

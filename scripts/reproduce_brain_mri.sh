@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-$( [ -x .venv/bin/clbench ] && echo .venv/bin || dirname "$(command -v clbench)")}
 SWEEP=${SWEEP:-results/brain_mri_fm/sweep_$(date +%Y-%m-%d_%H-%M-%S)}
 OUT=${OUT:-$SWEEP/report}
-STRATEGIES=${STRATEGIES:-scratch seq_ft lora seq_lp}   # longest first
+STRATEGIES=${STRATEGIES:-lora seq_ft seq_lp scratch}
 SEEDS=${SEEDS:-0 1 2}
 PARALLEL=${PARALLEL:-1}
 THREADS=${THREADS:-$([ "$PARALLEL" -gt 1 ] && echo 1 || echo 2)}

@@ -24,6 +24,7 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
     assert "cl_bench/assets/vit3d_tiny_mae.safetensors" in names
     assert "cl_bench/assets/vit2d_mnist_uci.safetensors" in names
     assert "cl_bench/assets/unet2d_uci.safetensors" in names
+    assert "cl_bench/assets/swin_brain_ssl.safetensors" in names
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
@@ -38,4 +39,4 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
                           "hardware=slurm", "--cfg", "job"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert cfg.returncode == 0, cfg.stderr[-2000:]
-    assert "name: vit3d_tiny" in cfg.stdout and "partition: debug" in cfg.stdout
+    assert "name: swin_unetr" in cfg.stdout and "partition: debug" in cfg.stdout

@@ -88,6 +88,11 @@ class ViTEncoder(nn.Module):
                             f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
         return self.vit(x)
 
+    @staticmethod
+    def pool(tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, hidden)`` tokens -> ``(B, hidden)``: their mean (MONAI's ViT has no [CLS])."""
+        return tokens.mean(1)
+
     def tokens_to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, N, hidden)`` tokens -> ``(B, hidden, g, g[, g])`` feature map, g = img/patch."""
         b = tokens.shape[0]
@@ -273,3 +278,8 @@ class UNetEncoder(nn.Module):
     def tokens_to_grid(features: torch.Tensor) -> torch.Tensor:
         """The features are already a grid ``(B, F, *spatial)``."""
         return features
+
+    @staticmethod
+    def pool(features: torch.Tensor) -> torch.Tensor:
+        """``(B, F, *spatial)`` -> ``(B, F)``: the global average."""
+        return features.flatten(2).mean(-1)

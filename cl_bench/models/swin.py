@@ -127,6 +127,11 @@ class SwinEncoder(nn.Module):
         """The stages are already grids ``(B, C, *spatial)``."""
         return features
 
+    @staticmethod
+    def pool(deepest: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` deepest stage -> ``(B, C)``: its global average."""
+        return deepest.flatten(2).mean(-1)
+
 
 class SwinDecoder(nn.Module):
     """Swin UNETR's decoder on the five stages of a :class:`SwinEncoder` (module docstring).

@@ -446,9 +446,10 @@ class Proteus(Strategy):
 
     # ------------------------------------------------------------------ retrieval
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, D)`` float64 CPU: mean token of the backbone's output (current adapter)."""
+        """``(B, D)`` float64 CPU: the backbone's pooled output (current adapter): the mean
+        token of a ViT, the mean of a Swin transformer's deepest stage."""
         tokens, _ = self.model.backbone(x)
-        e = tokens.float().mean(1)
+        e = self.model.encoder.pool(tokens.float())
         if self.normalize:
             e = F.normalize(e, dim=-1)
         return e.double().cpu()

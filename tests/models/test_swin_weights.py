@@ -16,8 +16,8 @@ from monai.networks.nets.swin_unetr import SwinUNETR
 from cl_bench.errors import DataError
 from cl_bench.models.swin import SwinDecoder, SwinEncoder
 
-# 12 * 2**k is divisible by 3 heads on every stage; window 4 divides every stage of a 32^3 input
-TINY = dict(in_channels=1, img_size=32, feature_size=12, depths=(1, 1, 1, 1),
+# 12 * 2**k is divisible by 3 heads on every stage; window 4 divides every stage of a 64^3 input
+TINY = dict(in_channels=1, img_size=64, feature_size=12, depths=(1, 1, 1, 1),
             num_heads=(3, 3, 3, 3), window_size=4)
 INDEX = "attn.relative_position_index"
 
@@ -137,7 +137,7 @@ def test_safetensors_with_swinvit_prefix_loads_and_runs_identically(tmp_path, re
     assert enc.swinViT.patch_embed.proj.weight.dtype == torch.float32
     src = SwinEncoder(**TINY)
     src.swinViT.load_state_dict(expected)
-    x = torch.randn(1, 1, 32, 32, 32)
+    x = torch.randn(1, 1, 64, 64, 64)
     with torch.no_grad():
         assert torch.equal(enc(x)[0], src(x)[0])
 

@@ -36,6 +36,16 @@ OmegaConf.register_new_resolver("clbench_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("clbench_output_subdir", _output_subdir, replace=True)
 
 
+def _help() -> str:
+    """``hydra.help.template``: generated from conf/ (:mod:`cl_bench.helptext`)."""
+    from cl_bench.helptext import help_template
+
+    return help_template(CONF_DIR)
+
+
+OmegaConf.register_new_resolver("clbench_help", _help, replace=True)
+
+
 def _adopt_saved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     """``clbench resume=<dir>`` alone: continue with the config the run was started with."""
     from cl_bench.checkpoint import RUN_LOCAL_KEYS, saved_config
@@ -83,6 +93,7 @@ def _main(cfg: DictConfig) -> None:
     failed and the other sweep points still run (each has its own directory).
     """
     from cl_bench.runner import run
+    from cl_bench.summary import job_line, run_summary
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
@@ -93,12 +104,26 @@ def _main(cfg: DictConfig) -> None:
     except ClBenchError as e:
         print(f"clbench: error: {e}", file=sys.stderr)
         if (Path(run_dir) / "matrix.csv").exists():
+            if hc.mode != RunMode.MULTIRUN:
+                log.info("\n%s", run_summary(run_dir))
             print(f"clbench: completed rows are kept in {run_dir}/matrix.csv", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
-    print(f"clbench: results written to {run_dir}")
+    if hc.mode == RunMode.MULTIRUN:  # the terminal gets one line per job, cli.log the summary
+        log.info("%s", job_line(run_dir))
+        _log_to_file_only("\n" + run_summary(run_dir))
+    else:
+        log.info("\n%s", run_summary(run_dir))
     return None
+
+
+def _log_to_file_only(text: str) -> None:
+    """Write ``text`` through the job's log-file handlers (``cli.log``), not the console."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from cl_bench.config import build, check_node
 from cl_bench.errors import ConfigError
 from cl_bench.evaluation import evaluate_task
 from cl_bench.models.lit import LitTask
+from cl_bench.progress import TaskProgressBar, progress_callback, row_line
 from cl_bench.loggers import close_logger, log_row, make_logger
 from cl_bench.results import (matrix_frame, write_json, write_results,
                               write_task_agnostic)
@@ -51,9 +52,11 @@ class RunOutput:
 
 
 def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch: int,
-                  logger) -> L.Trainer:
+                  logger, t: int = 0, num_tasks: int = 1) -> L.Trainer:
     hw, train = cfg.hardware, cfg.train
-    callbacks = []
+    progress = progress_callback(t, num_tasks, task_name, train.max_steps,
+                                 train.log_every_n_steps, bool(train.progress_bar))
+    callbacks = [progress]
     if train.checkpoint_every_n_epochs > 0:
         # after the last batch of an epoch: from there Lightning resumes exactly (a checkpoint
         # taken in on_train_epoch_end replays one batch of that epoch on restore)
@@ -67,8 +70,9 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoc
                          num_nodes=hw.num_nodes, precision=hw.precision,
                          deterministic=hw.deterministic, plugins=_cluster_plugins(),
                          logger=logger if logger is not None else False, callbacks=callbacks,
-                         enable_checkpointing=bool(callbacks), enable_model_summary=False,
-                         enable_progress_bar=train.progress_bar, default_root_dir=str(run_dir),
+                         enable_checkpointing=len(callbacks) > 1, enable_model_summary=False,
+                         enable_progress_bar=isinstance(progress, TaskProgressBar),
+                         default_root_dir=str(run_dir),
                          log_every_n_steps=train.log_every_n_steps)
     except (MisconfigurationException, ValueError, RuntimeError) as e:
         raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
@@ -228,7 +232,10 @@ class _StreamRun:
                     self.details[label][t.name]["retrieval"] = pred[t.name]["retrieval"]
                     self.details[label][t.name]["retrieval_ms_per_sample"] = (
                         pred[t.name]["retrieval_ms_per_sample"])
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if self.main:
+            log.info(row_line(label, self.stream, self.rows[label], seconds))
+        return seconds
 
     def write_row(self, label: str | None) -> dict:
         """Write the result files for the rows so far; log row ``label`` (None: just write)."""
@@ -257,11 +264,13 @@ class _StreamRun:
         self._count_params(task)
         loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
         start = time.perf_counter()
-        trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger)
+        trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger,
+                                t, len(self.stream))
         mid = ckpt.mid_task_path(run_dir, task.name)
         if mid is not None:
             log.info("continuing task %s from %s", task.name, mid)
-        trainer.fit(LitTask(model, strategy, task, t), train_dataloaders=loader,
+        first = None if "first_step_unix" in self.timing else self._first_step
+        trainer.fit(LitTask(model, strategy, task, t, first), train_dataloaders=loader,
                     ckpt_path=str(mid) if mid else None)
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start
@@ -281,6 +290,10 @@ class _StreamRun:
             "details": self.details, "timing": self.timing, "params": self.params})
         shutil.rmtree(ckpt.mid_task_dir(run_dir, task.name), ignore_errors=True)
         return metrics
+
+    def _first_step(self) -> None:
+        """The wall-clock time (Unix s) of the run's first training step, for start-up costs."""
+        self.timing["first_step_unix"] = time.time()
 
     def _count_params(self, task) -> None:
         model = self.model

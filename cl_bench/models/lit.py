@@ -96,21 +96,28 @@ class LitTask(L.LightningModule):
     Args:
         model: the stream's :class:`~cl_bench.models.ContinualModel`.
         strategy: supplies ``trainable_parameters()``, ``training_loss()``, ``activate()``.
-        task: the task being learned; t: its 0-based index in the stream.
+        task: the task being learned; t: its 0-based index in the stream;
+        on_first_step: ``None`` or a callable run once, at the first training step (the runner
+            records the time to first step, ``timing.json`` ``first_step_unix``).
 
     Raises:
         TrainingError: a non-finite loss (names task and step); already written results stay.
     """
 
-    def __init__(self, model: nn.Module, strategy: Strategy, task: Task, t: int):
+    def __init__(self, model: nn.Module, strategy: Strategy, task: Task, t: int,
+                 on_first_step=None):
         super().__init__()
         self.model, self.strategy, self.task, self.t = model, strategy, task, t
         self.loss_fn = TaskLoss(task)
+        self.on_first_step = on_first_step  # called once, at the first training step
 
     def on_train_start(self) -> None:
         self.strategy.activate(self.task)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.on_first_step is not None:
+            self.on_first_step()
+            self.on_first_step = None
         out = self.model(batch["image"], self.task.name)
         loss = self.strategy.task_loss(batch, out, self.t, self.loss_fn)
         self.log(f"{self.task.name}/task_loss", loss.detach(), prog_bar=True, batch_size=len(out))

@@ -1,0 +1,96 @@
+"""``clbench --help``: Hydra's help template filled in from ``conf/`` itself, so it cannot go stale.
+
+Every config group (a folder of ``conf/``) is listed with its options (the YAML files) and, for
+each option, the first sentence of the file's leading comment (cut to one line); the default option of each group
+(``conf/config.yaml``'s defaults list) is marked ``*``. Hydra substitutes ``$FLAGS_HELP`` (its
+flags) if the template names them; this one points to ``clbench --hydra-help`` instead.
+Wired as ``hydra.help.template: ${clbench_help:}`` (the resolver is registered in :mod:`cl_bench.cli`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+USAGE = """\
+clbench: run a continual-learning task stream through a strategy on a backbone, and write the
+accuracy matrix R (R[i][j] = task j after training task i), BWT/FWT/forgetting and MFN/MFT/MAA.
+
+Usage:
+  clbench strategy=lora tasks=brain_seg_age             one run (the main job, `make run`)
+  clbench -m experiment=brain_mri_fm                    a sweep: strategies x seeds (Hydra multirun)
+  clbench -m experiment=brain_mri_fm hardware=slurm     the same sweep as SLURM jobs (submitit)
+  clbench-report results/multirun/<date>                mean ± std over seeds, paper numbers beside
+  clbench resume=<run dir>                              continue an interrupted run bit-identically
+  clbench train.max_steps=50 seed=1 strategy.rank=4     override any key (key=value)
+"""
+
+
+def _meaning(path: Path, width: int = 78) -> str:
+    """First sentence of the YAML file's leading comment block (``@package`` lines skipped)."""
+    words: list[str] = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            if words or line.strip():
+                break
+            continue
+        text = line.lstrip("#").strip()
+        if text.startswith("@package"):
+            continue
+        if not text:
+            if words:
+                break
+            continue
+        words.append(text)
+    text = " ".join(words).rstrip(":")
+    depth = 0
+    for i, ch in enumerate(text):  # end of the first sentence, outside parentheses
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if (ch == "." and depth == 0 and text[i + 1:i + 2] in (" ", "")
+                and not text[:i].endswith((" al", "e.g", "i.e"))):
+            text = text[:i + 1]
+            break
+    if len(text) > width:
+        text = text[:width - 1].rsplit(" ", 1)[0] + " …"
+    return text
+
+
+def _defaults(conf_dir: Path) -> dict[str, str]:
+    out = {}
+    for line in (conf_dir / "config.yaml").read_text().splitlines():
+        m = re.match(r"\s*-\s*(\w+)\s*:\s*([\w.-]+)", line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def groups_text(conf_dir: str | Path) -> str:
+    """Every group of ``conf_dir`` with its options and their one-line meanings."""
+    conf_dir = Path(conf_dir)
+    defaults = _defaults(conf_dir)
+    lines = ["Config groups (group=option; * = default):"]
+    for group in sorted(p for p in conf_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        options = sorted(group.glob("*.yaml"))
+        if not options:
+            continue
+        lines.append(f"  {group.name}")
+        width = max(len(o.stem) for o in options) + 2
+        for opt in options:
+            mark = "*" if defaults.get(group.name) == opt.stem else " "
+            lines.append(f"   {mark}{opt.stem.ljust(width)}{_meaning(opt)}")
+    return "\n".join(lines)
+
+
+def help_template(conf_dir: str | Path) -> str:
+    """The whole ``--help`` text (a :class:`string.Template`: ``$$`` for a literal ``$``)."""
+    body = "\n".join([
+        USAGE, groups_text(conf_dir), "",
+        "Keys: seed, results_dir, resume, train.{max_steps, batch_size, eval_batch_size, "
+        "log_every_n_steps,\n  progress_bar, checkpoint_every_n_epochs}, eval.task_id, and every "
+        "key of the chosen group options\n  (clbench <overrides> --cfg job prints the composed "
+        "config).",
+        "",
+        "Shell completion (bash; zsh and fish likewise): eval \"$$(clbench -sc install=bash)\"",
+        "README.md: the option tables, results files and metrics conventions;",
+        "clbench --hydra-help: Hydra's own flags (--cfg, --info, --multirun, ...)."])
+    return body

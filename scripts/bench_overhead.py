@@ -1,0 +1,272 @@
+#!/usr/bin/env python
+"""What the runner costs: clbench against a minimal plain PyTorch loop doing the identical work.
+
+Each round runs a workload twice, each time as a fresh process: through ``clbench`` (Hydra,
+Lightning's fit loop, result files, checkpoints) and through :func:`plain_loop` below, a loop a
+researcher would write by hand on the *same* cl_bench model, stream, strategy hooks, seeds,
+batches, AdamW groups, init row and per-task evaluation metrics (MONAI Dice, torchmetrics MAE and
+accuracy), writing ``matrix.csv`` after every row. Both must end with the same weights (a sha256
+of the state dict) and the same R matrix; the script stops with an error if they do not, since a
+ratio between different work means nothing.
+
+Times (seconds; min and median over the rounds) and the clbench / plain ratios:
+
+* ``process``: the whole process, spawn to exit;
+* ``loop``: init row to the last result file written (train + eval + result writing);
+* ``train+eval``: the sum of every task's training and every row's evaluation;
+* ``eval``: every row's evaluation;
+* ``start->step``: spawn to the first optimiser step.
+
+Workloads (Hydra overrides on the default config):
+
+* ``split_mnist_cil``: ``experiment=split_mnist tasks.scenario=class_il strategy=seq_ft``;
+* ``brain_50``: the main job's stream and strategy (``strategy=lora tasks=brain_seg_age``) with 50
+  steps per task.
+
+Both run with ``hardware.num_threads=1 logger=none train.progress_bar=false``.
+
+    python scripts/bench_overhead.py                       # both workloads, 5 rounds
+    python scripts/bench_overhead.py --workloads brain_50 --rounds 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["hardware.num_threads=1", "logger=none", "train.progress_bar=false"]
+WORKLOADS = {
+    "split_mnist_cil": ["experiment=split_mnist", "tasks.scenario=class_il", "strategy=seq_ft"],
+    "brain_50": ["strategy=lora", "tasks=brain_seg_age", "train.max_steps=50"],
+}
+FIELDS = ("process", "loop", "train+eval", "eval", "start->step")
+
+
+def fingerprint(state: dict) -> str:
+    """sha256 over a state dict's tensors in key order (bit-identical weights <=> equal)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        v = state[key]
+        if hasattr(v, "detach"):
+            h.update(key.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the plain loop
+def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
+    """Train and evaluate the workload with a hand-written loop; returns its timings (s)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from hydra import compose, initialize_config_dir
+    from torch.utils.data import DataLoader
+
+    import cl_bench.config  # noqa: F401  (the schema)
+    from cl_bench.config import build
+    from cl_bench.evaluation import _answer, _Scorer
+    from cl_bench.models.lit import TaskLoss
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    torch.set_num_threads(cfg.hardware.num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # hardware=cpu: deterministic
+
+    def seed_all(s: int) -> None:
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+
+    strategy = build(cfg.strategy, "strategy")
+    seed_all(cfg.seed)
+    model = build(cfg.backbone, "backbone")
+    stream = build(cfg.tasks, "tasks")
+    torch.manual_seed(cfg.seed + 1)
+    model.add_heads(stream)
+    strategy.setup(model, stream)
+    tests = {}  # each test set stacked once: batches are slices
+
+    def evaluate() -> list[float]:
+        model.eval()
+        row = []
+        with torch.inference_mode():
+            for task in stream:
+                if task.name not in tests:
+                    items = [task.test[i] for i in range(len(task.test))]
+                    tests[task.name] = (torch.stack([d["image"] for d in items]),
+                                        torch.stack([torch.as_tensor(d["label"]) for d in items]))
+                x, y = tests[task.name]
+                strategy.activate(task)
+                scorer = _Scorer(task, stream)
+                nullctx = torch.autocast("cpu", enabled=False)
+                for i in range(0, len(x), cfg.train.eval_batch_size):
+                    scorer.update(_answer(model, task, x[i:i + cfg.train.eval_batch_size], nullctx),
+                                  y[i:i + cfg.train.eval_batch_size])
+                row.append(scorer.result()[task.metric])
+        return row
+
+    def write(rows: dict) -> None:
+        df = pd.DataFrame.from_dict(rows, orient="index", columns=[t.name for t in stream])
+        df.to_csv(out_dir / "matrix.csv", float_format="%.6g")
+
+    timing = {"train": 0.0, "eval": 0.0, "first_step": None}
+    loop_start = time.perf_counter()
+    start = time.perf_counter()
+    rows = {"init": evaluate()}
+    timing["eval"] += time.perf_counter() - start
+    write(rows)
+    for t, task in enumerate(stream):
+        seed_all(cfg.seed * 1000 + t)
+        model.begin_task(task)
+        strategy.before_task(t, task)
+        start = time.perf_counter()
+        loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
+        loss_fn = TaskLoss(task)
+        opt = torch.optim.AdamW(strategy.param_groups(task), weight_decay=strategy.weight_decay)
+        model.train()
+        strategy.activate(task)
+        step = 0
+        while step < cfg.train.max_steps:
+            for batch in loader:
+                if timing["first_step"] is None:
+                    timing["first_step"] = time.time() - spawn
+                out = model(batch["image"], task.name)
+                loss = strategy.task_loss(batch, out, t, loss_fn)
+                extra = strategy.training_loss(batch, out, t)
+                if extra is not None:
+                    loss = loss + extra
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if step >= cfg.train.max_steps:
+                    break
+        strategy.after_task(t, task)
+        timing["train"] += time.perf_counter() - start
+        start = time.perf_counter()
+        rows[f"after_{task.name}"] = evaluate()
+        timing["eval"] += time.perf_counter() - start
+        write(rows)
+    timing["loop"] = time.perf_counter() - loop_start
+    timing["fingerprint"] = fingerprint(model.state_dict())
+    return timing
+
+
+# --------------------------------------------------------------------------- the harness
+def _run_clbench(overrides: list[str], tmp: Path) -> dict:
+    import pandas as pd
+    import torch
+
+    spawn = time.time()
+    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", *overrides,
+                           f"results_dir={tmp}", "hydra.run.dir=" + str(tmp / "run")],
+                          cwd=tmp, capture_output=True, text=True)
+    process = time.time() - spawn
+    if proc.returncode != 0:
+        sys.exit(f"bench_overhead: clbench failed:\n{proc.stderr[-3000:]}")
+    run = tmp / "run"
+    timing = json.loads((run / "timing.json").read_text())
+    train = sum(v["train_s"] for v in timing["tasks"].values())
+    evals = timing["init_eval_s"] + sum(v["eval_s"] for v in timing["tasks"].values())
+    state = torch.load(run / "checkpoints" / "state.pt", map_location="cpu", weights_only=False)
+    return {"process": process, "loop": timing["total_s"], "train+eval": train + evals,
+            "eval": evals, "start->step": timing["first_step_unix"] - spawn,
+            "fingerprint": fingerprint(state["model"]),
+            "R": pd.read_csv(run / "matrix.csv", index_col=0)}
+
+
+def _run_plain(overrides: list[str], tmp: Path) -> dict:
+    import pandas as pd
+
+    spawn = time.time()
+    out = tmp / "plain.json"
+    proc = subprocess.run([sys.executable, __file__, "--plain", json.dumps(overrides),
+                           "--out", str(out), "--spawn", repr(spawn)],
+                          cwd=tmp, capture_output=True, text=True)
+    process = time.time() - spawn
+    if proc.returncode != 0:
+        sys.exit(f"bench_overhead: the plain loop failed:\n{proc.stderr[-3000:]}")
+    t = json.loads(out.read_text())
+    return {"process": process, "loop": t["loop"], "train+eval": t["train"] + t["eval"],
+            "eval": t["eval"], "start->step": t["first_step"], "fingerprint": t["fingerprint"],
+            "R": pd.read_csv(tmp / "matrix.csv", index_col=0)}
+
+
+def bench(name: str, rounds: int) -> dict:
+    """``rounds`` alternating clbench / plain runs of workload ``name``; checks equal work."""
+    overrides = WORKLOADS[name] + COMMON
+    times = {"clbench": {f: [] for f in FIELDS}, "plain": {f: [] for f in FIELDS}}
+    for r in range(rounds):
+        got = {}
+        for who, fn in (("plain", _run_plain), ("clbench", _run_clbench)):
+            with tempfile.TemporaryDirectory() as tmp:
+                got[who] = fn(overrides, Path(tmp))
+            for f in FIELDS:
+                times[who][f].append(got[who][f])
+        same_w = got["plain"]["fingerprint"] == got["clbench"]["fingerprint"]
+        diff = float((got["plain"]["R"] - got["clbench"]["R"]).abs().to_numpy().max())
+        if not same_w or diff > 1e-6:
+            sys.exit(f"bench_overhead: {name}: clbench and the plain loop did different work "
+                     f"(weights equal: {same_w}, max |R difference| {diff:.3g}); no ratio reported")
+        print(f"{name} round {r + 1}/{rounds}: " + ", ".join(
+            f"{f} {got['clbench'][f]:.2f}/{got['plain'][f]:.2f}" for f in FIELDS)
+            + " s (clbench/plain), same weights and R", flush=True)
+    out = {}
+    for f in FIELDS:
+        c, p = times["clbench"][f], times["plain"][f]
+        out[f] = {"clbench_min": min(c), "clbench_median": statistics.median(c),
+                  "plain_min": min(p), "plain_median": statistics.median(p),
+                  "ratio_median": statistics.median(c) / statistics.median(p),
+                  "difference_median_s": statistics.median(c) - statistics.median(p)}
+    return out
+
+
+def table(results: dict) -> str:
+    """Markdown table of :func:`bench` results per workload."""
+    lines = ["| workload | time | plain min / median (s) | clbench min / median (s) | ratio (medians) |",
+             "|---|---|---|---|---|"]
+    for name, res in results.items():
+        for f, v in res.items():
+            ratio = (f"+{v['difference_median_s']:.2f} s" if f == "start->step"
+                     else f"{v['ratio_median']:.2f}×")
+            lines.append(f"| {name} | {f} | {v['plain_min']:.2f} / {v['plain_median']:.2f} | "
+                         f"{v['clbench_min']:.2f} / {v['clbench_median']:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the plain loop
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--spawn", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain is not None:
+        out_dir = args.out.parent
+        timing = plain_loop(json.loads(args.plain), out_dir, args.spawn)
+        args.out.write_text(json.dumps(timing))
+        return
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    results = {name: bench(name, args.rounds) for name in args.workloads}
+    text = table(results)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rounds": args.rounds, "results": results,
+                                         "command": " ".join(sys.argv)}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

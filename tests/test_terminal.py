@@ -1,0 +1,147 @@
+"""What a user sees in the terminal: --help from conf/, progress per task, rows, the summary."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from torch import nn
+
+from cl_bench.progress import StepLogLines, TaskProgressBar, row_line
+from cl_bench.summary import job_line, run_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_test=2", "backbone=vit3d_tiny",
+        "backbone.weights=null", "backbone.num_layers=4", "train.max_steps=4",
+        "train.log_every_n_steps=2", "logger=none"]
+
+
+def _clbench(tmp_path, *args, timeout=600):
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    return subprocess.run([sys.executable, "-m", "cl_bench.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_every_group_option_of_conf_with_its_meaning(tmp_path):
+    proc = _clbench(tmp_path, "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    options = [(p.parent.name, p.stem) for p in (ROOT / "conf").glob("*/*.yaml")]
+    assert len(options) > 40
+    for group, option in options:
+        assert re.search(rf"^\s+\*?{re.escape(option)}\s+\S", out, re.M), (group, option)
+        assert f"\n  {group}\n" in out
+    # defaults marked, the usual commands and the completion hint present
+    for default in ("swin_unetr", "lora", "brain_seg_age", "cpu", "csv"):
+        assert re.search(rf"^\s+\*{default}\s", out, re.M), default
+    assert "clbench -m experiment=brain_mri_fm" in out and "clbench-report" in out
+    assert 'eval "$(clbench -sc install=bash)"' in out
+    assert "Sequential full fine-tuning (lower bound): backbone + current head train." in out
+
+
+def test_a_plain_run_logs_steps_rows_and_ends_with_the_summary(tmp_path):
+    """Not a terminal (as under SLURM or CI): plain lines, no carriage-return bars."""
+    proc = _clbench(tmp_path, "strategy=lora", "train.progress_bar=true", *TINY,
+                    f"results_dir={tmp_path}/r")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "\r" not in out and "Epoch" not in out and "v_num" not in out
+    assert re.search(r"^task 1/2 tumour_seg step 2/4 loss [\d.]+ [\d.]+ it/s ETA \d\d:\d\d$", out, re.M)
+    assert re.search(r"^task 2/2 brain_age step 4/4 loss ", out, re.M)
+    assert re.search(r"^row init: tumour_seg Dice [\d.]+, brain_age MAE [\d.]+ years \([\d.]+ s\)$",
+                     out, re.M)
+    assert "row after_brain_age:" in out
+    # the summary: R with direction and units, the CL metrics per group, trainable %, paths
+    (run_dir,) = (tmp_path / "r" / "brain_seg_age" / "lora").iterdir()
+    R = pd.read_csv(run_dir / "matrix.csv", index_col=0)
+    assert "Dice ↑" in out and "MAE (years) ↓" in out
+    assert re.search(rf"^after_tumour_seg\s+{R.loc['after_tumour_seg', 'tumour_seg']:.3f}\s", out, re.M)
+    for name in ("MFN", "MFT", "MAA", "BWT gem", "BWT sefe", "forgetting", "FWT"):
+        assert name in out
+    assert re.search(r"^trainable: tumour_seg [\d.]+ % \([\d,]+ params\), brain_age", out, re.M)
+    assert f"files: {run_dir}/{{heatmap.png, matrix.csv, metrics.json}}" in out
+    assert ": complete, wall time" in out
+    # the same summary is in cli.log
+    assert "MFN" in (run_dir / "cli.log").read_text()
+
+
+def test_a_multirun_prints_one_line_per_job_and_the_report_command(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _clbench(tmp_path, "-m", "strategy=seq_lp", "seed=0,1", *TINY,
+                    f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if re.match(r"\s+seq_lp seed [01]: tumour_seg Dice", ln)]
+    assert len(lines) == 2 and all("-> " + str(sweep) in ln for ln in lines)
+    assert f"clbench-report {sweep}" in proc.stdout
+    assert "R: after" not in proc.stdout  # the full summary stays in each job's cli.log
+    assert "MFN" in (sweep / "0_seq_lp_seed0" / "cli.log").read_text()
+
+
+def test_summary_of_an_interrupted_run_shows_the_rows_it_has(tmp_path):
+    pd.DataFrame({"a": [0.1, 0.8], "b": [20.0, 20.0]}, index=["init", "after_a"]).rename_axis(
+        "row").to_csv(tmp_path / "matrix.csv")
+    (tmp_path / "metrics.json").write_text(
+        '{"complete": false, "tasks_completed": 1, "num_tasks": 2, "strategy": "seq_ft", '
+        '"tasks": "s", "seed": 3, "units": {"a": {"metric": "dice", "units": null, '
+        '"higher_is_better": true}, "b": {"metric": "mae", "units": "years", '
+        '"higher_is_better": false}}}')
+    text = run_summary(tmp_path)
+    assert "INCOMPLETE: 1/2 tasks" in text and "seq_ft on s" in text
+    assert re.search(r"^after_a\s+0\.800\s+20\.0$", text, re.M)
+    assert "Dice ↑" in text and "MAE (years) ↓" in text
+    assert job_line(tmp_path) == (f"seq_ft seed 3: a Dice 0.800, b MAE 20.0 years "
+                                  f"[after_a, incomplete] -> {tmp_path}")
+    assert "no row of R" in run_summary(tmp_path / "nothing")
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.lin(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(callback, steps=7):
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(6, 3)), batch_size=2)
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=isinstance(callback, TaskProgressBar))
+    trainer.fit(_Tiny(), data)
+
+
+def test_the_bar_counts_steps_across_epochs_against_max_steps(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    bar = TaskProgressBar(1, 3, "brain_age", 7)  # 3 batches per epoch: 7 steps span 3 epochs
+    _fit(bar)
+    text = out.getvalue()
+    assert re.search(r"task 2/3 brain_age │ step 7/7 │ loss [\d.]+ │ [\d.]+ it/s │ ETA 00:00", text)
+    assert "Epoch" not in text and "v_num" not in text
+
+
+def test_plain_lines_every_n_steps(caplog):
+    with caplog.at_level("INFO", logger="cl_bench.progress"):
+        _fit(StepLogLines(0, 2, "tumour_seg", 7, every=3))
+    steps = re.findall(r"task 1/2 tumour_seg step (\d+)/7 loss", caplog.text)
+    assert steps == ["3", "6", "7"]
+
+
+def test_row_line_names_metric_units_and_time():
+    class T:
+        def __init__(self, name, metric, units):
+            self.name, self.metric, self.units = name, metric, units
+    line = row_line("after_tumour_seg", [T("tumour_seg", "dice", None), T("brain_age", "mae", "years")],
+                    [0.61234, 16.04], 4.12)
+    assert line == "row after_tumour_seg: tumour_seg Dice 0.612, brain_age MAE 16.0 years (4.1 s)"

@@ -33,6 +33,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     checkpoint_every_n_epochs: int = 5  #: mid-task checkpoint period (epoch ends; 0 = never)
+    #: a frozen backbone's outputs computed once per training sample (cl_bench.models.feature_cache)
+    cache_frozen_features: bool = True
 
 
 @dataclass

@@ -122,6 +122,17 @@ class _Scorer:
         return {"accuracy": float(self.metric.compute())}
 
 
+def test_batches(dataset, batch_size: int):
+    """Batches ``{"image", "label"}`` of ``dataset`` in order: zero-copy slices of an
+    :class:`~cl_bench.data.base.ArrayDataset`'s stacked tensors (what a DataLoader would collate,
+    without collating every row of R again), a ``DataLoader`` for any other dataset."""
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+        return ({"image": images[i:i + batch_size], "label": labels[i:i + batch_size]}
+                for i in range(0, len(images), batch_size))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
 def _answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
     """``task``'s head on ``x``, as a prediction in the terms of :meth:`_Scorer.update`."""
     with autocast:
@@ -172,8 +183,10 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
     """
     was_training = model.training
     model.eval()
-    model.to(device)
-    loader = DataLoader(task.test, batch_size=batch_size, shuffle=False)
+    first = next(model.parameters(), None)
+    if first is not None and first.device != torch.device(device):
+        model.to(device)
+    loader = test_batches(task.test, batch_size)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     active = None
     if task.kind == CISS:

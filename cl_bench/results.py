@@ -4,7 +4,9 @@ Files (DESIGN §1): ``matrix.csv`` (rows ``init`` and ``after_<task>``, one colu
 units; ``pd.read_csv(path, index_col=0)`` gives the matrix), ``metrics.json``, ``heatmap.png``,
 ``params.json``, ``timing.json``; for a class-incremental segmentation stream also ``ciss.csv``
 (after each step: ``miou_base`` = background + step-0 classes, ``miou_new`` = classes of later
-steps, ``miou_all``; STAR's "old / new / all"). An interrupted run keeps every completed row.
+steps, ``miou_all``; STAR's "old / new / all"). An interrupted run keeps every completed row:
+the text files are rewritten after every row, the figures (matplotlib, the slow part) are drawn at
+the end of the run or when it stops on an error (``clbench-report`` redraws from the files).
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ def matrix_frame(rows: dict[str, list[float]], stream: list[Task]) -> pd.DataFra
 
 
 def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]],
-                  details: dict[str, dict[str, dict[str, float]]], extra: dict[str, Any]) -> dict:
-    """Write matrix.csv, metrics.json and heatmap.png for the rows computed so far.
+                  details: dict[str, dict[str, dict[str, float]]], extra: dict[str, Any],
+                  figures: bool = True) -> dict:
+    """Write matrix.csv, metrics.json (and heatmap.png) for the rows computed so far.
 
     Args:
         run_dir: the run's output directory.
@@ -66,6 +69,9 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
         rows: ``{"init": [T values], "after_<task>": [T values], ...}`` in training order.
         details: per row, per task, every measured value (e.g. per-label Dice).
         extra: merged into metrics.json (strategy name, seed, ...).
+        figures: also draw heatmap.png (matplotlib, ~0.1 s; the runner draws it once at the end
+            of a run, or when it stops on an error, and after every row only for a logger that
+            uploads images).
 
     Returns:
         The metrics dict written to metrics.json.
@@ -94,8 +100,9 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
                            "last": ciss.iloc[-1].to_dict() if len(ciss) else {}}
     metrics.update(extra)
     write_json(run_dir / "metrics.json", metrics)
-    title = f"{extra.get('strategy')} on {extra.get('tasks')} (seed {extra.get('seed')})"
-    atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp, title))
+    if figures:
+        title = f"{extra.get('strategy')} on {extra.get('tasks')} (seed {extra.get('seed')})"
+        atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp, title))
     return metrics
 
 
@@ -116,7 +123,8 @@ def ciss_summary(stream: list[Task], details: dict) -> pd.DataFrame | None:
 
 
 def write_task_agnostic(out_dir: Path, stream: list[Task], rows: dict[str, list[float]],
-                        retrieval: dict[str, list[float]], mode: str, extra: dict[str, Any]) -> dict:
+                        retrieval: dict[str, list[float]], mode: str, extra: dict[str, Any],
+                        figures: bool = True) -> dict:
     """Write a task-agnostic strategy's second R matrix and its retrieval-accuracy matrix.
 
     Files in ``out_dir``: ``matrix_<mode>.csv`` (R measured with the other task-id mode than
@@ -145,9 +153,10 @@ def write_task_agnostic(out_dir: Path, stream: list[Task], rows: dict[str, list[
         last = ret.drop(index="init", errors="ignore").iloc[-1]
         summary["retrieval_last_row"] = {k: float(v) for k, v in last.items()}
         summary["retrieval_mean_seen"] = float(last.iloc[:len(trained)].mean())
-    title = f"task retrieval accuracy: {extra.get('strategy')} (seed {extra.get('seed')})"
-    shown = [Task(t.name, "classification", [], []) for t in stream]  # one 0..1 panel
-    atomic_write(out_dir / "retrieval.png", lambda tmp: plot_heatmap(ret, shown, tmp, title))
+    if figures:
+        title = f"task retrieval accuracy: {extra.get('strategy')} (seed {extra.get('seed')})"
+        shown = [Task(t.name, "classification", [], []) for t in stream]  # one 0..1 panel
+        atomic_write(out_dir / "retrieval.png", lambda tmp: plot_heatmap(ret, shown, tmp, title))
     return summary
 
 

@@ -24,6 +24,7 @@ from cl_bench import checkpoint as ckpt
 from cl_bench.config import build, check_node
 from cl_bench.errors import ConfigError
 from cl_bench.evaluation import evaluate_task
+from cl_bench.models.feature_cache import FeatureCache, IndexedDataset
 from cl_bench.models.lit import LitTask
 from cl_bench.progress import TaskProgressBar, progress_callback, row_line
 from cl_bench.loggers import close_logger, log_row, make_logger
@@ -153,13 +154,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     try:
         if "init" not in r.rows:
             r.timing["init_eval_s"] = r.evaluate_row("init")
-            r.write_row("init")
-        metrics = r.write_row(None)
+            metrics = r.write_row("init")
+        else:
+            metrics = r.write_row(None)
         if r.done == len(stream):
             log.info("all %d tasks already done in %s: nothing to train", r.done, run_dir)
         for t in range(r.done, len(stream)):
             metrics = r.train_task(t)
     finally:
+        if r.rows:  # the figures, once: at the end, or where an error stopped the run
+            metrics = r.write_row(None, figures=True) or metrics
         close_logger(r.logger)
     return RunOutput(metrics, model, strategy, run_dir)
 
@@ -237,17 +241,20 @@ class _StreamRun:
             log.info(row_line(label, self.stream, self.rows[label], seconds))
         return seconds
 
-    def write_row(self, label: str | None) -> dict:
-        """Write the result files for the rows so far; log row ``label`` (None: just write)."""
+    def write_row(self, label: str | None, figures: bool = False) -> dict:
+        """Write the result files for the rows so far; log row ``label`` (None: just write).
+
+        ``figures``: also draw the PNGs (else only for a logger that uploads images)."""
         if not self.main:
             return {}
+        figures = figures or (label is not None and hasattr(self.logger, "log_image"))
         extra = dict(self.extra, eval_task_id=self.cfg.eval.task_id)
         if self.other_rows:
             other = "oracle" if self.cfg.eval.task_id == "predicted" else "predicted"
             extra["task_agnostic"] = write_task_agnostic(
                 self.run_dir / "task_agnostic", self.stream, self.other_rows, self.retrieval,
-                other, self.extra)
-        metrics = write_results(self.run_dir, self.stream, self.rows, self.details, extra)
+                other, self.extra, figures)
+        metrics = write_results(self.run_dir, self.stream, self.rows, self.details, extra, figures)
         if label is not None:
             log_row(self.logger, len(self.rows) - 1, label, matrix_frame(self.rows, self.stream),
                     self.run_dir / "heatmap.png")
@@ -262,7 +269,11 @@ class _StreamRun:
         model.begin_task(task)
         strategy.before_task(t, task)
         self._count_params(task)
-        loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
+        cache = None
+        if cfg.train.cache_frozen_features and strategy.frozen_backbone(task):
+            cache = FeatureCache(len(task.train))  # same batches: the sampler sees only len()
+        loader = DataLoader(task.train if cache is None else IndexedDataset(task.train),
+                            batch_size=cfg.train.batch_size, shuffle=True)
         start = time.perf_counter()
         trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger,
                                 t, len(self.stream))
@@ -270,7 +281,7 @@ class _StreamRun:
         if mid is not None:
             log.info("continuing task %s from %s", task.name, mid)
         first = None if "first_step_unix" in self.timing else self._first_step
-        trainer.fit(LitTask(model, strategy, task, t, first), train_dataloaders=loader,
+        trainer.fit(LitTask(model, strategy, task, t, first, cache), train_dataloaders=loader,
                     ckpt_path=str(mid) if mid else None)
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start

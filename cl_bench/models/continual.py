@@ -138,8 +138,10 @@ class ContinualModel(nn.Module):
         return {n: self.heads[n](self.encoder.tokens_to_grid, tokens, hidden, x)
                 for n in task_names}
 
-    def forward(self, x: torch.Tensor, task_name: str) -> torch.Tensor:
-        tokens, hidden = self.backbone(x)
+    def forward(self, x: torch.Tensor, task_name: str, features=None) -> torch.Tensor:
+        """``task_name``'s head on ``x``; ``features``: ``self.backbone(x)`` if already computed
+        (a frozen backbone's cached outputs, :mod:`cl_bench.models.feature_cache`)."""
+        tokens, hidden = self.backbone(x) if features is None else features
         return self.heads[task_name](self.encoder.tokens_to_grid, tokens, hidden, x)
 
 

@@ -105,6 +105,12 @@ class Strategy:
         """Extra loss term added to the task loss (regularisers); ``None`` for none."""
         return None
 
+    def frozen_backbone(self, task: Task) -> bool:
+        """True if, while ``task`` trains, the backbone is frozen and deterministic (no dropout,
+        no adapter training), so its outputs for a training sample never change: the runner then
+        computes them once per sample (:mod:`cl_bench.models.feature_cache`). Default False."""
+        return False
+
     def after_task(self, t: int, task: Task) -> None:
         """Consolidate after training task ``t`` (merge, masks, Fisher, prototypes)."""
 

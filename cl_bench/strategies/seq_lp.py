@@ -22,3 +22,7 @@ class SeqLP(Strategy):
 
     def before_task(self, t: int, task: Task) -> None:
         self.freeze_all_but(self.model.heads[task.name])
+
+    def frozen_backbone(self, task: Task) -> bool:
+        """The backbone never trains: its outputs are computed once per training sample."""
+        return True

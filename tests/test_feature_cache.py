@@ -1,0 +1,56 @@
+"""Frozen work done once: seq_lp's cached backbone outputs give the run an uncached one gives."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from cl_bench.models.feature_cache import FeatureCache
+from cl_bench.runner import run
+
+from tests.strategies.test_star import CONF
+
+
+def test_seq_lp_with_cached_features_trains_bit_identically(data_cache, tmp_path):
+    """On the Swin backbone (channels-last stages); 3 subjects, 8 steps of 2 = 6 epochs."""
+    out = {}
+    for cache in (True, False):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("config", overrides=[
+                "strategy=seq_lp", "backbone=swin_unetr", "backbone.weights=null", "tasks.size=64",
+                "tasks.n_train=3", "tasks.n_test=2", f"tasks.cache_dir={data_cache}",
+                "train.max_steps=8", "train.progress_bar=false", "logger=none",
+                f"train.cache_frozen_features={str(cache).lower()}"])
+        out[cache] = run(cfg, tmp_path / str(cache))
+    a, b = out[True].model.state_dict(), out[False].model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra = pd.read_csv(tmp_path / "True" / "matrix.csv", index_col=0)
+    rb = pd.read_csv(tmp_path / "False" / "matrix.csv", index_col=0)
+    pd.testing.assert_frame_equal(ra, rb, check_exact=True)
+
+
+class _Counting(nn.Module):
+    """A "backbone" returning a channels-last grid and a list, counting the samples it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        grid = (x * 2).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        return grid.sum(1), [grid, x + 1]
+
+
+def test_each_sample_is_computed_once_and_batches_keep_the_layout():
+    backbone, cache = _Counting(), FeatureCache(size=4)
+    data = torch.randn(4, 3, 5, 5)
+    for idx in ([0, 1], [2, 3], [1, 2], [3, 0], [0, 2]):
+        index = torch.tensor(idx)
+        got = cache(backbone, data[index], index)
+        want = _Counting()(data[index])
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1][1], want[1][1])
+        assert torch.equal(got[1][0], want[1][0]) and got[1][0].stride() == want[1][0].stride()
+    assert backbone.seen == 4  # five batches of two, every sample computed once

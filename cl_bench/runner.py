@@ -272,8 +272,9 @@ class _StreamRun:
         cache = None
         if cfg.train.cache_frozen_features and strategy.frozen_backbone(task):
             cache = FeatureCache(len(task.train))  # same batches: the sampler sees only len()
-        loader = DataLoader(task.train if cache is None else IndexedDataset(task.train),
-                            batch_size=cfg.train.batch_size, shuffle=True)
+        # batches carry "index" (their positions in task.train): the key of per-sample caches
+        loader = DataLoader(IndexedDataset(task.train), batch_size=cfg.train.batch_size,
+                            shuffle=True)
         start = time.perf_counter()
         trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger,
                                 t, len(self.stream))

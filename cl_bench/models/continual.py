@@ -132,9 +132,11 @@ class ContinualModel(nn.Module):
         """Encoder tokens ``(B, N, D)`` and per-block hidden states."""
         return self.backbone(x)
 
-    def forward_heads(self, x: torch.Tensor, task_names: list[str]) -> dict[str, torch.Tensor]:
-        """One backbone pass, then the heads of ``task_names``: ``{name: output}``."""
-        tokens, hidden = self.backbone(x)
+    def forward_heads(self, x: torch.Tensor, task_names: list[str], features=None
+                      ) -> dict[str, torch.Tensor]:
+        """One backbone pass (or ``features``, its outputs already computed for ``x``), then
+        the heads of ``task_names``: ``{name: output}``."""
+        tokens, hidden = self.backbone(x) if features is None else features
         return {n: self.heads[n](self.encoder.tokens_to_grid, tokens, hidden, x)
                 for n in task_names}
 

@@ -48,13 +48,17 @@ class IndexedDataset(Dataset):
 def _nbytes(tree) -> int:
     if isinstance(tree, torch.Tensor):
         return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(_nbytes(t) for t in tree.values())
     return sum(_nbytes(t) for t in tree)
 
 
 def _item(tree, i: int):
-    """Sample ``i`` of a batch output ``(B, ...)`` tensor / list / tuple of them, cloned."""
+    """Sample ``i`` of a batch output ``(B, ...)``: a tensor, or a tuple / list / dict of them."""
     if isinstance(tree, torch.Tensor):
         return tree[i].clone()
+    if isinstance(tree, dict):
+        return {k: _item(v, i) for k, v in tree.items()}
     return type(tree)(_item(t, i) for t in tree)
 
 
@@ -62,6 +66,8 @@ def _layout(tree):
     """Each tensor's dimension order, outermost first (a Swin stage is channels-last)."""
     if isinstance(tree, torch.Tensor):
         return sorted(range(tree.dim()), key=lambda d: -tree.stride(d))
+    if isinstance(tree, dict):
+        return {k: _layout(v) for k, v in tree.items()}
     return type(tree)(_layout(t) for t in tree)
 
 
@@ -73,6 +79,8 @@ def _stack(items: list, layout):
         batch = torch.stack(items)
         inverse = sorted(range(len(layout)), key=layout.__getitem__)
         return batch.permute(layout).contiguous().permute(inverse)
+    if isinstance(first, dict):
+        return {k: _stack([it[k] for it in items], layout[k]) for k in first}
     return type(first)(_stack([it[k] for it in items], layout[k]) for k in range(len(first)))
 
 
@@ -83,8 +91,10 @@ class FeatureCache:
         size: the number of training samples (``len(task.train)``).
 
     ``__call__(backbone, x, index)`` returns what ``backbone(x)`` returns (a tensor, or a
-    tuple/list of tensors and lists of tensors, each ``(B, ...)``), computing only the samples not
-    seen yet, under ``torch.no_grad``.
+    tuple / list / dict of tensors and of such containers, each tensor ``(B, ...)``), computing
+    only the samples not seen yet, under ``torch.no_grad``. ``backbone`` is any callable of the
+    batch that is fixed while the task trains (LwF's frozen teacher too). ``index``: ``(B,)`` the
+    samples' positions in the dataset (the ``"index"`` the runner's loader adds).
     """
 
     def __init__(self, size: int):

@@ -128,9 +128,11 @@ class LitTask(L.LightningModule):
         if self.on_first_step is not None:
             self.on_first_step()
             self.on_first_step = None
-        features = (None if self.feature_cache is None else
-                    self.feature_cache(self.model.backbone, batch["image"], batch["index"]))
-        out = self.model(batch["image"], self.task.name, features)
+        x = batch["image"]
+        features = (self.model.backbone(x) if self.feature_cache is None else
+                    self.feature_cache(self.model.backbone, x, batch["index"]))
+        out = self.model(x, self.task.name, features)
+        batch = {**batch, "features": features}  # strategies reuse this step's backbone pass
         loss = self.strategy.task_loss(batch, out, self.t, self.loss_fn)
         log_curves = getattr(self, "_log_curves", True)
         if log_curves:

@@ -102,7 +102,11 @@ class Strategy:
         return loss_fn(out, batch["label"])
 
     def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
-        """Extra loss term added to the task loss (regularisers); ``None`` for none."""
+        """Extra loss term added to the task loss (regularisers); ``None`` for none.
+
+        ``batch``: ``"image"``, ``"label"``, ``"index"`` (positions in ``task.train``) and, in
+        training, ``"features"``: this step's backbone outputs for ``batch["image"]`` (with their
+        autograd graph), for heads of other tasks without a second backbone pass."""
         return None
 
     def frozen_backbone(self, task: Task) -> bool:

@@ -16,8 +16,11 @@ averaged over pixels (the sigmoid form of LwF used as a CISS baseline, e.g. by M
 A class-incremental stream's shared head is distilled once, on the classes seen before task t
 (the iCaRL/van de Ven form of LwF for class-IL, arXiv 1611.07725, 1904.07734).
 
-Deviations: no warm-up step training the new head alone; the old model's outputs are computed on
-the fly instead of recorded once before training (same values: the old model is frozen).
+Deviations: no warm-up step training the new head alone. As in the paper, the old model's outputs
+are recorded once per training sample (:class:`~cl_bench.models.feature_cache.FeatureCache`, on the
+first visit instead of a pass before training; the old model is frozen and inputs are not
+augmented, so the values are the same), and the new model's old-head outputs reuse the training
+step's backbone pass (``batch["features"]``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 
 from cl_bench.data.base import CISS, Task
 from cl_bench.errors import ConfigError
+from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.models.heads import TaskView
 from cl_bench.strategies.base import Strategy
 
@@ -78,13 +82,15 @@ class LwF(Strategy):
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.old_model: torch.nn.Module | None = None
         self.old_tasks: list[Task] = []
+        self.teacher: FeatureCache | None = None  # the old model's outputs per training sample
 
     def before_task(self, t: int, task: Task) -> None:
         self.freeze_all_but(self.model.backbone, self.model.heads[task.name])
-        self.old_model, self.old_tasks = None, []
+        self.old_model, self.old_tasks, self.teacher = None, [], None
         if t == 0:
             return
         self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.teacher = FeatureCache(len(task.train))
         shared_seen = False
         for old in self.stream[:t]:  # one term per distinct head
             if isinstance(self.model.heads[old.name], TaskView):
@@ -99,9 +105,16 @@ class LwF(Strategy):
         x = batch["image"]
         self.old_model.to(x.device)
         names = [old.name for old in self.old_tasks]
-        with torch.no_grad():
-            targets = self.old_model.forward_heads(x, names)
-        news = self.model.forward_heads(x, names)
+
+        def old_outputs(inputs):
+            return self.old_model.forward_heads(inputs, names)
+
+        if "index" in batch and self.teacher is not None:
+            targets = self.teacher(old_outputs, x, batch["index"])
+        else:
+            with torch.no_grad():
+                targets = old_outputs(x)
+        news = self.model.forward_heads(x, names, batch.get("features"))
         terms = []
         for old in self.old_tasks:
             new, target = news[old.name], targets[old.name]
@@ -113,4 +126,4 @@ class LwF(Strategy):
         return self.alpha * torch.stack(terms).mean()
 
     def after_task(self, t: int, task: Task) -> None:
-        self.old_model = None  # free the copy; before_task makes the next one
+        self.old_model, self.teacher = None, None  # free the copy; before_task makes the next one

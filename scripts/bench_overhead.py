@@ -163,14 +163,21 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
 
 
 # --------------------------------------------------------------------------- the harness
+#: another checkout to run clbench from (--clbench-src: a "before" measurement)
+CLBENCH_SRC: Path | None = None
+
+
 def _run_clbench(overrides: list[str], tmp: Path) -> dict:
     import pandas as pd
     import torch
 
+    env = dict(os.environ)
+    if CLBENCH_SRC is not None:
+        env["PYTHONPATH"] = str(CLBENCH_SRC)
     spawn = time.time()
     proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", *overrides,
                            f"results_dir={tmp}", "hydra.run.dir=" + str(tmp / "run")],
-                          cwd=tmp, capture_output=True, text=True)
+                          cwd=tmp, capture_output=True, text=True, env=env)
     process = time.time() - spawn
     if proc.returncode != 0:
         sys.exit(f"bench_overhead: clbench failed:\n{proc.stderr[-3000:]}")
@@ -180,7 +187,8 @@ def _run_clbench(overrides: list[str], tmp: Path) -> dict:
     evals = timing["init_eval_s"] + sum(v["eval_s"] for v in timing["tasks"].values())
     state = torch.load(run / "checkpoints" / "state.pt", map_location="cpu", weights_only=False)
     return {"process": process, "loop": timing["total_s"], "train+eval": train + evals,
-            "eval": evals, "start->step": timing["first_step_unix"] - spawn,
+            "eval": evals,
+            "start->step": timing.get("first_step_unix", float("nan")) - spawn,  # older runners: none
             "fingerprint": fingerprint(state["model"]),
             "R": pd.read_csv(run / "matrix.csv", index_col=0)}
 
@@ -249,6 +257,8 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--clbench-src", type=Path,
+                   help="run clbench from this checkout (e.g. a git worktree of an older commit)")
     p.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the plain loop
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--spawn", type=float, help=argparse.SUPPRESS)
@@ -259,13 +269,16 @@ def main() -> None:
         args.out.write_text(json.dumps(timing))
         return
     os.environ.setdefault("MPLBACKEND", "Agg")
+    global CLBENCH_SRC
+    CLBENCH_SRC = args.clbench_src.resolve() if args.clbench_src else None
     results = {name: bench(name, args.rounds) for name in args.workloads}
     text = table(results)
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rounds": args.rounds, "results": results,
-                                         "command": " ".join(sys.argv)}, indent=2) + "\n")
+                                         "command": " ".join(sys.argv)}, indent=2,
+                                        default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ def _load_run(metrics_path: Path) -> dict:
     rec["trainable %"] = float(np.mean(pct)) if pct else np.nan
     timing = _read_json(run / "timing.json") or {}
     rec["wall time (s)"] = timing.get("total_s", np.nan)
+    rec["peak RSS (MB)"] = timing.get("peak_rss_mb", np.nan)
+    if "peak_gpu_mb" in timing:
+        rec["peak GPU (MB)"] = timing["peak_gpu_mb"]
     rec["_units"] = units
     rec["_matrix"] = pd.read_csv(run / "matrix.csv", index_col=0)
     return rec
@@ -114,7 +117,8 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     Returns:
         ``(runs, skipped)``: one row per run (group keys, ``seed``, ``complete``, one column per
         task's final metric in native units, per-metric-group BWT/forgetting/MFN/MFT/MAA,
-        ``trainable %``, ``wall time (s)``; the R matrix in the ``_matrix`` column) and
+        ``trainable %``, ``wall time (s)``, ``peak RSS (MB)`` (and ``peak GPU (MB)`` for runs on a
+        GPU); the R matrix in the ``_matrix`` column) and
         ``"<file>: <reason>"`` for each run that could not be read.
 
     Raises:

@@ -293,6 +293,8 @@ class _StreamRun:
         strategy.save(run_dir, t, task)
         self.timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s}
         self.timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if self.device == "cuda":  # the process's peak allocated by PyTorch (all tasks so far)
+            self.timing["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
         self.timing["total_s"] = time.perf_counter() - self.t0
         write_json(run_dir / "timing.json", self.timing)
         ckpt.save_boundary(run_dir, {

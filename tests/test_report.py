@@ -41,7 +41,8 @@ def fake_run(root: Path, name: str, strategy: str, seed: int, R: list[list[float
     (run / "params.json").write_text(json.dumps(
         {"tasks": {"tumour_seg": {"trainable_pct": 10.0},
                    "brain_age": {"trainable_pct": 2.0}}}))
-    (run / "timing.json").write_text(json.dumps({"total_s": 100.0 + seed}))
+    (run / "timing.json").write_text(json.dumps({"total_s": 100.0 + seed,
+                                                 "peak_rss_mb": 1000.0 + 10 * seed}))
     (run / ".hydra" / "config.yaml").write_text(
         f"seed: {seed}\nresults_dir: /somewhere/{name}\ntrain:\n  max_steps: {max_steps}\n"
         f"strategy:\n  name: {strategy}\n  lr: 0.001\n" +
@@ -80,6 +81,8 @@ def test_mean_std_over_seeds_per_group_with_partial_runs_shown(sweep):
     assert s.loc["seq_ft", "tumour_seg dice (just learned) mean"] == pytest.approx(0.6)
     assert s.loc["seq_ft", "trainable % mean"] == pytest.approx(6.0)
     assert s.loc["seq_ft", "wall time (s) mean"] == pytest.approx(100.5)
+    assert s.loc["seq_ft", "peak RSS (MB) mean"] == pytest.approx(1005.0)  # seeds 0 and 1
+    assert "peak GPU (MB) mean" not in s.columns  # CPU runs: no GPU column
     # the lora group: 2 complete runs + 1 partial, shown as such (not dropped)
     assert s.loc["lora", "runs"] == "3 (1 partial)" and s.loc["lora", "status"] == "partial"
     assert s.loc["lora", "n"] == 3

@@ -62,6 +62,16 @@ def _item(tree, i: int):
     return type(tree)(_item(t, i) for t in tree)
 
 
+def take(tree, index):
+    """``tree`` (a tensor or a tuple / list / dict of them, each ``(B, ...)``) at batch
+    positions ``index`` (a slice or an index tensor): e.g. one task's share of a batched pass."""
+    if isinstance(tree, torch.Tensor):
+        return tree[index]
+    if isinstance(tree, dict):
+        return {k: take(v, index) for k, v in tree.items()}
+    return type(tree)(take(t, index) for t in tree)
+
+
 def _layout(tree):
     """Each tensor's dimension order, outermost first (a Swin stage is channels-last)."""
     if isinstance(tree, torch.Tensor):

@@ -12,7 +12,8 @@ from the buffer::
 A replayed sample goes through *its own task's* head and loss (Dice + CE, MSE or CE), so replay
 works on mixed streams (segmentation then regression) as well as for classification; in a
 class-incremental stream every task shares the growing head. Old tasks' heads train on replayed
-data too.
+data too. The replayed samples of all old tasks go through the backbone in one pass when their
+images have one shape (each task's head then reads its share), the current batch in its own.
 
 Deviations: samples enter the buffer at the end of their task (the stream of samples is the
 task's training set in a seeded random order), not during its training; the buffer stores
@@ -27,6 +28,7 @@ import torch
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.models.feature_cache import take
 from cl_bench.models.lit import TaskLoss
 from cl_bench.strategies.base import Strategy
 
@@ -107,15 +109,23 @@ class ER(Strategy):
         if not samples or self.alpha == 0:
             return None
         device = batch["image"].device
-        total = torch.zeros((), device=device)
-        for j in sorted({j for j, _ in samples}):
-            task = self.stream[j]
-            items = [task.train[i] for jj, i in samples if jj == j]
-            x = torch.stack([it["image"] for it in items]).to(device)
-            y = torch.stack([it["label"] for it in items]).to(device)
-            weight = 1.0 if self.per_task_loss else len(items) / len(samples)
-            total = total + weight * self.losses[task.name](
-                self.model(x, task.name), y)
+        groups = sorted({j for j, _ in samples})
+        xs, ys = {}, {}
+        for j in groups:
+            items = [self.stream[j].train[i] for jj, i in samples if jj == j]
+            xs[j] = torch.stack([it["image"] for it in items]).to(device)
+            ys[j] = torch.stack([it["label"] for it in items]).to(device)
+        features = None
+        if len(groups) > 1 and len({tuple(x.shape[1:]) for x in xs.values()}) == 1:
+            # one backbone pass over every replayed sample, then each task's head on its share
+            features = self.model.backbone(torch.cat([xs[j] for j in groups]))
+        total, start = torch.zeros((), device=device), 0
+        for j in groups:
+            task, n = self.stream[j], len(xs[j])
+            f = None if features is None else take(features, slice(start, start + n))
+            start += n
+            weight = 1.0 if self.per_task_loss else n / len(samples)
+            total = total + weight * self.losses[task.name](self.model(xs[j], task.name, f), ys[j])
         return self.alpha * total
 
     def memory_bytes(self) -> int:

@@ -81,6 +81,11 @@ def _check_resume_argument(argv: list[str]) -> None:
 
 def main() -> None:
     """Console entry point ``clbench`` (Hydra command line)."""
+    if sys.argv[1:] in (["--help"], ["-h"]):  # the same text Hydra prints, without composing
+        from string import Template
+
+        print(Template(_help()).safe_substitute())
+        return
     _check_resume_argument(sys.argv[1:])
     _main()
 

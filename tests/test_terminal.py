@@ -44,6 +44,9 @@ def test_help_lists_every_group_option_of_conf_with_its_meaning(tmp_path):
     assert "clbench -m experiment=brain_mri_fm" in out and "clbench-report" in out
     assert 'eval "$(clbench -sc install=bash)"' in out
     assert "Sequential full fine-tuning (lower bound): backbone + current head train." in out
+    # Hydra's own --help path (taken when overrides are given) prints the same text
+    hydra_path = _clbench(tmp_path, "seed=1", "--help", timeout=120)
+    assert hydra_path.returncode == 0 and hydra_path.stdout.strip() == out.strip()
 
 
 def test_a_plain_run_logs_steps_rows_and_ends_with_the_summary(tmp_path):

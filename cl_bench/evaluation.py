@@ -26,6 +26,7 @@ evaluated with predicted ids is scored like class-IL.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -56,6 +57,26 @@ def _compatible(a: Task, b: Task) -> bool:
     if a.kind != b.kind:
         return False
     return a.kind != "segmentation" or a.num_classes == b.num_classes
+
+
+@contextlib.contextmanager
+def _cpu_counting(device: torch.device):
+    """Let torchmetrics count with ``torch.bincount`` on the CPU in deterministic mode.
+
+    With ``torch.use_deterministic_algorithms(True)`` (``hardware.deterministic``) torchmetrics
+    replaces ``torch.bincount`` by an ``(N, K^2)`` comparison mesh, because bincount is
+    nondeterministic on CUDA; on the CPU it is an exact integer count either way, and the mesh
+    made a CISS confusion matrix ~100x slower than the model's forward pass. The flag is
+    restored on exit; on other devices nothing changes."""
+    if device.type != "cpu" or not torch.are_deterministic_algorithms_enabled():
+        yield
+        return
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
 
 
 class _Scorer:
@@ -89,7 +110,8 @@ class _Scorer:
         classification ``(B,)`` global class ids; ``label`` as stored in the dataset."""
         task = self.task
         if task.kind == CISS:
-            self.metric.update(pred.long(), self.lut[label[:, 0].long()])
+            with _cpu_counting(pred.device):
+                self.metric.update(pred.long(), self.lut[label[:, 0].long()])
         elif task.kind == "segmentation":
             k = task.num_classes
             self.metric(torch.nn.functional.one_hot(pred.long(), k).movedim(-1, 1),
@@ -97,7 +119,8 @@ class _Scorer:
         elif task.kind == "regression":
             self.metric.update(pred, label.float())
         else:
-            self.metric.update(pred, global_classes(task, label.long()))
+            with _cpu_counting(pred.device):
+                self.metric.update(pred, global_classes(task, label.long()))
 
     def result(self) -> dict[str, float]:
         task = self.task

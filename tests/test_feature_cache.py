@@ -54,3 +54,29 @@ def test_each_sample_is_computed_once_and_batches_keep_the_layout():
         assert torch.equal(got[0], want[0]) and torch.equal(got[1][1], want[1][1])
         assert torch.equal(got[1][0], want[1][0]) and got[1][0].stride() == want[1][0].stride()
     assert backbone.seen == 4  # five batches of two, every sample computed once
+
+
+def test_cpu_counting_gives_torchmetrics_the_same_confusion_matrix_and_restores_the_flag():
+    """hardware.deterministic: torchmetrics' bincount fallback is exact but ~20x slower on CPU."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    from cl_bench.evaluation import _cpu_counting
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randint(0, 21, (50_000,), generator=g), torch.randint(0, 21, (50_000,), generator=g)
+    target[:500] = 255
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        slow = MulticlassConfusionMatrix(21, ignore_index=255)
+        slow.update(pred, target)
+        fast = MulticlassConfusionMatrix(21, ignore_index=255)
+        with _cpu_counting(pred.device):
+            assert not torch.are_deterministic_algorithms_enabled()
+            fast.update(pred, target)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.equal(slow.compute(), fast.compute())
+        assert int(fast.compute().sum()) == 49_500
+    finally:
+        torch.use_deterministic_algorithms(before)

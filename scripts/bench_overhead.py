@@ -257,6 +257,8 @@ def main() -> None:
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument("--extra", nargs="*", default=[],
+                   help="more overrides for both sides (e.g. train.checkpoint_every_n_epochs=0)")
     p.add_argument("--clbench-src", type=Path,
                    help="run clbench from this checkout (e.g. a git worktree of an older commit)")
     p.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the plain loop
@@ -271,6 +273,7 @@ def main() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
     global CLBENCH_SRC
     CLBENCH_SRC = args.clbench_src.resolve() if args.clbench_src else None
+    COMMON.extend(args.extra)
     results = {name: bench(name, args.rounds) for name in args.workloads}
     text = table(results)
     print(text)

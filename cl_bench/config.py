@@ -33,6 +33,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     checkpoint_every_n_epochs: int = 5  #: mid-task checkpoint period (epoch ends; 0 = never)
+    #: ... but no mid-task checkpoint sooner than this many seconds after the last (or the start)
+    checkpoint_min_interval_s: float = 60.0
     #: a frozen backbone's outputs computed once per training sample (cl_bench.models.feature_cache)
     cache_frozen_features: bool = True
 

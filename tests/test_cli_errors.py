@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,7 @@ def test_diverging_run_from_the_command_line(tmp_path):
     assert_clear_error(proc, "task 'tumour_seg'", "loss became")
     (matrix,) = (tmp_path / "results").rglob("matrix.csv")
     assert list(pd.read_csv(matrix, index_col=0).index) == ["init"]
+    # the summary of what the failed run has: its one row, marked incomplete, and where it is
+    assert "INCOMPLETE: 0/2 tasks" in proc.stdout and re.search(r"^init\s+[\d.]+\s+[\d.]+$",
+                                                                 proc.stdout, re.M)
+    assert f"files: {matrix.parent}/" in proc.stdout

@@ -320,7 +320,7 @@ class Interrupted(Exception):
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_crash_in_step_1_then_resume_matches_the_uninterrupted_run(name, tmp_path, monkeypatch):
     cfg = tiny_cfg(name, *VARIANTS[name], "train.max_steps=16",
-                   "train.checkpoint_every_n_epochs=1")
+                   "train.checkpoint_every_n_epochs=1", "train.checkpoint_min_interval_s=0")
     ref = run(cfg, tmp_path / "ref")
     iters = ref.strategy.step["iters"]
     assert iters < 12 < 16  # a mid-task checkpoint exists when the crash comes

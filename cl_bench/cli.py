@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
-from cl_bench.errors import ClBenchError
+from cl_bench.errors import ClBenchError, RunDirBusy
 
 log = logging.getLogger("cl_bench")
 #: the repository's conf/ (source checkout, editable install) or, in an installed wheel, the copy
@@ -108,7 +108,7 @@ def _main(cfg: DictConfig) -> None:
         run(cfg, run_dir)
     except ClBenchError as e:
         print(f"clbench: error: {e}", file=sys.stderr)
-        if (Path(run_dir) / "matrix.csv").exists():
+        if (Path(run_dir) / "matrix.csv").exists() and not isinstance(e, RunDirBusy):
             if hc.mode != RunMode.MULTIRUN:
                 log.info("\n%s", run_summary(run_dir))
             print(f"clbench: completed rows are kept in {run_dir}/matrix.csv", file=sys.stderr)

@@ -28,3 +28,8 @@ class DataError(ClBenchError):
 
 class TrainingError(ClBenchError):
     """Training diverged (NaN/inf loss) or cannot proceed; names the task and the step."""
+
+
+class RunDirBusy(ClBenchError):
+    """Another live clbench holds the run directory's lock (:mod:`cl_bench.lock`); names its host
+    and PID. The directory's files are that run's, not this one's."""

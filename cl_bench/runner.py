@@ -3,6 +3,7 @@ evaluated after every task, results written atomically after each row."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import shutil
@@ -24,6 +25,7 @@ from cl_bench import checkpoint as ckpt
 from cl_bench.config import build, check_node
 from cl_bench.errors import ConfigError
 from cl_bench.evaluation import evaluate_task
+from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache, IndexedDataset
 from cl_bench.models.lit import LitTask
 from cl_bench.progress import TaskProgressBar, progress_callback, row_line
@@ -166,6 +168,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     if cfg.eval.task_id == "predicted" and not strategy.task_agnostic:
         raise ConfigError(f"eval.task_id=predicted: strategy={strategy.name} does not predict "
                           "task ids; use eval.task_id=oracle or strategy=proteus|duallora")
+    # one writer per run directory (cl_bench.lock): held from before anything is written
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        return _run_claimed(cfg, run_dir, stream, model, strategy, main)
+
+
+def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> RunOutput:
+    """:func:`run` once the config is known runnable and the directory's lock is held."""
     # claim the run directory only once the config is known to be runnable: a refused config
     # leaves at most an empty directory (and a resume of another config is refused before anything is written)
     resuming = ckpt.claim_run_dir(run_dir, cfg, write=main)

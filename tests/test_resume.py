@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,3 +107,31 @@ def test_resume_of_a_directory_without_a_run_is_one_clear_error(tmp_path):
     assert "not a cl_bench run directory" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_second_writer_is_refused_and_a_killed_holders_lock_is_taken_over(reference, tmp_path):
+    """Two real processes on one run directory: the second one stops with one line naming the
+    first's host and PID; once the first is killed (-9), the next run takes the lock over."""
+    ref_dir, cache = reference
+    run_dir = tmp_path / "run"
+    first = clbench(tmp_path, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
+    owner, matrix = run_dir / ".clbench.lock.json", run_dir / "matrix.csv"
+    deadline = time.time() + 300
+    while not (owner.exists() and matrix.exists()) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended too soon:\n" + first.stdout.read()[-3000:]
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    second = clbench(tmp_path, cache, f"resume={run_dir}")
+    assert second.returncode == 2
+    errors = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"{run_dir} is in use by another clbench (host {socket.gethostname()}, PID {first.pid}" \
+        in errors[0]
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    first.stdout.close()
+    assert set(before) <= {p.name for p in run_dir.rglob("*")}  # the refusal removed nothing
+    third = clbench(tmp_path, cache, f"resume={run_dir}")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert matrix.read_text() == (ref_dir / "matrix.csv").read_text()
+    assert not owner.exists()  # released at the end

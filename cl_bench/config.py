@@ -8,6 +8,7 @@ against the signature of their ``_target_`` before anything is constructed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import types
@@ -23,18 +24,51 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cl_bench.errors import ClBenchError, ConfigError
 
 
+def _positive(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _non_negative(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _finite_non_negative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+
+
+#: Lightning 2's precision names (``lightning.fabric.connector._PRECISION_INPUT``)
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16",
+              "16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+
+
+def _devices(v) -> bool:
+    if isinstance(v, str):
+        return v == "auto" or v.lstrip("-").isdigit() and int(v) != 0
+    if isinstance(v, (list, tuple, ListConfig)):
+        return len(v) > 0 and all(_non_negative(d) for d in v)
+    return isinstance(v, int) and not isinstance(v, bool) and (v > 0 or v == -1)
+
+
+def _range(check, expected: str) -> dict:
+    """Field metadata: the value's range (``check``) and how an error message states it."""
+    return {"check": check, "expected": expected}
+
+
 @dataclass
 class TrainConfig:
     """Per-task training loop settings (a new Lightning Trainer per task)."""
 
-    max_steps: int = 600          #: optimiser steps per task
-    batch_size: int = 2
-    eval_batch_size: int = 4
-    log_every_n_steps: int = 10
+    max_steps: int = field(default=600, metadata=_range(_positive, "a positive int (optimiser steps per task)"))
+    batch_size: int = field(default=2, metadata=_range(_positive, "a positive int"))
+    eval_batch_size: int = field(default=4, metadata=_range(_positive, "a positive int"))
+    log_every_n_steps: int = field(default=10, metadata=_range(_positive, "a positive int"))
     progress_bar: bool = True
-    checkpoint_every_n_epochs: int = 5  #: mid-task checkpoint period (epoch ends; 0 = never)
+    #: mid-task checkpoint period (epoch ends; 0 = never)
+    checkpoint_every_n_epochs: int = field(default=5, metadata=_range(_non_negative, "an int >= 0"))
     #: ... but no mid-task checkpoint sooner than this many seconds after the last (or the start)
-    checkpoint_min_interval_s: float = 60.0
+    checkpoint_min_interval_s: float = field(default=60.0, metadata=_range(
+        _finite_non_negative, "a finite number of seconds >= 0"))
     #: a frozen backbone's outputs computed once per training sample (cl_bench.models.feature_cache)
     cache_frozen_features: bool = True
 
@@ -43,13 +77,21 @@ class TrainConfig:
 class HardwareConfig:
     """Where and how a task trains (``conf/hardware``)."""
 
-    accelerator: str = "cpu"      #: Lightning accelerator: cpu, gpu, auto
-    devices: Any = 1              #: Lightning devices: int, list or "auto"
+    #: Lightning accelerator: cpu, gpu, auto
+    accelerator: str = field(default="cpu", metadata=_range(
+        lambda v: v in ACCELERATORS, "one of " + ", ".join(ACCELERATORS)))
+    #: Lightning devices: int, list or "auto"
+    devices: Any = field(default=1, metadata=_range(
+        _devices, "a positive int, -1, a non-empty list of device indices or 'auto'"))
     strategy: str = "auto"        #: Lightning strategy: auto, ddp, ddp_spawn, ...
-    num_nodes: int = 1            #: Lightning num_nodes (multi-node DDP)
-    precision: str = "32-true"    #: Lightning precision, e.g. 32-true, bf16-mixed
+    #: Lightning num_nodes (multi-node DDP)
+    num_nodes: int = field(default=1, metadata=_range(_positive, "a positive int"))
+    #: Lightning precision, e.g. 32-true, bf16-mixed
+    precision: str = field(default="32-true", metadata=_range(
+        lambda v: v in PRECISIONS, "one of Lightning's: " + ", ".join(PRECISIONS)))
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
-    num_threads: int = 2          #: torch intra-op threads
+    #: torch intra-op threads
+    num_threads: int = field(default=2, metadata=_range(_positive, "a positive int (CPU threads)"))
     slurm: Any = None             #: hardware=slurm: partition, time, cpus, mem, gpus, ... (cli)
 
 
@@ -59,7 +101,12 @@ class EvalConfig:
 
     #: ``oracle`` (each test sample runs with its own task's adapter and head) or ``predicted``
     #: (the strategy retrieves the task: task-agnostic inference; proteus, duallora)
-    task_id: str = "oracle"
+    task_id: str = field(default="oracle", metadata=_range(
+        lambda v: v in ("oracle", "predicted"), "oracle or predicted"))
+
+
+#: the largest seed: the runner seeds task t with seed * 1000 + t, within Lightning's 32-bit range
+MAX_SEED = (2 ** 32 - 1) // 1000 - 1
 
 
 @dataclass
@@ -80,6 +127,31 @@ class ClBenchConfig:
 
 
 ConfigStore.instance().store(name="clbench_schema", node=ClBenchConfig)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the top-level keys' ranges before any heavy work (the ranges are declared on the
+    schema's fields above: ``metadata["check"]``); the groups are checked by :func:`check_node`.
+
+    Raises:
+        ConfigError: one message naming the first key out of range, its value and the range.
+    """
+    for section, schema in (("train", TrainConfig), ("hardware", HardwareConfig),
+                            ("eval", EvalConfig)):
+        node = cfg.get(section)
+        for f in dataclasses.fields(schema):
+            if "check" not in f.metadata or node is None or f.name not in node:
+                continue
+            value = OmegaConf.to_container(node, resolve=True)[f.name]
+            if not f.metadata["check"](value):
+                raise ConfigError(f"{section}.{f.name}: expected {f.metadata['expected']}, "
+                                  f"got {value!r}")
+    seed = cfg.get("seed")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"seed: expected an int in [0, {MAX_SEED}], got {seed!r}")
+    results_dir = cfg.get("results_dir")
+    if not (isinstance(results_dir, str) and results_dir.strip()):
+        raise ConfigError(f"results_dir: expected a non-empty path, got {results_dir!r}")
 
 
 def locate(path: str) -> Any:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from cl_bench import checkpoint as ckpt
-from cl_bench.config import build, check_node
+from cl_bench.config import build, check_node, validate
 from cl_bench.errors import ConfigError
 from cl_bench.evaluation import evaluate_task
 from cl_bench.lock import RunLock
@@ -134,6 +134,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         ConfigError, DataError, TrainingError: user-caused problems, with rows done so far kept;
         ConfigError also when ``run_dir`` holds a run of another config (nothing is touched).
     """
+    validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.hardware.num_threads)

@@ -1,0 +1,60 @@
+"""Every top-level key's range is checked before any work, with one message naming the key."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cl_bench.config import MAX_SEED, validate
+from cl_bench.errors import ConfigError
+from cl_bench.runner import run
+
+BAD = [  # (override, the key the message must name)
+    ("train.max_steps=0", "train.max_steps"), ("train.max_steps=-3", "train.max_steps"),
+    ("train.batch_size=0", "train.batch_size"), ("train.eval_batch_size=-1", "train.eval_batch_size"),
+    ("train.log_every_n_steps=0", "train.log_every_n_steps"),
+    ("train.checkpoint_every_n_epochs=-1", "train.checkpoint_every_n_epochs"),
+    ("train.checkpoint_min_interval_s=-5", "train.checkpoint_min_interval_s"),
+    ("train.checkpoint_min_interval_s=nan", "train.checkpoint_min_interval_s"),
+    ("train.checkpoint_min_interval_s=inf", "train.checkpoint_min_interval_s"),
+    ("hardware.num_threads=-2", "hardware.num_threads"), ("hardware.num_threads=0", "hardware.num_threads"),
+    ("hardware.num_nodes=0", "hardware.num_nodes"), ("hardware.precision=fp8", "hardware.precision"),
+    ("hardware.accelerator=quantum", "hardware.accelerator"), ("hardware.devices=0", "hardware.devices"),
+    ("hardware.devices=[]", "hardware.devices"), ("eval.task_id=guess", "eval.task_id"),
+    ("seed=-1", "seed"), (f"seed={MAX_SEED + 1}", "seed"), ("results_dir=''", "results_dir"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD)
+def test_a_bad_value_is_refused_naming_its_key_before_any_work(compose_cfg, tmp_path, override, key):
+    cfg = compose_cfg(override, f"tasks.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(ConfigError) as err:
+        run(cfg, tmp_path / "run")
+    message = str(err.value)
+    assert message.startswith(f"{key}: expected ") and "\n" not in message
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # nothing made
+
+
+@pytest.mark.parametrize("override", [
+    "train.max_steps=1", "train.checkpoint_every_n_epochs=0", "train.checkpoint_min_interval_s=0",
+    "hardware.num_threads=1", "hardware.devices=auto", "hardware.devices=[0]", "hardware.precision=bf16-mixed",
+    "eval.task_id=predicted", "seed=0", f"seed={MAX_SEED}"])
+def test_the_boundary_values_pass(compose_cfg, override):
+    validate(compose_cfg(override))
+
+
+def test_from_the_command_line_one_line_exit_2_no_traceback(tmp_path):
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    for override in ("train.batch_size=0", "hardware.num_threads=-2"):
+        proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", override, "logger=none",
+                               f"results_dir={tmp_path}/r"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+        assert lines[0].startswith(f"clbench: error: {override.split('=')[0]}: expected")
+        assert not (tmp_path / "cache").exists()  # refused before the data were generated
+    assert math.isfinite(MAX_SEED * 1000 + 999) and MAX_SEED * 1000 + 999 < 2 ** 32

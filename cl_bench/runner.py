@@ -147,6 +147,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     strategy = build(cfg.strategy, "strategy")
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
     model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
+    strategy.check_model(model)  # and a setting that does not fit the backbone (a LoRA rank)
     stream = build(cfg.tasks, "tasks")
     names = [t.name for t in stream]
     if not stream or len(set(names)) != len(names):

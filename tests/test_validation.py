@@ -58,3 +58,27 @@ def test_from_the_command_line_one_line_exit_2_no_traceback(tmp_path):
         assert lines[0].startswith(f"clbench: error: {override.split('=')[0]}: expected")
         assert not (tmp_path / "cache").exists()  # refused before the data were generated
     assert math.isfinite(MAX_SEED * 1000 + 999) and MAX_SEED * 1000 + 999 < 2 ** 32
+
+
+def test_a_lora_rank_wider_than_the_targeted_layers_is_refused_before_the_data(compose_cfg, tmp_path):
+    """The issue's case: rank 100000 on the 192-wide ViT ran for minutes."""
+    cfg = compose_cfg("strategy=lora", "strategy.rank=100000", f"tasks.cache_dir={tmp_path / 'c'}")
+    with pytest.raises(ConfigError, match=r"^strategy.rank: 100000 exceeds the width of targeted "
+                                          r"layer '.*' \(192\); use a rank <= 192$"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "c").exists()  # refused before the stream was generated
+    validate(cfg)  # the top-level keys themselves are fine
+
+
+@pytest.mark.parametrize("order,needle", [
+    ("[]", "tasks.class_order lists 0 of split_mnist's 10 classes"),
+    ("[0,1,2]", "tasks.class_order lists 3 of split_mnist's 10 classes"),
+    ("[0,0,1,2,3,4,5,6,7,8]", "tasks.class_order: expected distinct class ids in [0, 10)"),
+    ("[0,1,2,3,4,5,6,7,8,10]", "tasks.class_order: expected distinct class ids in [0, 10)")])
+def test_a_class_order_that_cannot_fill_the_stream_names_the_key(tmp_path, order, needle):
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", "tasks=split_mnist",
+                           f"tasks.class_order={order}", "logger=none", f"results_dir={tmp_path}/r"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]

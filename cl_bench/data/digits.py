@@ -36,8 +36,11 @@ def _check(name: str, scenario: str, n_tasks: int, classes_per_task: int,
         raise ConfigError(f"tasks.class_order: expected distinct class ids in [0, {n_classes}), "
                           f"got {order}")
     if n_tasks * classes_per_task > len(order):
-        raise ConfigError(f"tasks: {n_tasks} tasks x {classes_per_task} classes need "
-                          f"{n_tasks * classes_per_task} classes; {name} has {len(order)}")
+        given = ("" if class_order is None else
+                 f"tasks.class_order lists {len(order)} of {name}'s {n_classes} classes; ")
+        raise ConfigError(f"tasks.n_tasks x tasks.classes_per_task: {n_tasks} tasks x "
+                          f"{classes_per_task} classes need {n_tasks * classes_per_task} classes; "
+                          f"{given or f'{name} has {len(order)}; '}lower one or list more classes")
     return order
 
 

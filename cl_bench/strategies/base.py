@@ -77,6 +77,13 @@ class Strategy:
                 f"which tasks.scenario=class_il does not give; use tasks.scenario=task_il{hint}, or"
                 " a strategy with a shared model (seq_ft, seq_lp, ewc, lwf, er, joint)")
 
+    def check_model(self, model: nn.Module) -> None:
+        """Check the strategy's settings against the built model, before the stream's data are
+        made (e.g. a LoRA rank against the targeted layers' widths). Default: nothing.
+
+        Raises:
+            ConfigError: naming the ``strategy.<key>`` that does not fit the backbone."""
+
     def before_task(self, t: int, task: Task) -> None:
         """Prepare task ``t`` (0-based): add modules, set ``requires_grad``."""
 

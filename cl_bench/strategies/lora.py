@@ -54,6 +54,24 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | None) -> 
     return list(target_modules)
 
 
+def check_rank(model: nn.Module, target_modules: list[str], rank: int,
+               key: str = "strategy.rank") -> None:
+    """A LoRA rank above a targeted layer's width is not low-rank (and costs more than the layer).
+
+    Raises:
+        ConfigError: (``key``) ``rank`` > min(in, out features) of a targeted ``nn.Linear``;
+            names the narrowest layer.
+    """
+    widths = {n: min(m.in_features, m.out_features) for n, m in model.encoder.named_modules()
+              if isinstance(m, nn.Linear)
+              and any(n == t or n.endswith("." + t) for t in target_modules)}
+    if widths:
+        narrowest = min(widths, key=widths.get)
+        if rank > widths[narrowest]:
+            raise ConfigError(f"{key}: {rank} exceeds the width of targeted layer {narrowest!r} "
+                              f"({widths[narrowest]}); use a rank <= {widths[narrowest]}")
+
+
 def add_adapter(model: nn.Module, name: str, config: LoraConfig) -> PeftModel:
     """Give ``model.backbone`` the peft LoRA adapter ``name`` (wrapping it in peft the first
     time; an adapter that already exists, e.g. when resuming, is kept). Returns the PeftModel."""
@@ -103,9 +121,14 @@ class LoRA(Strategy):
         self.target_modules = None if target_modules is None else list(target_modules)
         self.adapters: list[str] = []
 
+    def check_model(self, model: nn.Module) -> None:
+        """Target names and rank against the backbone, before any data are made."""
+        self.target_modules = check_target_modules(model, self.target_modules)
+        check_rank(model, self.target_modules, self.rank)
+
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
         super().setup(model, stream)
-        self.target_modules = check_target_modules(model, self.target_modules)
+        self.check_model(model)
 
     def _config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,

@@ -51,7 +51,7 @@ def test_class_order_and_task_shift():
 
 @pytest.mark.parametrize("kwargs, key", [
     ({"scenario": "domain_il"}, "tasks.scenario"),
-    ({"n_tasks": 3}, "tasks: 3 tasks"),
+    ({"n_tasks": 3}, "tasks.n_tasks x tasks.classes_per_task: 3 tasks"),
     ({"class_order": [0, 0, 1, 2]}, "tasks.class_order"),
     ({"classes_per_task": 1}, "tasks.n_tasks / tasks.classes_per_task"),
 ])

@@ -122,13 +122,17 @@ class LoRA(Strategy):
         self.adapters: list[str] = []
 
     def check_model(self, model: nn.Module) -> None:
-        """Target names and rank against the backbone, before any data are made."""
-        self.target_modules = check_target_modules(model, self.target_modules)
-        check_rank(model, self.target_modules, self.rank)
+        """The rank against the targeted layers' widths, before any data are made (unknown
+        target names are reported by :meth:`setup`, after the stream-level checks)."""
+        targets = self.target_modules
+        if targets is None:
+            targets = list(getattr(model.encoder, "lora_targets", ("qkv", "out_proj")))
+        check_rank(model, targets, self.rank)
 
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
         super().setup(model, stream)
-        self.check_model(model)
+        self.target_modules = check_target_modules(model, self.target_modules)
+        check_rank(model, self.target_modules, self.rank)
 
     def _config(self) -> LoraConfig:
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,

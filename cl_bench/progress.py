@@ -24,7 +24,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from cl_bench.summary import metric_label
+from cl_bench.summary import fmt_value, metric_label
 
 log = logging.getLogger("cl_bench.progress")
 
@@ -168,11 +168,5 @@ def row_line(label: str, stream, values: list[float], seconds: float) -> str:
     parts = []
     for task, v in zip(stream, values):
         unit = f" {task.units}" if getattr(task, "units", None) else ""
-        parts.append(f"{task.name} {metric_label(task.metric)} {_number(v)}{unit}")
+        parts.append(f"{task.name} {metric_label(task.metric)} {fmt_value(v)}{unit}")
     return f"row {label}: " + ", ".join(parts) + f" ({seconds:.1f} s)"
-
-
-def _number(v: float) -> str:
-    if v != v:
-        return "nan"
-    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"

@@ -87,8 +87,8 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoc
 class _EpochEndCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint at epoch ends (``every_n_train_steps`` a multiple of the
     epoch's steps), skipping a save due less than ``min_interval_s`` seconds after the task
-    started or after the last save: a 4-second split_mnist stream wrote 15 checkpoints (7 % of its
-    training time), a kill now loses at most ``min_interval_s`` plus an epoch of a task."""
+    started or after the last save (a 4-second split_mnist stream wrote 15 checkpoints, now none);
+    a kill loses at most ``min_interval_s`` plus an epoch of a task."""
 
     def __init__(self, min_interval_s: float, **kwargs):
         super().__init__(**kwargs)
@@ -197,9 +197,12 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
             log.info("all %d tasks already done in %s: nothing to train", r.done, run_dir)
         for t in range(r.done, len(stream)):
             metrics = r.train_task(t)
+    except BaseException:
+        r.draw_figures()  # where an error stopped the run (never masking that error)
+        raise
+    else:
+        metrics = r.write_row(None, figures=True) or metrics  # the figures, once, at the end
     finally:
-        if r.rows:  # the figures, once: at the end, or where an error stopped the run
-            metrics = r.write_row(None, figures=True) or metrics
         close_logger(r.logger)
     return RunOutput(metrics, model, strategy, run_dir)
 
@@ -295,6 +298,16 @@ class _StreamRun:
             log_row(self.logger, len(self.rows) - 1, label, matrix_frame(self.rows, self.stream),
                     self.run_dir / "heatmap.png")
         return metrics
+
+    def draw_figures(self) -> None:
+        """Draw the figures of the rows so far after a failure; a failure to draw them (a full
+        disk) is logged, not raised, so the error that stopped the run stays the one reported."""
+        if not self.rows:
+            return
+        try:
+            self.write_row(None, figures=True)
+        except Exception as e:  # noqa: BLE001 - the run's own error matters more
+            log.warning("figures not drawn after the error: %s", e)
 
     def train_task(self, t: int) -> dict:
         """Train task ``t`` (continuing its mid-task checkpoint if any), evaluate all, save."""

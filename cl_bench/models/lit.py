@@ -113,6 +113,7 @@ class LitTask(L.LightningModule):
         self.loss_fn = TaskLoss(task)
         self.on_first_step = on_first_step  # called once, at the first training step
         self.feature_cache = feature_cache  # a frozen backbone's outputs per sample, or None
+        self._log_curves = True  # set in on_train_start: only when the trainer has a logger
         # Lightning's manual optimisation: the same zero_grad -> backward -> step per batch as its
         # automatic loop (bit-identical weights, checked by scripts/bench_overhead.py), without
         # the closure machinery that cost ~1 ms per step (~17 % of split_mnist's training time)
@@ -134,7 +135,7 @@ class LitTask(L.LightningModule):
         out = self.model(x, self.task.name, features)
         batch = {**batch, "features": features}  # strategies reuse this step's backbone pass
         loss = self.strategy.task_loss(batch, out, self.t, self.loss_fn)
-        log_curves = getattr(self, "_log_curves", True)
+        log_curves = self._log_curves
         if log_curves:
             self.log(f"{self.task.name}/task_loss", loss.detach(), batch_size=len(out))
         extra = self.strategy.training_loss(batch, out, self.t)

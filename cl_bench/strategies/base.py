@@ -48,6 +48,10 @@ class Strategy:
     needs_task_id = False
     #: True if :meth:`predict_task_id` retrieves the task (task-agnostic evaluation)
     task_agnostic = False
+    #: the run's ``seed`` (set by the runner before :meth:`setup`): a strategy's own random
+    #: choices (a replay buffer, a Fisher subset) derive their generators from it and the task
+    #: index, so seeds differ in them too and a resumed run makes the same choices
+    seed = 0
 
     def __init__(self, lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
         for key, value in (("lr", lr), ("head_lr", head_lr)):
@@ -140,6 +144,12 @@ class Strategy:
         """Restore :meth:`state_dict`."""
 
     # ---------------------------------------------------------------- helpers
+    def generator(self, t: int, salt: int = 0) -> torch.Generator:
+        """A CPU ``torch.Generator`` seeded from the run's :attr:`seed`, task index ``t`` and a
+        per-use ``salt``: independent of how much global randomness training consumed."""
+        return torch.Generator().manual_seed(
+            (int(self.seed) * 1_000_003 + (t + 1) * 10_007 + salt * 101) % (2 ** 63))
+
     def freeze_all_but(self, *modules: nn.Module) -> None:
         """Set ``requires_grad`` False everywhere, then True on ``modules``."""
         self.model.requires_grad_(False)

@@ -15,6 +15,14 @@ class-incremental stream every task shares the growing head. Old tasks' heads tr
 data too. The replayed samples of all old tasks go through the backbone in one pass when their
 images have one shape (each task's head then reads its share), the current batch in its own.
 
+Conventions a reader compares against other libraries: the current batch and the replayed samples
+go through the model in *separate* forward passes (not one concatenated batch), so normalisation
+layers see them apart; the replay minibatch is drawn uniformly from the buffer at every step
+(``replay_batch_size``, default the current batch's size); the buffer policy is reservoir
+sampling over the tasks seen, filled at each task's end, its random order derived from the run's
+``seed`` and the task index (seeds 0, 1, 2 keep different samples, so the spread over seeds
+includes the buffer's).
+
 Deviations: samples enter the buffer at the end of their task (the stream of samples is the
 task's training set in a seeded random order), not during its training; the buffer stores
 (task, index) references into the stream's in-memory datasets instead of copies (the datasets are
@@ -86,7 +94,7 @@ class ER(Strategy):
 
     def after_task(self, t: int, task: Task) -> None:
         """Offer task ``t``'s training samples to the reservoir (Vitter's Algorithm R)."""
-        g = torch.Generator().manual_seed(10_007 * (t + 1))
+        g = self.generator(t)  # from the run's seed and the task: seeds keep different samples
         for i in torch.randperm(len(task.train), generator=g).tolist():
             self.n_seen += 1
             if len(self.buffer) < self.buffer_size:

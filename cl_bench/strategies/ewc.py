@@ -13,6 +13,13 @@ weights are stored as the anchor ``theta*_t``. While training later tasks::
 over the stored tasks i (offline EWC), or, with ``online=True``, over one running Fisher
 ``F = gamma * F + F_t`` anchored at the latest weights.
 
+Conventions a reader compares against other libraries: the penalty carries the paper's factor
+lambda/2 (Eq. 3; some libraries drop the 1/2, so their lambda is half of ours); F is the mean of
+*per-sample* squared gradients (batch size 1, not the square of a mini-batch's mean gradient); the
+``fisher_max_samples`` samples are a random subset of the task's training set, drawn from the run's
+``seed`` and the task index (all of them when the set is smaller), so every class of a task
+enters F even where the stream stores a task's samples class by class.
+
 Deviations: the empirical rather than the true Fisher (labels sampled from the model), as in most
 re-implementations; for segmentation and regression the "log-likelihood" is our task loss
 (Dice + CE, MSE). Per-task heads (task-IL) are excluded (no later task trains them).
@@ -21,7 +28,7 @@ re-implementations; for segmentation and regression the "log-likelihood" is our 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
@@ -37,7 +44,8 @@ class EWC(Strategy):
         ewc_lambda: penalty weight lambda (>= 0).
         online: one running Fisher (Schwarz et al. 2018) instead of one per task.
         gamma: decay of the running Fisher in online mode, in (0, 1].
-        fisher_max_samples: training samples per task used to estimate F (> 0).
+        fisher_max_samples: training samples per task used to estimate F (> 0): a seeded random
+            subset (:meth:`fisher_indices`).
         lr, head_lr, weight_decay: optimiser settings.
 
     Raises:
@@ -70,6 +78,16 @@ class EWC(Strategy):
                    for p in h.parameters()}
         return {n: p for n, p in self.model.named_parameters() if id(p) not in private}
 
+    def fisher_indices(self, task: Task) -> list[int]:
+        """Positions in ``task.train`` of the samples the Fisher is estimated on: a random subset
+        of ``fisher_max_samples`` (generator from the run's seed and the task index), in
+        ascending order; every sample when the set is no larger."""
+        n = len(task.train)
+        if n <= self.fisher_max_samples:
+            return list(range(n))
+        g = self.generator(self.stream.index(task), salt=1)
+        return sorted(torch.randperm(n, generator=g)[:self.fisher_max_samples].tolist())
+
     def fisher(self, task: Task) -> dict[str, torch.Tensor]:
         """Diagonal empirical Fisher of the shared parameters on ``task.train`` (see module doc).
 
@@ -86,9 +104,8 @@ class EWC(Strategy):
         self.model.eval()
         self.activate(task)
         n = 0
-        for batch in DataLoader(task.train, batch_size=1, shuffle=False):
-            if n >= self.fisher_max_samples:
-                break
+        subset = Subset(task.train, self.fisher_indices(task))
+        for batch in DataLoader(subset, batch_size=1, shuffle=False):
             self.model.zero_grad(set_to_none=True)
             out = self.model(batch["image"].to(device), task.name)
             loss_fn(out, batch["label"].to(device)).backward()

@@ -4,10 +4,18 @@ Li & Hoiem 2016/2017, "Learning without Forgetting", arXiv 1606.09282. Before ta
 copy of the model is kept; while training task t, the current inputs also go through every old
 task's head of both models and the new outputs are pulled towards the old ones::
 
-    L = task loss + alpha * mean_{old heads h} KD_h(new_h(x), old_h(x))
+    L = task loss + alpha * sum_{old heads h} KD_h(new_h(x), old_h(x))
 
-KD per kind of head: classification: Hinton et al.'s soft-target cross-entropy at temperature T,
-times T^2 (arXiv 1503.02531), as in the paper; segmentation: the same per voxel; regression:
+``alpha`` is the paper's lambda_o (Eq. 2; the paper uses 1) and the old tasks' terms are
+*summed*, as in the paper (Sec. 3: with several old tasks their losses are added), so each old
+task keeps its weight however many follow it; ``reduction="mean"`` averages them instead (each
+old task then weighs alpha / t at task t, a convention of some re-implementations).
+
+KD per kind of head: classification: the paper's modified cross-entropy
+``-sum_k q_k log p_k`` between the old and new softmax at temperature T (Eq. 3-4, T = 2), with no
+T^2 factor, as in the paper; ``t_squared=True`` multiplies it by T^2 (Hinton et al.'s gradient
+scaling, arXiv 1503.02531; some libraries do, so their alpha equals ours / T^2); segmentation: the
+same per voxel; regression:
 the squared error between the two normalised predictions (LwF has no regression form; ours);
 class-incremental segmentation (independent sigmoids per class): the binary cross-entropy of the
 new old-class logits against the old model's old-class probabilities, summed over old classes and
@@ -38,13 +46,19 @@ from cl_bench.strategies.base import Strategy
 
 
 def distillation(new: torch.Tensor, old: torch.Tensor, kind: str,
-                 temperature: float = 2.0) -> torch.Tensor:
-    """Distillation loss of one head (0-d tensor).
+                 temperature: float = 2.0, t_squared: bool = False) -> torch.Tensor:
+    """Distillation loss of one head (0-d tensor), Li & Hoiem 2017 Eq. 3-4 for softmax heads.
 
     Args:
         new, old: the head's outputs of the current and the frozen model: logits ``(B, K)`` or
             ``(B, K, *spatial)`` (classification, segmentation) or ``(B,)`` (regression).
-        kind: the task kind; temperature: softmax temperature T (> 0).
+        kind: the task kind; temperature: softmax temperature T (> 0);
+        t_squared: multiply a softmax head's term by T^2 (Hinton et al., arXiv 1503.02531).
+
+    Returns:
+        softmax heads: ``mean_b -sum_k softmax(old/T)_k log softmax(new/T)_k`` (mean over the
+        batch and voxels), times T^2 if ``t_squared``; regression: the mean squared error; CISS:
+        the per-class BCE summed over classes, averaged over pixels.
     """
     if kind == "regression":
         return F.mse_loss(new.float(), old.float())
@@ -55,31 +69,38 @@ def distillation(new: torch.Tensor, old: torch.Tensor, kind: str,
     t = temperature
     log_p = F.log_softmax(new.float() / t, dim=1)
     q = F.softmax(old.float() / t, dim=1)
-    return -(q * log_p).sum(dim=1).mean() * t * t
+    loss = -(q * log_p).sum(dim=1).mean()
+    return loss * t * t if t_squared else loss
 
 
 class LwF(Strategy):
     """LwF on a shared backbone with per-task (or one class-IL) heads.
 
     Args:
-        alpha: distillation weight (>= 0; the paper's lambda_o = 1).
+        alpha: distillation weight, the paper's lambda_o (>= 0; paper: 1).
         temperature: distillation temperature T (> 0; paper: 2).
+        t_squared: scale softmax terms by T^2 (Hinton et al.; not in the paper).
+        reduction: ``"sum"`` (the paper) or ``"mean"`` of the old tasks' terms.
         lr, head_lr, weight_decay: optimiser settings.
 
     Raises:
-        ConfigError: a negative alpha or a non-positive temperature.
+        ConfigError: a negative alpha, a non-positive temperature, an unknown reduction.
     """
 
     name = "lwf"
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, lr: float = 1e-3,
-                 head_lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, t_squared: bool = False,
+                 reduction: str = "sum", lr: float = 1e-3, head_lr: float = 3e-3,
+                 weight_decay: float = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if alpha < 0:
             raise ConfigError(f"strategy.alpha: expected >= 0, got {alpha}")
         if not temperature > 0:
             raise ConfigError(f"strategy.temperature: expected > 0, got {temperature}")
+        if reduction not in ("sum", "mean"):
+            raise ConfigError(f"strategy.reduction: expected sum or mean, got {reduction!r}")
         self.alpha, self.temperature = float(alpha), float(temperature)
+        self.t_squared, self.reduction = bool(t_squared), reduction
         self.old_model: torch.nn.Module | None = None
         self.old_tasks: list[Task] = []
         self.teacher: FeatureCache | None = None  # the old model's outputs per training sample
@@ -122,8 +143,9 @@ class LwF(Strategy):
             if isinstance(head, TaskView):  # class-IL / CISS: the classes seen before this task
                 n_old = sum(head.shared.sizes[:t])
                 new, target = new[:, :n_old], target[:, :n_old]
-            terms.append(distillation(new, target, old.kind, self.temperature))
-        return self.alpha * torch.stack(terms).mean()
+            terms.append(distillation(new, target, old.kind, self.temperature, self.t_squared))
+        terms = torch.stack(terms)
+        return self.alpha * (terms.sum() if self.reduction == "sum" else terms.mean())
 
     def after_task(self, t: int, task: Task) -> None:
         self.old_model, self.teacher = None, None  # free the copy; before_task makes the next one

@@ -91,3 +91,79 @@ def test_lwf_distils_each_old_head_once_and_only_old_classes_in_class_il():
     loss.backward()
     grads = [p.grad.abs().max() for p in model.parameters() if p.grad is not None]
     assert grads and max(grads) < 1e-5
+
+
+def test_ewc_fisher_subset_is_random_from_the_seed_and_covers_every_class():
+    # the digit streams store a task's training set class by class: the first samples are one
+    # class, so "the first fisher_max_samples" would consolidate one class of the task only
+    stream, model = stream_and_model()
+    task = stream[0]
+    labels = [int(task.train[i]["label"]) for i in range(len(task.train))]
+    assert len(set(labels[:16])) == 1  # what the old "first n samples" rule saw
+    picks = {}
+    for seed in (0, 1):
+        ewc = EWC(fisher_max_samples=16)
+        ewc.seed = seed
+        ewc.setup(model, stream)
+        idx = ewc.fisher_indices(task)
+        assert len(idx) == 16 == len(set(idx)) and idx == sorted(idx)
+        assert {labels[i] for i in idx} == set(labels)  # every class of the task enters F
+        assert ewc.fisher_indices(task) == idx  # reproducible
+        picks[seed] = idx
+    assert picks[0] != picks[1]  # and seeds differ
+    everything = EWC(fisher_max_samples=10 ** 6)
+    everything.setup(model, stream)
+    assert everything.fisher_indices(task) == list(range(len(task.train)))
+
+
+def test_lwf_distillation_value_is_the_papers_cross_entropy():
+    from cl_bench.strategies.lwf import distillation
+
+    # T = 2: old logits (2 ln 3, 0) -> q = (3/4, 1/4); new logits (0, 0) -> p = (1/2, 1/2);
+    # -sum q log p = ln 2 (Li & Hoiem Eq. 3-4, no T^2), and 4 ln 2 with Hinton's T^2
+    old = torch.tensor([[2 * torch.log(torch.tensor(3.0)), 0.0]])
+    new = torch.zeros(1, 2)
+    ln2 = float(torch.log(torch.tensor(2.0)))
+    assert float(distillation(new, old, "classification", 2.0)) == pytest.approx(ln2)
+    assert float(distillation(new, old, "classification", 2.0, t_squared=True)) == \
+        pytest.approx(4 * ln2)
+
+
+@pytest.mark.parametrize("alpha, reduction", [(1.0, "sum"), (0.5, "sum"), (2.0, "mean")])
+def test_lwf_sums_the_old_tasks_terms_weighted_by_alpha(alpha, reduction):
+    from cl_bench.strategies.lwf import distillation
+
+    til, model = stream_and_model()
+    lwf = LwF(alpha=alpha, reduction=reduction)
+    lwf.setup(model, til)
+    lwf.before_task(2, til[2])
+    with torch.no_grad():  # move the model away from its frozen copy
+        for p in model.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.stack([til[2].train[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        terms = [distillation(model(x, t.name), lwf.old_model(x, t.name), t.kind, 2.0)
+                 for t in til[:2]]
+        loss = lwf.training_loss({"image": x}, None, 2)
+    expected = alpha * (sum(terms) if reduction == "sum" else sum(terms) / 2)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert all(float(v) > 0 for v in terms)
+
+
+def test_lwf_refuses_an_unknown_reduction():
+    with pytest.raises(ConfigError, match=r"strategy\.reduction"):
+        LwF(reduction="max")
+
+
+def test_er_buffer_depends_on_the_run_seed():
+    stream, model = stream_and_model()
+    buffers = {}
+    for seed in (0, 1, 0):
+        er = ER(buffer_size=30)
+        er.seed = seed
+        er.setup(model, stream)
+        for t, task in enumerate(stream):
+            er.after_task(t, task)
+        buffers.setdefault(seed, []).append(list(er.buffer))
+    assert buffers[0][0] == buffers[0][1]  # the same seed keeps the same samples
+    assert buffers[0][0] != buffers[1][0]  # another seed keeps others

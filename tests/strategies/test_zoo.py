@@ -131,6 +131,7 @@ def check_er(out, R, metrics, run_dir):
     assert len(set(s.buffer)) == len(s.buffer)
     assert {j for j, _ in s.buffer} == {0, 1}  # both tasks represented
     assert s.memory_bytes() == s.buffer_size * (8 * 8 * 4 + 8)
+    assert s.seed == 0  # the run's seed reached the strategy (its buffer's generator)
 
 
 def check_joint(out, R, metrics, run_dir, seq_ft_metrics):

@@ -11,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
+
+import annotated_types as at
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
@@ -165,11 +168,35 @@ def locate(path: str) -> Any:
     return getattr(obj, attr)
 
 
+#: annotated-types constraints -> (test, how a message states it)
+_BOUNDS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
+           "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
+
+
+def _constraints(meta: tuple) -> list[tuple[str, Any]]:
+    """``Annotated`` metadata -> ``[(bound name, bound value)]`` (Gt, Ge, Lt, Le, Interval)."""
+    out = []
+    for m in meta:
+        for attr in _BOUNDS:
+            if isinstance(m, (at.Gt, at.Ge, at.Lt, at.Le, at.Interval)) and \
+                    getattr(m, attr, None) is not None:
+                out.append((attr, getattr(m, attr)))
+    return out
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a plain config value fits a (simple) type annotation."""
+    """Whether a plain config value fits a (simple) type annotation, including the ranges of
+    ``Annotated[..., annotated_types.Gt(0)]`` (:mod:`cl_bench.ranges`) and ``Literal`` choices.
+    A float is never NaN or infinite."""
     if hint is inspect.Parameter.empty or hint is Any:
         return True
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *meta = typing.get_args(hint)
+        return _type_ok(value, base) and all(
+            _BOUNDS[name][0](value, bound) for name, bound in _constraints(tuple(meta)))
+    if origin is Literal:
+        return any(value == c and type(value) is type(c) for c in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, h) for h in typing.get_args(hint))
     if hint is type(None):
@@ -179,7 +206,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
     if hint is str:
         return isinstance(value, str)
     if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
@@ -190,7 +218,28 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return True
 
 
+_ARTICLES = {float: "a finite float", int: "an int", str: "a string", bool: "a bool"}
+
+
 def _describe(hint: Any) -> str:
+    """How an error message states a type annotation: ``float > 0``, ``one of 'sum', 'mean'``,
+    ``int >= 1 or None``."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *meta = typing.get_args(hint)
+        bounds = " and ".join(f"{_BOUNDS[n][1]} {b}" for n, b in _constraints(tuple(meta)))
+        return f"{_describe(base)} {bounds}".strip()
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if hint in _ARTICLES:
+        return _ARTICLES[hint]
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"a list of {_describe(args[0])}" if args else "a list"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -210,7 +259,7 @@ def check_node(node: DictConfig, key: str) -> None:
     fn = target.__init__ if inspect.isclass(target) else target
     sig = inspect.signature(fn)
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:
         hints = {}
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())

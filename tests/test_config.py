@@ -24,10 +24,11 @@ def test_valid_node_builds_with_types_converted():
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"rank": "abc"}, "strategy.rank: expected int, got 'abc'"),
-    ({"rank": 2.5}, "strategy.rank: expected int, got 2.5"),
-    ({"alpha": "x"}, "strategy.alpha: expected float"),
-    ({"target_modules": "qkv"}, "strategy.target_modules: expected list"),
+    ({"rank": "abc"}, "strategy.rank: expected an int, got 'abc'"),
+    ({"rank": 2.5}, "strategy.rank: expected an int, got 2.5"),
+    ({"alpha": "x"}, "strategy.alpha: expected a finite float"),
+    ({"alpha": float("nan")}, "strategy.alpha: expected a finite float"),
+    ({"target_modules": "qkv"}, "strategy.target_modules: expected a list"),
     ({"rnak": 4}, "strategy.rnak: unknown key for cl_bench.strategies.lora.LoRA; valid keys: rank"),
 ])
 def test_bad_values_name_the_key(kw, message):

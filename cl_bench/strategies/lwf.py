@@ -34,6 +34,7 @@ step's backbone pass (``batch["features"]``).
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ from cl_bench.data.base import CISS, Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.models.heads import TaskView
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat
 from cl_bench.strategies.base import Strategy
 
 
@@ -89,9 +91,10 @@ class LwF(Strategy):
 
     name = "lwf"
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, t_squared: bool = False,
-                 reduction: str = "sum", lr: float = 1e-3, head_lr: float = 3e-3,
-                 weight_decay: float = 0.0):
+    def __init__(self, alpha: NonNegativeFloat = 1.0, temperature: PositiveFloat = 2.0,
+                 t_squared: bool = False, reduction: Literal["sum", "mean"] = "sum",
+                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if alpha < 0:
             raise ConfigError(f"strategy.alpha: expected >= 0, got {alpha}")

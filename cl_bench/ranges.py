@@ -26,3 +26,9 @@ NonNegativeFloat = Annotated[float, at.Ge(0)]
 Fraction = Annotated[float, at.Interval(ge=0, le=1)]
 #: a share in [0, 1)
 OpenFraction = Annotated[float, at.Interval(ge=0, lt=1)]
+#: a share in (0, 1] (an energy threshold, a decay factor)
+PositiveFraction = Annotated[float, at.Interval(gt=0, le=1)]
+#: a percentage in (0, 100]
+Percent = Annotated[float, at.Interval(gt=0, le=100)]
+#: an int >= 2 (e.g. classes per task: one class is no classification task)
+AtLeastTwo = Annotated[int, at.Ge(2)]

@@ -24,8 +24,11 @@ def test_valid_node_builds_with_types_converted():
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"rank": "abc"}, "strategy.rank: expected an int, got 'abc'"),
-    ({"rank": 2.5}, "strategy.rank: expected an int, got 2.5"),
+    ({"rank": "abc"}, "strategy.rank: expected an int > 0, got 'abc'"),
+    ({"rank": 2.5}, "strategy.rank: expected an int > 0, got 2.5"),
+    ({"rank": -1}, "strategy.rank: expected an int > 0, got -1 (int)"),
+    ({"dropout": 1.0}, "strategy.dropout: expected a finite float >= 0 and < 1, got 1.0"),
+    ({"lr": 0.0}, "strategy.lr: expected a finite float > 0, got 0.0"),
     ({"alpha": "x"}, "strategy.alpha: expected a finite float"),
     ({"alpha": float("nan")}, "strategy.alpha: expected a finite float"),
     ({"target_modules": "qkv"}, "strategy.target_modules: expected a list"),
@@ -38,8 +41,10 @@ def test_bad_values_name_the_key(kw, message):
 
 
 def test_constructor_errors_are_unwrapped():
-    with pytest.raises(ConfigError, match=r"^strategy.rank: expected a positive int, got -1$"):
-        build(node(rank=-1), "strategy")
+    # in range for check_node (list[str]), refused by LoRA.__init__ itself
+    with pytest.raises(ConfigError, match=r"^strategy.target_modules: expected a non-empty list "
+                                          r"of module names or null \(.*\)$"):
+        build(node(target_modules=[]), "strategy")
 
 
 def test_unknown_target_is_a_config_error():
@@ -75,3 +80,32 @@ def test_slurm_hardware_feeds_the_submitit_launcher():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.cpus_per_task == 8
     assert cfg.hardware.num_threads == 8 and launcher.mem_gb == 8
+
+
+GROUP_OPTIONS = [(g, p.stem) for g in ("strategy", "tasks", "backbone", "logger")
+                 for p in sorted(Path(CONF, g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
+def test_every_shipped_default_is_inside_its_declared_range(group, option):
+    """Each option's keys fit the ranges on its target's signature (cl_bench.ranges), and the
+    signature's annotations resolve (an unresolvable one would disable the range checks)."""
+    import inspect
+    import typing
+
+    from hydra import compose, initialize_config_dir
+
+    from cl_bench.config import locate
+
+    extra = ["tasks.root=/data/VOCdevkit/VOC2012"] if option.startswith("voc") else []
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[f"{group}={option}"] + extra)
+    node = cfg[group]
+    if not node.get("_target_"):
+        return  # logger=none
+    check_node(node, group)
+    if node._target_.startswith("cl_bench."):
+        target = locate(node._target_)
+        fn = target.__init__ if inspect.isclass(target) else target
+        hints = typing.get_type_hints(fn, include_extras=True)
+        assert all(k in hints for k in node if not k.startswith("_") and k != "name"), hints

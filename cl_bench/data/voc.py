@@ -43,6 +43,7 @@ Segmentation" (MiB), CVPR 2020, arXiv 2002.00718.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,6 +52,7 @@ from tqdm.auto import tqdm
 from cl_bench.data.base import IGNORE_INDEX, Task
 from cl_bench.data.ciss import SETTINGS, SegStepDataset, ciss_stream, protocol_steps
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt
 
 #: the 20 foreground classes, id 1..20 in this order (id 0 is background)
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -176,12 +178,13 @@ def _load(items: list[tuple[str, Path, Path]], size: int, desc: str
 
 
 def make_voc(name: str = "voc", root: str | None = None, protocol: str = "15-1",
-             setting: str = "overlapped", class_order: list[int] | None = None, size: int = 128,
+             setting: Literal["overlapped", "disjoint"] = "overlapped",
+             class_order: list[PositiveInt] | None = None, size: PositiveInt = 128,
              train_list: str = "ImageSets/Segmentation/train_aug.txt",
              val_list: str = "ImageSets/Segmentation/val.txt",
-             max_train: int | None = None, max_test: int | None = None, seed: int = 0,
-             image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClassAug",
-             pos_weight: float = 4.0) -> list[Task]:
+             max_train: PositiveInt | None = None, max_test: PositiveInt | None = None,
+             seed: NonNegativeInt = 0, image_dir: str = "JPEGImages",
+             mask_dir: str = "SegmentationClassAug", pos_weight: PositiveFloat = 4.0) -> list[Task]:
     """The PASCAL VOC 2012 CISS stream (see module docstring).
 
     Args:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+import annotated_types as at
 import torch
 from torch import nn
 
@@ -12,6 +15,7 @@ from cl_bench.models.swin import (PooledClassificationHead, PooledRegressionHead
                                   SwinEncoder)
 from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
                                    SegmentationDecoder, TaskView)
+from cl_bench.ranges import Fraction, NonNegativeInt, PositiveInt
 
 
 class ContinualModel(nn.Module):
@@ -147,10 +151,12 @@ class ContinualModel(nn.Module):
         return self.heads[task_name](self.encoder.tokens_to_grid, tokens, hidden, x)
 
 
-def make_model(in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
-               hidden_size: int = 192, mlp_dim: int = 768, num_layers: int = 12, num_heads: int = 3,
-               spatial_dims: int = 3, dropout_rate: float = 0.0, weights: str | None = None,
-               decoder_feature_size: int = 8, regression_width: int = 64,
+def make_model(in_channels: PositiveInt = 1, img_size: PositiveInt = 64,
+               patch_size: PositiveInt = 16, hidden_size: PositiveInt = 192,
+               mlp_dim: PositiveInt = 768, num_layers: PositiveInt = 12,
+               num_heads: PositiveInt = 3, spatial_dims: Literal[2, 3] = 3,
+               dropout_rate: Fraction = 0.0, weights: str | None = None,
+               decoder_feature_size: PositiveInt = 8, regression_width: PositiveInt = 64,
                decoder_image_skip: bool = False) -> ContinualModel:
     """Build the stream's :class:`ContinualModel` from a ``conf/backbone`` node.
 
@@ -164,10 +170,11 @@ def make_model(in_channels: int = 1, img_size: int = 64, patch_size: int = 16,
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip)
 
 
-def make_unet_model(in_channels: int = 1, img_size: int = 64, spatial_dims: int = 2,
-                    channels: list[int] = (16, 32, 64), strides: list[int] = (2, 2),
-                    num_res_units: int = 1, feature_size: int = 32,
-                    norm: str = "instance", weights: str | None = None) -> ContinualModel:
+def make_unet_model(in_channels: PositiveInt = 1, img_size: PositiveInt = 64,
+                    spatial_dims: Literal[2, 3] = 2, channels: list[PositiveInt] = (16, 32, 64),
+                    strides: list[PositiveInt] = (2, 2), num_res_units: NonNegativeInt = 1,
+                    feature_size: PositiveInt = 32, norm: str = "instance",
+                    weights: str | None = None) -> ContinualModel:
     """Build a :class:`ContinualModel` on a MONAI UNet feature extractor (``conf/backbone/unet2d``).
 
     Args: as :class:`~cl_bench.models.backbones.UNetEncoder`.
@@ -180,11 +187,13 @@ def make_unet_model(in_channels: int = 1, img_size: int = 64, spatial_dims: int 
     return ContinualModel(enc)
 
 
-def make_swin_model(in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
-                    depths: list[int] = (2, 2, 2, 2), num_heads: list[int] = (3, 6, 12, 24),
-                    window_size: int = 4, dropout_rate: float = 0.0, normalize: bool = False,
-                    weights: str | None = None, decoder_weights: str = "drop", decoder_feature_size: int = 12,
-                    decoder_image_skip: bool = False, regression_width: int = 64) -> ContinualModel:
+def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge(64)] = 64,
+                    feature_size: PositiveInt = 24, depths: list[PositiveInt] = (2, 2, 2, 2),
+                    num_heads: list[PositiveInt] = (3, 6, 12, 24), window_size: PositiveInt = 4,
+                    dropout_rate: Fraction = 0.0, normalize: bool = False,
+                    weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
+                    decoder_feature_size: PositiveInt = 12, decoder_image_skip: bool = False,
+                    regression_width: PositiveInt = 64) -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths

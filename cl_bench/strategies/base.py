@@ -25,6 +25,7 @@ from torch import nn
 
 from cl_bench.data.base import CISS, Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat
 
 
 class Strategy:
@@ -53,7 +54,8 @@ class Strategy:
     #: index, so seeds differ in them too and a resumed run makes the same choices
     seed = 0
 
-    def __init__(self, lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
         for key, value in (("lr", lr), ("head_lr", head_lr)):
             if not value > 0:
                 raise ConfigError(f"strategy.{key}: expected a positive float, got {value}")

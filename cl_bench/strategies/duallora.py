@@ -69,6 +69,7 @@ confidence-based output calibration is not implemented (it does not change the a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import save_file
@@ -77,6 +78,8 @@ from torch.nn import functional as F
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import (NonNegativeFloat, PositiveFloat, PositiveFraction,
+                             PositiveInt)
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import check_target_modules
 from cl_bench.strategies.subspace import (energy_basis, gpm_update, projector,
@@ -201,11 +204,13 @@ class DualLoRA(Strategy):
     needs_task_id = True
     task_agnostic = True
 
-    def __init__(self, rank: int = 8, alpha: float = 8.0, residual_rank: int = 16,
-                 threshold: float = 0.97, target_modules: list[str] = ("qkv", "out_proj"),
-                 residual_weights: str = "task", stat_batch_size: int = 16,
-                 stat_max_samples: int | None = None, lr: float = 1e-3, head_lr: float = 3e-3,
-                 weight_decay: float = 0.0):
+    def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 8.0,
+                 residual_rank: PositiveInt = 16, threshold: PositiveFraction = 0.97,
+                 target_modules: list[str] = ("qkv", "out_proj"),
+                 residual_weights: Literal["task", "dynamic"] = "task",
+                 stat_batch_size: PositiveInt = 16, stat_max_samples: PositiveInt | None = None,
+                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         for key, value in (("rank", rank), ("residual_rank", residual_rank),
                            ("stat_batch_size", stat_batch_size)):

@@ -38,6 +38,7 @@ from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.feature_cache import take
 from cl_bench.models.lit import TaskLoss
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 
 
@@ -59,9 +60,10 @@ class ER(Strategy):
     #: weight each replayed task's loss 1 (joint training) instead of by its share of the batch
     per_task_loss = False
 
-    def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None,
-                 alpha: float = 1.0,
-                 lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, buffer_size: PositiveInt = 200, replay_batch_size: PositiveInt | None = None,
+                 alpha: NonNegativeFloat = 1.0,
+                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         for key, value in (("buffer_size", buffer_size), ("replay_batch_size", replay_batch_size)):
             if value is not None and value <= 0:

@@ -34,6 +34,7 @@ from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.heads import TaskView
 from cl_bench.models.lit import TaskLoss
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveFraction, PositiveInt
 from cl_bench.strategies.base import Strategy
 
 
@@ -54,9 +55,10 @@ class EWC(Strategy):
 
     name = "ewc"
 
-    def __init__(self, ewc_lambda: float = 1000.0, online: bool = False, gamma: float = 1.0,
-                 fisher_max_samples: int = 256, lr: float = 1e-3, head_lr: float = 3e-3,
-                 weight_decay: float = 0.0):
+    def __init__(self, ewc_lambda: NonNegativeFloat = 1000.0, online: bool = False,
+                 gamma: PositiveFraction = 1.0, fisher_max_samples: PositiveInt = 256,
+                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if ewc_lambda < 0:
             raise ConfigError(f"strategy.ewc_lambda: expected >= 0, got {ewc_lambda}")

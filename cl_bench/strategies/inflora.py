@@ -69,6 +69,8 @@ from torch.nn import functional as F
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import (NonNegativeFloat, PositiveFloat, PositiveFraction,
+                             PositiveInt)
 from cl_bench.models.heads import TaskView
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import add_adapter
@@ -94,9 +96,10 @@ class InfLoRA(Strategy):
     name = "inflora"
     needs_task_id = False
 
-    def __init__(self, rank: int = 10, eps_start: float = 0.95, eps_end: float = 1.0,
-                 stat_batch_size: int = 16, stat_max_samples: int | None = None,
-                 lr: float = 5e-4, head_lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, rank: PositiveInt = 10, eps_start: PositiveFraction = 0.95,
+                 eps_end: PositiveFraction = 1.0, stat_batch_size: PositiveInt = 16,
+                 stat_max_samples: PositiveInt | None = None, lr: PositiveFloat = 5e-4,
+                 head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if rank <= 0:
             raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cl_bench.data.base import CISS
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.strategies.er import ER
 
 
@@ -44,8 +45,8 @@ class Joint(ER):
     name = "joint"
     per_task_loss = True
 
-    def __init__(self, batch_size: int | None = None, lr: float = 1e-3, head_lr: float = 3e-3,
-                 weight_decay: float = 0.0):
+    def __init__(self, batch_size: PositiveInt | None = None, lr: PositiveFloat = 1e-3,
+                 head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         if batch_size is not None and batch_size <= 0:  # named as this strategy's key, not ER's
             from cl_bench.errors import ConfigError
             raise ConfigError(f"strategy.batch_size: expected a positive int, got {batch_size}")

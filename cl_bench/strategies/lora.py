@@ -24,6 +24,7 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,10 @@ class LoRA(Strategy):
     name = "lora"
     needs_task_id = True
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 target_modules: list[str] | None = None, lr: float = 1e-3,
-                 head_lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
+                 dropout: OpenFraction = 0.0, target_modules: list[str] | None = None,
+                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if rank <= 0:
             raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")

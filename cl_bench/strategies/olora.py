@@ -50,6 +50,7 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import add_adapter, check_target_modules
 
@@ -112,10 +113,11 @@ class OLoRA(Strategy):
     name = "olora"
     needs_task_id = False  # one model: all adapters summed
 
-    def __init__(self, rank: int = 8, alpha: float = 32.0, dropout: float = 0.0,
-                 lambda1: float = 0.5, lambda2: float = 0.0,
-                 target_modules: list[str] = ("qkv", "out_proj"), lr: float = 1e-3,
-                 head_lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 32.0,
+                 dropout: OpenFraction = 0.0, lambda1: NonNegativeFloat = 0.5,
+                 lambda2: NonNegativeFloat = 0.0,
+                 target_modules: list[str] = ("qkv", "out_proj"), lr: PositiveFloat = 1e-3,
+                 head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if rank <= 0:
             raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")

@@ -71,6 +71,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -80,6 +81,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import check_target_modules
 
@@ -292,16 +294,19 @@ class Proteus(Strategy):
     needs_task_id = True
     task_agnostic = True
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0,
+    def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
                  target_modules: list[str] = ("qkv", "out_proj"), coef_init: float = 0.0,
-                 coef_l1: float = 1e-3, orth_lambda: float = 0.5, update_l1: float = 0.0,
-                 update_l2: float = 1e-4, orthogonal_init: bool = True,
-                 retrieval: str = "adapted", n_components: int = 5,
-                 covariance_type: str = "diag", reg_covar: float = 1e-4,
-                 weight_concentration_prior: float | None = None, normalize: bool = False,
-                 max_fit_samples: int = 2000, gmm_max_iter: int = 200, random_state: int = 0,
-                 embed_batch_size: int = 64, separation_max_samples: int = 256,
-                 lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
+                 coef_l1: NonNegativeFloat = 1e-3, orth_lambda: NonNegativeFloat = 0.5,
+                 update_l1: NonNegativeFloat = 0.0, update_l2: NonNegativeFloat = 1e-4,
+                 orthogonal_init: bool = True, retrieval: Literal["adapted", "frozen"] = "adapted",
+                 n_components: PositiveInt = 5,
+                 covariance_type: Literal["diag", "full", "spherical", "tied"] = "diag",
+                 reg_covar: PositiveFloat = 1e-4,
+                 weight_concentration_prior: PositiveFloat | None = None, normalize: bool = False,
+                 max_fit_samples: PositiveInt = 2000, gmm_max_iter: PositiveInt = 200,
+                 random_state: NonNegativeInt = 0, embed_batch_size: PositiveInt = 64,
+                 separation_max_samples: PositiveInt = 256, lr: PositiveFloat = 1e-3,
+                 head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
 
         def positive_int(key, v):

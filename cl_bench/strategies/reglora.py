@@ -66,6 +66,7 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import NonNegativeFloat, OpenFraction, Percent, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import add_adapter, check_target_modules
 
@@ -149,11 +150,12 @@ class RegLoRA(Strategy):
     name = "reglora"
     needs_task_id = False  # one merged model serves every task
 
-    def __init__(self, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 top_p: float = 2.0, reg_lambda: float = 2500.0,
+    def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
+                 dropout: OpenFraction = 0.0, top_p: Percent = 2.0,
+                 reg_lambda: NonNegativeFloat = 2500.0,
                  target_modules: list[str] = ("qkv", "out_proj", "linear1", "linear2"),
-                 data_transform: Optional[str] = None, lr: float = 1e-3, head_lr: float = 3e-3,
-                 weight_decay: float = 0.0):
+                 data_transform: Optional[str] = None, lr: PositiveFloat = 1e-3,
+                 head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if rank <= 0:
             raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")

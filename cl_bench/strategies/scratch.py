@@ -24,6 +24,7 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 
 
@@ -113,9 +114,9 @@ class Scratch(Strategy):
 
     name = "scratch"
 
-    def __init__(self, features: list[int] = (16, 16, 32, 64, 128, 16),
-                 regression_width: int = 64, lr: float = 1e-3, head_lr: float = 1e-3,
-                 weight_decay: float = 0.0):
+    def __init__(self, features: list[PositiveInt] = (16, 16, 32, 64, 128, 16),
+                 regression_width: PositiveInt = 64, lr: PositiveFloat = 1e-3,
+                 head_lr: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         features = tuple(features)
         if len(features) != 6 or not all(isinstance(f, int) and f > 0 for f in features):

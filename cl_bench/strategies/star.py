@@ -111,6 +111,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +121,7 @@ from torch.utils.data import DataLoader
 from cl_bench.data.base import CISS, IGNORE_INDEX, Task
 from cl_bench.data.ciss import SETTINGS
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.models.heads import CISSHead, TaskView
 from cl_bench.models.lit import bce_per_class
 from cl_bench.results import write_json
@@ -483,11 +485,13 @@ class STAR(Strategy):
 
     name = "star"
 
-    def __init__(self, variant: str = "basic", pos_weight: float | None = None, ocfm_weight: float = 5.0,
-                 sad_weight: float = 0.05, lite_iters: int = 500_000, lite_lr: float = 2.5e-4,
-                 lite_weight_decay: float = 0.01, stats_batch_size: int = 16,
-                 old_negative_weight: float = 0.0,
-                 lr: float = 1e-3, head_lr: float = 3e-3, weight_decay: float = 0.0):
+    def __init__(self, variant: Literal["basic", "lite"] = "basic",
+                 pos_weight: PositiveFloat | None = None, ocfm_weight: NonNegativeFloat = 5.0,
+                 sad_weight: NonNegativeFloat = 0.05, lite_iters: PositiveInt = 500_000,
+                 lite_lr: PositiveFloat = 2.5e-4, lite_weight_decay: NonNegativeFloat = 0.01,
+                 stats_batch_size: PositiveInt = 16, old_negative_weight: NonNegativeFloat = 0.0,
+                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         if variant not in VARIANTS:
             raise ConfigError(f"strategy.variant: expected basic or lite, got {variant!r}")

@@ -24,6 +24,7 @@ continuation is close but not guaranteed bit-identical; task-boundary resumes st
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.errors import ConfigError
+from cl_bench.errors import ConfigError, DataError
 from cl_bench.results import atomic_write
 
 #: bump when the layout of state.pt changes
@@ -54,6 +55,25 @@ def mid_task_path(run_dir: Path, task_name: str) -> Path | None:
     """The task's mid-task checkpoint file, or ``None`` if there is none."""
     p = mid_task_dir(run_dir, task_name) / "mid_task.ckpt"
     return p if p.is_file() else None
+
+
+def check_mid_task(run_dir: Path, path: Path) -> None:
+    """Refuse a mid-task checkpoint that cannot be read whole (truncated by a full disk or a
+    copy, or not a torch checkpoint at all) before Lightning loads it; nothing is deleted.
+
+    Raises:
+        DataError: naming the file and what to do (move it away: the task then restarts from
+        its beginning, the finished tasks are kept).
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()  # CRC of every member: a truncated file fails here
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        bad = str(e) or type(e).__name__
+    if bad:
+        raise DataError(f"resume: {path} is not a readable checkpoint (truncated or not a torch "
+                        f"file: {bad}); nothing was changed. Move it out of {path.parent} to "
+                        "restart this task from its beginning (finished tasks are kept)")
 
 
 def identity(cfg: DictConfig) -> dict:
@@ -171,7 +191,13 @@ def load_boundary(run_dir: Path) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"resume: cannot read {path}: {e}") from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"resume: cannot read {path} ({reason}); nothing was changed. It is "
+                          "truncated or not a cl_bench state file: restore it, or start the "
+                          "run in a new directory") from None
+    if not isinstance(state, dict) or "version" not in state:
+        raise ConfigError(f"resume: {path} is not a cl_bench state file (no format version); "
+                          "nothing was changed")
     if state.get("version") != STATE_VERSION:
         raise ConfigError(f"resume: {path} has format version {state.get('version')}, this "
                           f"cl_bench writes {STATE_VERSION}; resume with the version that made it")

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
-from cl_bench.errors import ClBenchError, RunDirBusy
+from cl_bench.errors import ClBenchError, Interrupted, RunDirBusy
 
 log = logging.getLogger("cl_bench")
 #: the repository's conf/ (source checkout, editable install) or, in an installed wheel, the copy
@@ -79,15 +84,73 @@ def _check_resume_argument(argv: list[str]) -> None:
                 sys.exit(2)
 
 
+def composition_error_line(ex: Exception, argv: list[str]) -> str:
+    """One line naming the culprit of a Hydra composition error (an unknown group option, an
+    unknown key, a value the schema cannot convert, an override that does not parse)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+    if isinstance(ex, MissingConfigException):
+        found = re.search(r"Could not find '([^']+)/([^']+)'", str(ex))
+        if found and ex.options:
+            group, option = found.groups()
+            return (f"{group}={option}: no such option in conf/{group}; options: "
+                    f"{', '.join(ex.options)}")
+        return first
+    if isinstance(ex, OverrideParseException):
+        parser = OverridesParser.create()
+        for arg in argv:
+            try:
+                parser.parse_overrides([arg])
+            except OverrideParseException as bad:
+                return f"{arg}: cannot parse this override ({str(bad).splitlines()[0]})"
+        return first
+    cause = ex.__cause__
+    key = getattr(cause, "full_key", None)
+    if not key:
+        return first
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        parent = getattr(cause, "parent_node", None)
+        valid = [k for k in (parent.keys() if parent is not None else [])
+                 if not str(k).startswith("_") and k != "hydra"]
+        return f"{key}: unknown key" + (f"; valid keys: {', '.join(map(str, valid))}" if valid
+                                         else "")
+    reason = str(cause).strip().splitlines()[0]
+    return f"{key}: {reason[:1].lower()}{reason[1:]}"
+
+
 def main() -> None:
-    """Console entry point ``clbench`` (Hydra command line)."""
+    """Console entry point ``clbench`` (Hydra command line).
+
+    A config the command line cannot compose (an unknown option or key, a value of the wrong
+    type) exits with code 2 and one line naming it, like the errors of a run; Hydra raises it to
+    us through its documented ``HYDRA_FULL_ERROR`` switch. A user who set that variable gets
+    Hydra's full trace as usual.
+    """
     if sys.argv[1:] in (["--help"], ["-h"]):  # the same text Hydra prints, without composing
         from string import Template
 
         print(Template(_help()).safe_substitute())
         return
     _check_resume_argument(sys.argv[1:])
-    _main()
+    user_asked_full = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        _main()
+    except HydraException as ex:
+        if user_asked_full:
+            raise
+        print(f"clbench: error: {composition_error_line(ex, sys.argv[1:])}", file=sys.stderr)
+        sys.exit(2)
+    except ClBenchError as ex:  # a multirun job's error, re-raised by Hydra after the sweep
+        if user_asked_full:
+            raise
+        print(f"clbench: error: {ex}", file=sys.stderr)
+        sys.exit(ex.exit_code if isinstance(ex, Interrupted) else 2)
+    except KeyboardInterrupt:  # before a run started (imports, composition): nothing written
+        print("clbench: stopped by Ctrl-C", file=sys.stderr)
+        sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -107,20 +170,43 @@ def _main(cfg: DictConfig) -> None:
             cfg = _adopt_saved_config(cfg, Path(run_dir))
         run(cfg, run_dir)
     except ClBenchError as e:
-        print(f"clbench: error: {e}", file=sys.stderr)
+        print(f"clbench: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}",
+              file=sys.stderr)
+        if hc.mode != RunMode.MULTIRUN and not cfg.get("resume"):
+            _discard_unused_run_dir(Path(run_dir), Path(str(cfg.get("results_dir") or ".")))
         if (Path(run_dir) / "matrix.csv").exists() and not isinstance(e, RunDirBusy):
             if hc.mode != RunMode.MULTIRUN:
                 log.info("\n%s", run_summary(run_dir))
             print(f"clbench: completed rows are kept in {run_dir}/matrix.csv", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             raise
-        sys.exit(2)
+        sys.exit(e.exit_code if isinstance(e, Interrupted) else 2)
     if hc.mode == RunMode.MULTIRUN:  # the terminal gets one line per job, cli.log the summary
         log.info("%s", job_line(run_dir))
         _log_to_file_only("\n" + run_summary(run_dir))
     else:
         log.info("\n%s", run_summary(run_dir))
     return None
+
+
+#: what Hydra puts in a run directory before cl_bench runs (its config record and the log file)
+_HYDRA_ONLY = {".hydra", "cli.log"}
+
+
+def _discard_unused_run_dir(run_dir: Path, results_dir: Path) -> None:
+    """A run refused before it wrote anything leaves no directory behind: remove ``run_dir`` if
+    it holds only what Hydra made (``.hydra/``, ``cli.log``; the error went to stderr), then its
+    parents up to and including ``results_dir`` while they are empty."""
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= _HYDRA_ONLY:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    stop = results_dir.resolve()
+    parent = run_dir.resolve().parent
+    while (parent == stop or stop in parent.parents) and not any(parent.iterdir()):
+        parent.rmdir()
+        if parent == stop:
+            break
+        parent = parent.parent
 
 
 def _log_to_file_only(text: str) -> None:

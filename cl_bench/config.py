@@ -132,6 +132,22 @@ class ClBenchConfig:
 ConfigStore.instance().store(name="clbench_schema", node=ClBenchConfig)
 
 
+def _check_accelerator(hardware) -> None:
+    """A GPU / MPS accelerator on a machine without one is refused before any work (Lightning
+    would refuse it only when the first task's trainer is made)."""
+    if hardware is None:
+        return
+    import torch
+
+    acc = hardware.get("accelerator")
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"hardware.accelerator: {acc} requested but torch sees no CUDA GPU "
+                          "here (torch.cuda.is_available() is False); use hardware=cpu")
+    if acc == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("hardware.accelerator: mps requested but torch.backends.mps is not "
+                          "available here; use hardware=cpu")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the top-level keys' ranges before any heavy work (the ranges are declared on the
     schema's fields above: ``metadata["check"]``); the groups are checked by :func:`check_node`.
@@ -149,6 +165,7 @@ def validate(cfg: DictConfig) -> None:
             if not f.metadata["check"](value):
                 raise ConfigError(f"{section}.{f.name}: expected {f.metadata['expected']}, "
                                   f"got {value!r}")
+    _check_accelerator(cfg.get("hardware"))
     seed = cfg.get("seed")
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
         raise ConfigError(f"seed: expected an int in [0, {MAX_SEED}], got {seed!r}")
@@ -243,6 +260,28 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def type_hints(fn) -> dict[str, Any]:
+    """The resolved annotations of ``fn``'s parameters, with their ``Annotated`` ranges. Where
+    the whole set cannot be resolved (a third-party signature naming a type only imported under
+    ``TYPE_CHECKING``, e.g. wandb's ``Run``), each parameter is resolved on its own and the
+    unresolvable ones are left out."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001
+        pass
+    out = {}
+    namespace = dict(getattr(fn, "__globals__", {}))
+    for name, p in inspect.signature(fn).parameters.items():
+        ann = p.annotation
+        if ann is inspect.Parameter.empty:
+            continue
+        try:
+            out[name] = eval(ann, namespace) if isinstance(ann, str) else ann  # noqa: S307
+        except Exception:  # noqa: BLE001
+            continue
+    return out
+
+
 def check_node(node: DictConfig, key: str) -> None:
     """Check a ``_target_`` node's keys and value types against the target's signature.
 
@@ -258,10 +297,7 @@ def check_node(node: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}._target_: cannot import {node._target_!r} ({e})") from None
     fn = target.__init__ if inspect.isclass(target) else target
     sig = inspect.signature(fn)
-    try:
-        hints = typing.get_type_hints(fn, include_extras=True)
-    except Exception:
-        hints = {}
+    hints = type_hints(fn)
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     valid = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
     for name in node:

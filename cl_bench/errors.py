@@ -33,3 +33,23 @@ class TrainingError(ClBenchError):
 class RunDirBusy(ClBenchError):
     """Another live clbench holds the run directory's lock (:mod:`cl_bench.lock`); names its host
     and PID. The directory's files are that run's, not this one's."""
+
+
+class Interrupted(ClBenchError):
+    """The run was stopped by Ctrl-C (SIGINT) or SIGTERM. Everything finished so far is on disk:
+    the rows of R, the last task-boundary ``state.pt`` and the task's last mid-task checkpoint;
+    the message says where it will continue and the ``clbench resume=<run dir>`` command.
+
+    Attributes:
+        exit_code: 130 after SIGINT, 143 after SIGTERM (the shell's 128 + signal number).
+    """
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StorageError(ClBenchError):
+    """A result or checkpoint file could not be written (disk full, file-size limit, no
+    permission). Names the file; its previous version is unchanged (every file is written to a
+    temporary name and renamed over the old one only when complete)."""

@@ -25,20 +25,32 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cl_bench.data.base import CISS, Task  # noqa: E402
+from cl_bench.errors import StorageError  # noqa: E402
 from cl_bench.metrics import cl_metrics  # noqa: E402
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path`` (same directory, so the rename is atomic)."""
+    """Call ``write(tmp_path)`` then rename over ``path`` (same directory, so the rename is
+    atomic): a reader, or a run killed mid-write, sees the old file or the new one, never a part.
+
+    Raises:
+        StorageError: the write failed (disk full, file-size limit, permissions), naming
+        ``path``; the old ``path`` is untouched and the temporary file removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        previous = "its previous version is unchanged" if path.exists() else "it did not exist"
+        raise StorageError(f"cannot write {path}: {e.strerror or e} ({previous}); free space or "
+                           "fix the permissions, then resume the run") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -7,6 +7,8 @@ import contextlib
 import logging
 import resource
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,22 +17,24 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from cl_bench import checkpoint as ckpt
 from cl_bench.config import build, check_node, validate
-from cl_bench.errors import ConfigError
+from cl_bench.errors import ConfigError, Interrupted
 from cl_bench.evaluation import evaluate_task
 from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache, IndexedDataset
 from cl_bench.models.lit import LitTask
 from cl_bench.progress import TaskProgressBar, progress_callback, row_line
 from cl_bench.loggers import close_logger, log_row, make_logger
-from cl_bench.results import (matrix_frame, write_json, write_results,
+from cl_bench.results import (atomic_write, matrix_frame, write_json, write_results,
                               write_task_agnostic)
 
 log = logging.getLogger(__name__)
@@ -108,12 +112,23 @@ class _EpochEndCheckpoint(ModelCheckpoint):
             self._since = time.monotonic()
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, but each ``.ckpt`` is written to a temporary file and
+    renamed over the old one (:func:`~cl_bench.results.atomic_write`): a full disk or a kill
+    during the write leaves the previous mid-task checkpoint readable (Lightning writes in place),
+    and the failure is a :class:`~cl_bench.errors.StorageError` naming the file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_write(Path(path), lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(
+            checkpoint, tmp, storage_options))
+
+
 def _cluster_plugins() -> list:
     """Under SLURM, Lightning's cluster environment without its own requeue: submitit requeues
-    (``hardware=slurm``) and the runner resumes from ``checkpoints/``."""
+    (``hardware=slurm``) and the runner resumes from ``checkpoints/``; atomic checkpoint files."""
     if SLURMEnvironment.detect():
-        return [SLURMEnvironment(auto_requeue=False)]
-    return [LightningEnvironment()]
+        return [SLURMEnvironment(auto_requeue=False), AtomicCheckpointIO()]
+    return [LightningEnvironment(), AtomicCheckpointIO()]
 
 
 def _count(params) -> int:
@@ -136,10 +151,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     """
     validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.hardware.num_threads)
 
-    for key in ("strategy", "backbone", "tasks"):  # fail on any bad key before heavy work
+    # fail on any bad key before heavy work; tasks before backbone: backbone.img_size follows
+    # tasks.size, and the message should name the key the user set
+    for key in ("strategy", "tasks", "backbone"):
         check_node(cfg[key], key)
     if cfg.get("logger") and cfg.logger.get("_target_"):
         check_node(cfg.logger, "logger")
@@ -171,9 +187,34 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     if cfg.eval.task_id == "predicted" and not strategy.task_agnostic:
         raise ConfigError(f"eval.task_id=predicted: strategy={strategy.name} does not predict "
                           "task ids; use eval.task_id=oracle or strategy=proteus|duallora")
-    # one writer per run directory (cl_bench.lock): held from before anything is written
+    # one writer per run directory (cl_bench.lock): held from before anything is written; the
+    # directory is made only now, so a refused config leaves none behind
+    run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir) if main else contextlib.nullcontext():
         return _run_claimed(cfg, run_dir, stream, model, strategy, main)
+
+
+class _SigTerm(BaseException):
+    """SIGTERM outside Lightning's fit, raised by :func:`_terminate_as_interrupt`'s handler."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While the stream runs, SIGTERM stops it like Ctrl-C (an exception, so the run ends
+    cleanly and says how to resume) instead of killing the process. Installed only where nobody
+    else handles SIGTERM (e.g. not under submitit, whose own handlers requeue SLURM jobs) and in
+    the main thread; the previous handler is restored afterwards."""
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
+    if installed:
+        def _raise(signum, frame):
+            raise _SigTerm()
+        previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> RunOutput:
@@ -189,15 +230,24 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
     r.timing["resumed"] = r.timing.get("resumed", 0) + int(resuming)
     r.logger = make_logger(cfg, run_dir)
     try:
-        if "init" not in r.rows:
-            r.timing["init_eval_s"] = r.evaluate_row("init")
-            metrics = r.write_row("init")
-        else:
-            metrics = r.write_row(None)
-        if r.done == len(stream):
-            log.info("all %d tasks already done in %s: nothing to train", r.done, run_dir)
-        for t in range(r.done, len(stream)):
-            metrics = r.train_task(t)
+        with _terminate_as_interrupt():
+            if "init" not in r.rows:
+                r.timing["init_eval_s"] = r.evaluate_row("init")
+                metrics = r.write_row("init")
+            else:
+                metrics = r.write_row(None)
+            if r.done == len(stream):
+                log.info("all %d tasks already done in %s: nothing to train", r.done, run_dir)
+            for t in range(r.done, len(stream)):
+                metrics = r.train_task(t)
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C (Lightning answers it inside fit with sys.exit(1)) or SIGTERM (Lightning's
+        # SIGTERMException inside fit, _SigTerm outside): stop, say how to continue
+        lightning_ctrl_c = type(e) is SystemExit and isinstance(e.__context__, KeyboardInterrupt)
+        if type(e) is SystemExit and not lightning_ctrl_c:
+            raise  # a real exit
+        r.draw_figures()
+        raise r.interrupted(sigterm=isinstance(e, (SIGTERMException, _SigTerm))) from None
     except BaseException:
         r.draw_figures()  # where an error stopped the run (never masking that error)
         raise
@@ -300,6 +350,21 @@ class _StreamRun:
                     self.run_dir / "heatmap.png")
         return metrics
 
+    def interrupted(self, sigterm: bool) -> Interrupted:
+        """The error of a run stopped by Ctrl-C / SIGTERM: where it will continue, and how."""
+        t = self.done
+        where = "the end"
+        if t < len(self.stream):
+            task = self.stream[t]
+            mid = ckpt.mid_task_path(self.run_dir, task.name)
+            where = (f"task {t + 1}/{len(self.stream)} {task.name} from its mid-task checkpoint "
+                     f"({mid.relative_to(self.run_dir)})" if mid else
+                     f"the start of task {t + 1}/{len(self.stream)} {task.name}")
+        return Interrupted(
+            f"interrupted by {'SIGTERM' if sigterm else 'Ctrl-C'} after {t}/{len(self.stream)} "
+            f"tasks (rows so far in {self.run_dir / 'matrix.csv'}); continue at {where} with: "
+            f"clbench resume={self.run_dir}", exit_code=143 if sigterm else 130)
+
     def draw_figures(self) -> None:
         """Draw the figures of the rows so far after a failure; a failure to draw them (a full
         disk) is logged, not raised, so the error that stopped the run stays the one reported."""
@@ -329,6 +394,8 @@ class _StreamRun:
         trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger,
                                 t, len(self.stream))
         mid = ckpt.mid_task_path(run_dir, task.name)
+        if mid:
+            ckpt.check_mid_task(run_dir, mid)
         if mid is not None:
             log.info("continuing task %s from %s", task.name, mid)
         first = None if "first_step_unix" in self.timing else self._first_step

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,6 +80,35 @@ def test_kill9_during_task2_then_resume_is_bit_identical(reference, tmp_path):
     assert (run_dir / ".hydra" / "overrides.yaml").read_text().count("strategy=lora") == 1
 
 
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGINT, 130, "Ctrl-C"),
+                                             (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_cleanly_says_how_to_resume_and_resumes_bit_identically(
+        reference, tmp_path, sig, code, name):
+    ref_dir, cache = reference
+    run_dir = tmp_path / "run"
+    proc = clbench(tmp_path, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
+    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
+    deadline = time.time() + 300
+    while not mid.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    os.kill(proc.pid, sig)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == code, out[-3000:]
+    assert "Traceback" not in out
+    stopped = [ln for ln in out.splitlines() if ln.startswith("clbench: stopped: ")]
+    assert len(stopped) == 1, out[-3000:]
+    assert f"interrupted by {name} after 1/2 tasks" in stopped[0]
+    assert "continue at task 2/2 brain_age from its mid-task checkpoint" in stopped[0]
+    assert stopped[0].endswith(f"clbench resume={run_dir}")
+    assert mid.is_file() and (run_dir / "checkpoints" / "state.pt").is_file()  # kept
+    resumed = clbench(tmp_path, cache, f"resume={run_dir}")  # the lock was released
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "matrix.csv").read_bytes() == (ref_dir / "matrix.csv").read_bytes()
+    ours, theirs = model_state(run_dir), model_state(ref_dir)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_resume_of_a_finished_run_trains_nothing(reference, tmp_path):
     ref_dir, cache = reference
     before = {p.name: p.read_bytes() for p in (ref_dir / "checkpoints").glob("*")}
@@ -135,3 +167,100 @@ def test_a_second_writer_is_refused_and_a_killed_holders_lock_is_taken_over(refe
     assert third.returncode == 0, third.stderr[-3000:]
     assert matrix.read_text() == (ref_dir / "matrix.csv").read_text()
     assert not owner.exists()  # released at the end
+
+
+@pytest.fixture(scope="module")
+def stopped(reference, tmp_path_factory) -> Path:
+    """A run stopped by SIGTERM in task 2, after its first mid-task checkpoint (tests copy it)."""
+    _, cache = reference
+    tmp = tmp_path_factory.mktemp("stopped")
+    run_dir = tmp / "run"
+    proc = clbench(tmp, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
+    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
+    deadline = time.time() + 300
+    while not mid.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143 and mid.is_file(), out[-3000:]
+    return run_dir
+
+
+def _copy(stopped: Path, tmp_path: Path) -> Path:
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped, run_dir)
+    return run_dir
+
+
+def _one_error_line(proc) -> str:
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in text, text[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("clbench: error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def _digests(run_dir: Path) -> dict:
+    return {p.relative_to(run_dir): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((run_dir / "checkpoints").rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_mid_task_checkpoint_is_refused_naming_it_and_nothing_is_deleted(
+        reference, stopped, tmp_path, damage):
+    _, cache = reference
+    run_dir = _copy(stopped, tmp_path)
+    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
+    if damage == "truncated":  # what a full disk under Lightning's in-place write leaves
+        mid.write_bytes(mid.read_bytes()[: mid.stat().st_size // 2])
+    else:  # some other torch checkpoint put in its place
+        torch.save({"state_dict": {}, "epoch": 3}, mid)
+    before = _digests(run_dir)
+    line = _one_error_line(clbench(tmp_path, cache, f"resume={run_dir}"))
+    assert "mid_task.ckpt" in line and "nothing was changed" in line
+    assert _digests(run_dir) == before  # nothing deleted or rewritten
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_state_pt_is_refused_naming_it_and_nothing_is_deleted(
+        reference, stopped, tmp_path, damage):
+    _, cache = reference
+    run_dir = _copy(stopped, tmp_path)
+    state = run_dir / "checkpoints" / "state.pt"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[:1000])
+    else:
+        torch.save({"weights": torch.zeros(3)}, state)
+    before = _digests(run_dir)
+    line = _one_error_line(clbench(tmp_path, cache, f"resume={run_dir}"))
+    assert str(state) in line and "nothing was changed" in line
+    assert _digests(run_dir) == before
+
+
+def _file_size_limit(limit: int):
+    def set_limit():  # runs in the child: writes past `limit` bytes fail with EFBIG, as a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def test_a_write_failing_mid_checkpoint_keeps_the_previous_one_and_names_the_file(
+        reference, stopped, tmp_path):
+    """A full disk, injected as a real failing write: the resumed run's file-size limit is below
+    its checkpoint's size (CPython ignores SIGXFSZ, so the write fails with EFBIG)."""
+    ref_dir, cache = reference
+    run_dir = _copy(stopped, tmp_path)
+    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
+    before = _digests(run_dir)
+    rows = (run_dir / "matrix.csv").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", f"resume={run_dir}"],
+                          cwd=tmp_path, env=_env(tmp_path, cache), capture_output=True, text=True,
+                          timeout=600, preexec_fn=_file_size_limit(mid.stat().st_size // 2))
+    line = _one_error_line(proc)
+    assert "cannot write" in line and "mid_task.ckpt" in line, line
+    assert "previous version is unchanged" in line
+    assert _digests(run_dir) == before  # the previous checkpoints, byte for byte
+    assert (run_dir / "matrix.csv").read_bytes() == rows
+    assert not [p for p in run_dir.rglob(".mid_task.ckpt.*")]  # no partial file left
+    again = clbench(tmp_path, cache, f"resume={run_dir}")  # space again: it completes, exactly
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run_dir / "matrix.csv").read_bytes() == (ref_dir / "matrix.csv").read_bytes()

@@ -82,3 +82,26 @@ def test_a_class_order_that_cannot_fill_the_stream_names_the_key(tmp_path, order
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, start", [
+    (["strategy=lwf", "strategy.alpha=nan"], "strategy.alpha: expected a finite float >= 0"),
+    (["strategy=lwf", "strategy.reduction=max"], "strategy.reduction: expected one of 'sum', 'mean'"),
+    (["tasks.n_train=0"], "tasks.n_train: expected an int > 0"),
+    (["strategy=nope"], "strategy=nope: no such option in conf/strategy; options: "),
+    (["train.max_step=3"], "train.max_step: unknown key; valid keys: max_steps, "),
+    (["strategy.rnak=3"], "strategy.rnak: unknown key; valid keys: "),
+    (["seed=abc"], "seed: value 'abc' of type 'str' could not be converted to Integer"),
+    (["train.max_steps=[1"], "train.max_steps=[1: cannot parse this override"),
+])
+def test_group_keys_and_composition_errors_exit_2_with_one_line_and_no_run_dir(tmp_path, args,
+                                                                                start):
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", *args, "logger=none"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"clbench: error: {start}"), lines
+    assert not (tmp_path / "results").exists()  # Hydra's run directory removed again
+    assert not (tmp_path / "cache").exists()

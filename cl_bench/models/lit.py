@@ -20,7 +20,7 @@ from torch import nn
 
 from cl_bench.checkpoint import rng_state, set_rng_state
 from cl_bench.data.base import CISS, IGNORE_INDEX, Task
-from cl_bench.errors import TrainingError
+from cl_bench.errors import DataError, TrainingError
 from cl_bench.strategies.base import Strategy
 
 
@@ -160,7 +160,11 @@ class LitTask(L.LightningModule):
                                   "task": self.task.name}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        extra = checkpoint.get("cl_bench", {})
+        if "cl_bench" not in checkpoint:
+            raise DataError(f"resume: checkpoints/{self.task.name}/mid_task.ckpt was not written "
+                            "by cl_bench (no 'cl_bench' entry); nothing was changed. Move it away"
+                            " to restart this task from its beginning (finished tasks are kept)")
+        extra = checkpoint["cl_bench"]
         if extra.get("task") not in (None, self.task.name):
             raise TrainingError(f"mid-task checkpoint of task {extra.get('task')!r} loaded "
                                 f"for task {self.task.name!r}")

@@ -147,12 +147,20 @@ def test_empty_folder_is_reported(tmp_path):
         stream(tmp_path, tmp_path / "empty")
 
 
-def test_corrupt_file_names_the_file(tmp_path, msd):
-    bad = msd / "imagesTr" / "BRATS_002.nii.gz"
-    bad.write_bytes(gzip.compress(b"not a nifti at all"))
+@pytest.mark.parametrize("which", ["brats_image", "brats_label", "ixi_t1", "ixi_truncated"])
+def test_an_unreadable_nifti_in_a_valid_tree_is_one_line_naming_the_file(tmp_path, msd, which):
+    bad = {"brats_image": msd / "imagesTr" / "BRATS_002.nii.gz",
+           "brats_label": msd / "labelsTr" / "BRATS_002.nii.gz",
+           "ixi_t1": tmp_path / "ixi" / "IXI-T1" / "IXI003-Guys-1003-T1.nii.gz",
+           "ixi_truncated": tmp_path / "ixi" / "IXI-T1" / "IXI003-Guys-1003-T1.nii.gz"}[which]
+    if which == "ixi_truncated":  # a copy cut short: a valid gzip header, then nothing
+        bad.write_bytes(bad.read_bytes()[:200])
+    else:
+        bad.write_bytes(gzip.compress(b"not a nifti at all"))
     with pytest.raises(DataError) as e:
         stream(tmp_path, msd, n_train=4, n_test=2, impute_missing_age=50.0)
-    assert str(bad) in str(e.value)
+    message = str(e.value)
+    assert str(bad) in message and "\n" not in message
 
 
 def test_label_out_of_range_names_the_file(tmp_path, msd):

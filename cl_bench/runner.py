@@ -240,7 +240,7 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
                 log.info("all %d tasks already done in %s: nothing to train", r.done, run_dir)
             for t in range(r.done, len(stream)):
                 metrics = r.train_task(t)
-    except (KeyboardInterrupt, SystemExit) as e:
+    except (KeyboardInterrupt, SystemExit, _SigTerm) as e:
         # Ctrl-C (Lightning answers it inside fit with sys.exit(1)) or SIGTERM (Lightning's
         # SIGTERMException inside fit, _SigTerm outside): stop, say how to continue
         lightning_ctrl_c = type(e) is SystemExit and isinstance(e.__context__, KeyboardInterrupt)
@@ -419,6 +419,7 @@ class _StreamRun:
             "model": model.state_dict(), "strategy": strategy.state_dict(), "rows": self.rows,
             "other_rows": self.other_rows, "retrieval": self.retrieval,
             "details": self.details, "timing": self.timing, "params": self.params})
+        self.done = t + 1  # what state.pt now holds
         shutil.rmtree(ckpt.mid_task_dir(run_dir, task.name), ignore_errors=True)
         return metrics
 

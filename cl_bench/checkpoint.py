@@ -59,7 +59,8 @@ def mid_task_path(run_dir: Path, task_name: str) -> Path | None:
 
 def check_mid_task(run_dir: Path, path: Path) -> None:
     """Refuse a mid-task checkpoint that cannot be read whole (truncated by a full disk or a
-    copy, or not a torch checkpoint at all) before Lightning loads it; nothing is deleted.
+    copy, not a torch file) or that cl_bench did not write (another Lightning or torch
+    checkpoint) before Lightning loads it; nothing is deleted.
 
     Raises:
         DataError: naming the file and what to do (move it away: the task then restarts from
@@ -70,10 +71,17 @@ def check_mid_task(run_dir: Path, path: Path) -> None:
             bad = z.testzip()  # CRC of every member: a truncated file fails here
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         bad = str(e) or type(e).__name__
+    if not bad:
+        try:  # memory-mapped: the keys are read, the tensors are not
+            keys = set(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+        except Exception as e:  # noqa: BLE001
+            keys, bad = set(), (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if not bad and not {"cl_bench", "pytorch-lightning_version", "state_dict"} <= keys:
+            bad = "not written by cl_bench: no 'cl_bench' / Lightning entries"
     if bad:
-        raise DataError(f"resume: {path} is not a readable checkpoint (truncated or not a torch "
-                        f"file: {bad}); nothing was changed. Move it out of {path.parent} to "
-                        "restart this task from its beginning (finished tasks are kept)")
+        raise DataError(f"resume: {path} is not a readable cl_bench checkpoint ({bad}); nothing "
+                        f"was changed. Move it out of {path.parent} to restart this task from "
+                        "its beginning (finished tasks are kept)")
 
 
 def identity(cfg: DictConfig) -> dict:

@@ -387,6 +387,10 @@ class _StreamRun:
         cache = None
         if cfg.train.cache_frozen_features and strategy.frozen_backbone(task):
             cache = FeatureCache(len(task.train))  # same batches: the sampler sees only len()
+        if cfg.train.batch_size > len(task.train):
+            log.warning("train.batch_size=%d exceeds task %s's %d training samples: every step "
+                        "uses the whole training set", cfg.train.batch_size, task.name,
+                        len(task.train))
         # batches carry "index" (their positions in task.train): the key of per-sample caches
         loader = DataLoader(IndexedDataset(task.train), batch_size=cfg.train.batch_size,
                             shuffle=True)

@@ -201,11 +201,13 @@ class _SigTerm(BaseException):
 @contextlib.contextmanager
 def _terminate_as_interrupt():
     """While the stream runs, SIGTERM stops it like Ctrl-C (an exception, so the run ends
-    cleanly and says how to resume) instead of killing the process. Installed only where nobody
-    else handles SIGTERM (e.g. not under submitit, whose own handlers requeue SLURM jobs) and in
-    the main thread; the previous handler is restored afterwards."""
+    cleanly and says how to resume) instead of killing the process. Installed only in the main
+    thread, where nobody else handles SIGTERM, and not in a SLURM job (there SIGTERM comes with a
+    requeue or a cancel, and the job must end as SLURM and submitit expect; the requeued job
+    resumes from the checkpoints); the previous handler is restored afterwards."""
     installed = (threading.current_thread() is threading.main_thread()
-                 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
+                 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+                 and not SLURMEnvironment.detect())  # SLURM's SIGTERM: requeue or cancel
     if installed:
         def _raise(signum, frame):
             raise _SigTerm()
@@ -244,8 +246,8 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
         # Ctrl-C (Lightning answers it inside fit with sys.exit(1)) or SIGTERM (Lightning's
         # SIGTERMException inside fit, _SigTerm outside): stop, say how to continue
         lightning_ctrl_c = type(e) is SystemExit and isinstance(e.__context__, KeyboardInterrupt)
-        if type(e) is SystemExit and not lightning_ctrl_c:
-            raise  # a real exit
+        if type(e) is SystemExit and not lightning_ctrl_c or SLURMEnvironment.detect():
+            raise  # a real exit; or SLURM's SIGTERM (requeue / cancel): end as SLURM expects
         r.draw_figures()
         raise r.interrupted(sigterm=isinstance(e, (SIGTERMException, _SigTerm))) from None
     except BaseException:

@@ -38,6 +38,17 @@ def clbench(tmp_path: Path, cache: Path, *args: str, wait: bool = True):
                           text=True, timeout=600)
 
 
+def start_until_task2_checkpoint(tmp: Path, cache: Path, run_dir: Path):
+    """Start the TINY run and wait (<= 300 s) for task 2's first mid-task checkpoint:
+    ``(the running process, the checkpoint's path)``."""
+    proc = clbench(tmp, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
+    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
+    deadline = time.time() + 300
+    while not mid.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    return proc, mid
+
+
 def model_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "state.pt", map_location="cpu",
                       weights_only=True)["model"]
@@ -56,11 +67,7 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
 def test_kill9_during_task2_then_resume_is_bit_identical(reference, tmp_path):
     ref_dir, cache = reference
     run_dir = tmp_path / "run"
-    proc = clbench(tmp_path, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
-    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
-    deadline = time.time() + 300
-    while not mid.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    proc, mid = start_until_task2_checkpoint(tmp_path, cache, run_dir)
     assert proc.poll() is None, "the run ended before task 2's first mid-task checkpoint:\n" + (
         proc.stdout.read()[-3000:])
     os.kill(proc.pid, signal.SIGKILL)
@@ -86,11 +93,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_says_how_to_resume_and_resumes_bit_iden
         reference, tmp_path, sig, code, name):
     ref_dir, cache = reference
     run_dir = tmp_path / "run"
-    proc = clbench(tmp_path, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
-    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
-    deadline = time.time() + 300
-    while not mid.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    proc, mid = start_until_task2_checkpoint(tmp_path, cache, run_dir)
     assert proc.poll() is None, proc.stdout.read()[-3000:]
     os.kill(proc.pid, sig)
     out = proc.communicate(timeout=120)[0]
@@ -175,11 +178,7 @@ def stopped(reference, tmp_path_factory) -> Path:
     _, cache = reference
     tmp = tmp_path_factory.mktemp("stopped")
     run_dir = tmp / "run"
-    proc = clbench(tmp, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
-    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
-    deadline = time.time() + 300
-    while not mid.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    proc, mid = start_until_task2_checkpoint(tmp, cache, run_dir)
     os.kill(proc.pid, signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 143 and mid.is_file(), out[-3000:]

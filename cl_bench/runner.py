@@ -385,6 +385,9 @@ class _StreamRun:
         L.seed_everything(cfg.seed * 1000 + t, workers=True, verbose=False)  # shuffle, dropout
         model.begin_task(task)
         strategy.before_task(t, task)
+        if model.calibrate_head(task, cfg.train.eval_batch_size):
+            log.info("task %s: head input standardised on its %d training samples", task.name,
+                     len(task.train))
         self._count_params(task)
         cache = None
         if cfg.train.cache_frozen_features and strategy.frozen_backbone(task):

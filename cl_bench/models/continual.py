@@ -29,7 +29,9 @@ class ContinualModel(nn.Module):
         backbone: the shared encoder.
         decoder_feature_size: width of segmentation decoders at full resolution.
         decoder_image_skip: give decoders UNETR's raw-image skip (see ``SegmentationDecoder``).
-        regression_width: hidden width of regression heads.
+        regression_width: hidden width of regression heads (Swin: 0 = linear).
+        regression_stages: the Swin stages a regression head pools (see
+            :class:`~cl_bench.models.swin.PooledRegressionHead`).
 
     Classification tasks get a :class:`ClassificationHead` each (task-incremental) or, in a
     class-incremental stream, share one growing :class:`ClassILHead` (each task's entry in
@@ -48,8 +50,10 @@ class ContinualModel(nn.Module):
     """
 
     def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
-                 regression_width: int = 64, decoder_image_skip: bool = False):
+                 regression_width: int = 64, decoder_image_skip: bool = False,
+                 regression_stages: tuple[int, ...] = (0, 1)):
         super().__init__()
+        self.regression_stages = tuple(regression_stages)
         self.backbone = backbone
         self.heads = nn.ModuleDict()
         self.decoder_feature_size = decoder_feature_size
@@ -96,7 +100,8 @@ class ContinualModel(nn.Module):
                             "backbone.decoder_image_skip=true and the task's classes, or "
                             "backbone.decoder_weights=drop")
         elif task.kind == "regression":
-            head = PooledRegressionHead(enc.stage_channels, self.regression_width)
+            head = PooledRegressionHead(enc.stage_channels, self.regression_width,
+                                        self.regression_stages)
         elif task.kind == "classification" and task.scenario != "class_il":
             head = PooledClassificationHead(enc.stage_channels, task.num_classes)
         else:
@@ -131,6 +136,28 @@ class ContinualModel(nn.Module):
         head = self.heads[task.name]
         if isinstance(head, TaskView):
             head.shared.begin_task(head.task_index)
+
+    @torch.no_grad()
+    def calibrate_head(self, task: Task, batch_size: int) -> bool:
+        """Before training ``task``: a head with a ``calibrate`` method (a data-dependent input
+        standardisation, :class:`~cl_bench.models.swin.PooledRegressionHead`) gets the pooled
+        features of the whole training set on the current backbone, in order, in eval mode.
+        Consumes no random numbers. Returns whether the head was calibrated."""
+        head = self.heads[task.name]
+        if not hasattr(head, "calibrate"):
+            return False
+        was = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        pooled = []
+        for i in range(0, len(task.train), batch_size):
+            x = torch.stack([task.train[j]["image"] for j in
+                             range(i, min(i + batch_size, len(task.train)))]).to(device)
+            _, stages = self.backbone(x)
+            pooled.append(head.pooled(stages))
+        head.calibrate(torch.cat(pooled))
+        self.train(was)
+        return True
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encoder tokens ``(B, N, D)`` and per-block hidden states."""
@@ -193,15 +220,18 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     dropout_rate: Fraction = 0.0, normalize: bool = False,
                     weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
                     decoder_feature_size: PositiveInt = 12, decoder_image_skip: bool = False,
-                    regression_width: PositiveInt = 64) -> ContinualModel:
+                    regression_width: NonNegativeInt = 0,
+                    regression_stages: list[NonNegativeInt] = (0, 1)) -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
-    (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution).
+    (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution;
+    ``regression_width`` 0 = a linear regression head on the ``regression_stages``).
 
     Raises:
         ConfigError, DataError: see :class:`~cl_bench.models.swin.SwinEncoder`.
     """
     enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
                       window_size, dropout_rate, normalize, weights, decoder_weights)
-    return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip)
+    return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip,
+                          tuple(regression_stages))

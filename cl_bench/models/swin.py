@@ -192,9 +192,6 @@ def pool_stages(stages: list[torch.Tensor]) -> torch.Tensor:
 
 
 class PooledRegressionHead(nn.Module):
-    #: variance floor of the standardisation (as BatchNorm's)
-    eps = 1e-5
-
     """Shallow Swin stages, ReLU-pooled and standardised -> linear (or MLP) -> one scalar.
 
     Input: for each stage k of ``stages`` (default the first two: 1/2 and 1/4 of the input side),
@@ -227,6 +224,9 @@ class PooledRegressionHead(nn.Module):
     Raises:
         ConfigError: a stage index outside 0-4, or none.
     """
+
+    #: variance floor of the standardisation (as BatchNorm's)
+    eps = 1e-5
 
     def __init__(self, stage_channels: list[int], width: int = 0,
                  stages: tuple[int, ...] = (0, 1)):

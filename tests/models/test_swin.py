@@ -113,12 +113,48 @@ def test_lora_adapters_do_not_change_task1_output_when_task2_trains(cache, tmp_p
 
 @pytest.mark.parametrize("strategy", ["seq_ft", "seq_lp"])
 def test_baselines_run_on_swin(strategy, cache, tmp_path):
-    out = run(tiny_cfg(cache, f"strategy={strategy}"), tmp_path)
+    cfg = tiny_cfg(cache, f"strategy={strategy}")
+    out = run(cfg, tmp_path)
     R = pd.read_csv(tmp_path / "matrix.csv", index_col=0)
     assert R.shape == (3, 2) and np.isfinite(R.to_numpy()).all()
     if strategy == "seq_lp":
         assert R.loc["after_brain_age", "tumour_seg"] == R.loc["after_tumour_seg", "tumour_seg"]
+        # the frozen backbone is the one the age head was calibrated on: its standardisation
+        # is the training set's pooled-feature mean and sqrt(var + eps)
+        from cl_bench.config import build
+        task = build(cfg.tasks, "tasks")[1]
+        head = out.model.heads[task.name]
+        with torch.no_grad():
+            x = torch.stack([task.train[i]["image"] for i in range(len(task.train))])
+            pooled = head.pooled(out.model.backbone(x)[1])
+        torch.testing.assert_close(head.shift, pooled.mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(head.scale, (pooled.var(0, unbiased=False) + head.eps).sqrt(),
+                                   rtol=1e-5, atol=1e-6)
     assert out.metrics["complete"]
+
+
+def test_regression_head_standardises_its_shallow_stage_features():
+    from cl_bench.models.swin import PooledRegressionHead
+    torch.manual_seed(0)
+    channels = [12 * 2 ** k for k in range(5)]
+    head = PooledRegressionHead(channels)  # defaults: stages 0-1, linear
+    assert isinstance(head.mlp, torch.nn.Linear) and head.mlp.in_features == 12 + 24
+    stages = [torch.randn(6, c, 4, 4, 4) * (k + 1) + k for k, c in enumerate(channels)]
+    pooled = head.pooled(stages)
+    assert pooled.shape == (6, 36)
+    torch.testing.assert_close(pooled[:, :12], stages[0].relu().mean((2, 3, 4)))
+    head.calibrate(pooled)
+    z = head.embed(None, stages)
+    torch.testing.assert_close(z.mean(0), torch.zeros(36), atol=1e-5, rtol=0)
+    var = pooled.var(0, unbiased=False)
+    torch.testing.assert_close(z.var(0, unbiased=False), var / (var + head.eps))
+    assert head(None, None, stages, None).shape == (6,)
+    assert set(head.state_dict()) >= {"shift", "scale"}  # saved with the model (resume)
+    assert PooledRegressionHead(channels, width=8, stages=(4,)).mlp[0].in_features == 192
+    with pytest.raises(ConfigError, match="backbone.regression_stages"):
+        PooledRegressionHead(channels, stages=(5,))
+    with pytest.raises(ConfigError, match="backbone.regression_stages"):
+        PooledRegressionHead(channels, stages=())
 
 
 def test_scratch_reference_trains_a_fresh_unet_per_task(cache, tmp_path):

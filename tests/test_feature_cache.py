@@ -25,10 +25,17 @@ def test_seq_lp_with_cached_features_trains_bit_identically(data_cache, tmp_path
                 f"train.cache_frozen_features={str(cache).lower()}"])
         out[cache] = run(cfg, tmp_path / str(cache))
     a, b = out[True].model.state_dict(), out[False].model.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    # bit for bit on some CPUs; on others the decoder's convolutions on re-assembled cached
+    # stages sum in another order (measured: <= 7e-8 after 8 steps, the backbone and the age
+    # head bit-identical); issue 14's tolerance is 1e-6
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    frozen = [k for k in a if k.startswith("backbone.")]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
     ra = pd.read_csv(tmp_path / "True" / "matrix.csv", index_col=0)
     rb = pd.read_csv(tmp_path / "False" / "matrix.csv", index_col=0)
-    pd.testing.assert_frame_equal(ra, rb, check_exact=True)
+    pd.testing.assert_frame_equal(ra, rb, check_exact=False, rtol=0, atol=1e-6)
 
 
 class _Counting(nn.Module):

@@ -189,7 +189,7 @@ def _run_clbench(overrides: list[str], tmp: Path) -> dict:
     return {"process": process, "loop": timing["total_s"], "train+eval": train + evals,
             "eval": evals,
             "start->step": timing.get("first_step_unix", float("nan")) - spawn,  # older runners: none
-            "fingerprint": fingerprint(state["model"]),
+            "fingerprint": fingerprint(state["model"]), "timing": timing,
             "R": pd.read_csv(run / "matrix.csv", index_col=0)}
 
 

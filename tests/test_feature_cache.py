@@ -87,3 +87,40 @@ def test_cpu_counting_gives_torchmetrics_the_same_confusion_matrix_and_restores_
         assert int(fast.compute().sum()) == 49_500
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_lwf_teacher_recorded_once_gives_the_run_recomputing_it_every_step_gives(tmp_path):
+    """LwF's old-model outputs: once per training sample (default) or every step
+    (``train.cache_frozen_features=false``); digits, 2 tasks, 60 steps of 32 (~3 epochs)."""
+    out = {}
+    for cache in (True, False):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("config", overrides=[
+                "tasks=digits", "tasks.n_tasks=2", "strategy=lwf", "train.max_steps=60",
+                "train.batch_size=32", "train.progress_bar=false", "logger=none",
+                "train.checkpoint_every_n_epochs=0", "hardware.num_threads=1",
+                f"train.cache_frozen_features={str(cache).lower()}"])
+        out[cache] = run(cfg, tmp_path / str(cache))
+    assert out[True].strategy.cache_frozen and not out[False].strategy.cache_frozen
+    a, b = out[True].model.state_dict(), out[False].model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    ra = pd.read_csv(tmp_path / "True" / "matrix.csv", index_col=0)
+    rb = pd.read_csv(tmp_path / "False" / "matrix.csv", index_col=0)
+    pd.testing.assert_frame_equal(ra, rb, check_exact=False, rtol=0, atol=1e-6)
+    assert ra.shape == (3, 2) and ra.notna().all().all()
+
+
+def test_lwf_keeps_a_teacher_cache_only_when_frozen_work_is_cached():
+    from cl_bench.strategies.lwf import LwF
+    from tests.strategies.test_baselines import stream_and_model
+
+    for cache in (True, False):
+        stream, model = stream_and_model()
+        lwf = LwF()
+        lwf.cache_frozen = cache
+        lwf.setup(model, stream)
+        lwf.before_task(1, stream[1])
+        assert (lwf.teacher is not None) is cache
+        if cache:
+            assert lwf.teacher.size == len(stream[1].train)

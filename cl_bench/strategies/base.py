@@ -53,6 +53,9 @@ class Strategy:
     #: choices (a replay buffer, a Fisher subset) derive their generators from it and the task
     #: index, so seeds differ in them too and a resumed run makes the same choices
     seed = 0
+    #: ``train.cache_frozen_features`` (set by the runner): False makes a strategy recompute its
+    #: own frozen work every step (LwF's teacher outputs) instead of once per training sample
+    cache_frozen = True
 
     def __init__(self, lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):

@@ -27,7 +27,8 @@ A class-incremental stream's shared head is distilled once, on the classes seen 
 Deviations: no warm-up step training the new head alone. As in the paper, the old model's outputs
 are recorded once per training sample (:class:`~cl_bench.models.feature_cache.FeatureCache`, on the
 first visit instead of a pass before training; the old model is frozen and inputs are not
-augmented, so the values are the same), and the new model's old-head outputs reuse the training
+augmented, so the values are the same; ``train.cache_frozen_features=false`` recomputes them
+every step), and the new model's old-head outputs reuse the training
 step's backbone pass (``batch["features"]``).
 """
 
@@ -114,7 +115,7 @@ class LwF(Strategy):
         if t == 0:
             return
         self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.teacher = FeatureCache(len(task.train))
+        self.teacher = FeatureCache(len(task.train)) if self.cache_frozen else None
         shared_seen = False
         for old in self.stream[:t]:  # one term per distinct head
             if isinstance(self.model.heads[old.name], TaskView):

@@ -386,13 +386,13 @@ class _StreamRun:
         L.seed_everything(cfg.seed * 1000 + t, workers=True, verbose=False)  # shuffle, dropout
         model.begin_task(task)
         strategy.before_task(t, task)
-        if model.calibrate_head(task, cfg.train.eval_batch_size):
-            log.info("task %s: head input standardised on its %d training samples", task.name,
-                     len(task.train))
-        self._count_params(task)
         cache = None
         if cfg.train.cache_frozen_features and strategy.frozen_backbone(task):
             cache = FeatureCache(len(task.train))  # same batches: the sampler sees only len()
+        if model.calibrate_head(task, cfg.train.eval_batch_size, cache):  # fills the cache
+            log.info("task %s: head input standardised on its %d training samples", task.name,
+                     len(task.train))
+        self._count_params(task)
         if cfg.train.batch_size > len(task.train):
             log.warning("train.batch_size=%d exceeds task %s's %d training samples: every step "
                         "uses the whole training set", cfg.train.batch_size, task.name,

@@ -138,11 +138,15 @@ class ContinualModel(nn.Module):
             head.shared.begin_task(head.task_index)
 
     @torch.no_grad()
-    def calibrate_head(self, task: Task, batch_size: int) -> bool:
+    def calibrate_head(self, task: Task, batch_size: int, cache=None) -> bool:
         """Before training ``task``: a head with a ``calibrate`` method (a data-dependent input
         standardisation, :class:`~cl_bench.models.swin.PooledRegressionHead`) gets the pooled
         features of the whole training set on the current backbone, in order, in eval mode.
-        Consumes no random numbers. Returns whether the head was calibrated."""
+        ``cache``: the task's :class:`~cl_bench.models.feature_cache.FeatureCache` when the
+        backbone is frozen; the backbone outputs computed here then fill it, so training does
+        not compute them again (every shipped backbone is the same in eval and training mode:
+        no dropout, no batch norm). Consumes no random numbers. Returns whether the head was
+        calibrated."""
         head = self.heads[task.name]
         if not hasattr(head, "calibrate"):
             return False
@@ -153,7 +157,8 @@ class ContinualModel(nn.Module):
         for i in range(0, len(task.train), batch_size):
             x = torch.stack([task.train[j]["image"] for j in
                              range(i, min(i + batch_size, len(task.train)))]).to(device)
-            _, stages = self.backbone(x)
+            _, stages = (self.backbone(x) if cache is None else
+                         cache(self.backbone, x, torch.arange(i, i + len(x))))
             pooled.append(head.pooled(stages))
         head.calibrate(torch.cat(pooled))
         self.train(was)

@@ -133,6 +133,32 @@ def test_baselines_run_on_swin(strategy, cache, tmp_path):
     assert out.metrics["complete"]
 
 
+def test_calibration_fills_the_frozen_feature_cache(cache):
+    """seq_lp's age task: the calibration pass computes each training sample's backbone
+    outputs once; training then reads them (no second pass) and gets the same values."""
+    from cl_bench.config import build
+    from cl_bench.models.feature_cache import FeatureCache
+    cfg = tiny_cfg(cache, "strategy=seq_lp", "tasks.n_train=3")
+    torch.manual_seed(0)
+    model = build(cfg.backbone, "backbone")
+    stream = build(cfg.tasks, "tasks")
+    model.add_heads(stream)
+    task = stream[1]
+    seen = []
+    model.backbone.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    features = FeatureCache(len(task.train))
+    assert model.calibrate_head(task, 2, features)  # batches of 2 and 1
+    assert seen == [2, 1] and sorted(features.items) == [0, 1, 2]
+    index = torch.tensor([2, 0])
+    x = torch.stack([task.train[int(i)]["image"] for i in index])
+    model.train()
+    got = features(model.backbone, x, index)
+    assert seen == [2, 1]  # read from the cache
+    with torch.no_grad():
+        want = model.backbone(x)
+    torch.testing.assert_close(got[1][0], want[1][0], rtol=0, atol=1e-6)
+
+
 def test_regression_head_standardises_its_shallow_stage_features():
     from cl_bench.models.swin import PooledRegressionHead
     torch.manual_seed(0)

@@ -38,11 +38,15 @@ def _clock(seconds: float | None) -> str:
 
 
 class _StepStats:
-    """Loss (exponential moving average) and speed of the steps done in this process."""
+    """Loss (exponential moving average) and speed of the steps done in this process.
+
+    Each step's loss is kept as the (detached) tensor it is and read only when a line or the bar
+    is drawn, so a GPU run does not wait for every step's loss to reach the CPU."""
 
     def __init__(self, max_steps: int):
         self.max_steps = max_steps
-        self.loss: float | None = None
+        self._loss: float | None = None
+        self._pending: list = []  # losses since the last read (tensors or floats)
         self.start_step = 0
         self.start = time.perf_counter()
 
@@ -51,10 +55,19 @@ class _StepStats:
 
     def update(self, outputs: Any) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-        self.loss = value if self.loss is None else 0.9 * self.loss + 0.1 * value
+        if loss is not None:
+            self._pending.append(loss.detach() if hasattr(loss, "detach") else float(loss))
+            if len(self._pending) >= 1000:  # bounded memory whatever train.log_every_n_steps
+                self.loss
+
+    @property
+    def loss(self) -> float | None:
+        """The smoothed loss: ``0.9 * previous + 0.1 * step loss`` over every step so far."""
+        for value in self._pending:
+            value = float(value)
+            self._loss = value if self._loss is None else 0.9 * self._loss + 0.1 * value
+        self._pending.clear()
+        return self._loss
 
     def rate(self, step: int) -> float | None:
         elapsed = time.perf_counter() - self.start
@@ -65,8 +78,9 @@ class _StepStats:
         """``["step 312/600", "loss 0.237", "5.2 it/s", "ETA 00:58"]``."""
         rate = self.rate(step)
         eta = (self.max_steps - step) / rate if rate else None
+        loss = self.loss
         return [f"step {step}/{self.max_steps}",
-                "loss " + ("?" if self.loss is None else f"{self.loss:.4g}"),
+                "loss " + ("?" if loss is None else f"{loss:.4g}"),
                 ("?" if rate is None else f"{rate:.2f}" if rate < 10 else f"{rate:.1f}") + " it/s",
                 f"ETA {_clock(eta)}"]
 

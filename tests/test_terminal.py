@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
@@ -139,6 +140,20 @@ def test_plain_lines_every_n_steps(caplog):
         _fit(StepLogLines(0, 2, "tumour_seg", 7, every=3))
     steps = re.findall(r"task 1/2 tumour_seg step (\d+)/7 loss", caplog.text)
     assert steps == ["3", "6", "7"]
+
+
+def test_the_smoothed_loss_reads_step_losses_only_when_shown():
+    from cl_bench.progress import _StepStats
+    stats = _StepStats(10)
+    for v in (1.0, 2.0, 3.0):
+        stats.update(torch.tensor(v))  # kept as tensors until read
+    assert len(stats._pending) == 3
+    assert stats.loss == pytest.approx(1.29)  # 1 -> 0.9 + 0.2 -> 0.99 + 0.3
+    stats.update({"loss": torch.tensor(4.0)})
+    assert stats.fields(4)[1] == "loss 1.561" and not stats._pending
+    for _ in range(2500):
+        stats.update(torch.tensor(0.0))
+    assert len(stats._pending) < 1000 and stats.loss < 1e-9
 
 
 def test_row_line_names_metric_units_and_time():

@@ -384,6 +384,7 @@ class _StreamRun:
                                                self.strategy, self.model)
         log.info("task %d/%d: %s (%s)", t + 1, len(self.stream), task.name, task.kind)
         L.seed_everything(cfg.seed * 1000 + t, workers=True, verbose=False)  # shuffle, dropout
+        start = time.perf_counter()  # train_s: the strategy's hooks, calibration and the steps
         model.begin_task(task)
         strategy.before_task(t, task)
         cache = None
@@ -400,7 +401,6 @@ class _StreamRun:
         # batches carry "index" (their positions in task.train): the key of per-sample caches
         loader = DataLoader(IndexedDataset(task.train), batch_size=cfg.train.batch_size,
                             shuffle=True)
-        start = time.perf_counter()
         trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger,
                                 t, len(self.stream))
         mid = ckpt.mid_task_path(run_dir, task.name)

@@ -127,9 +127,10 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     write(rows)
     for t, task in enumerate(stream):
         seed_all(cfg.seed * 1000 + t)
+        start = time.perf_counter()
         model.begin_task(task)
         strategy.before_task(t, task)
-        start = time.perf_counter()
+        model.calibrate_head(task, cfg.train.eval_batch_size)  # a Swin age head, as the runner
         loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
         loss_fn = TaskLoss(task)
         opt = torch.optim.AdamW(strategy.param_groups(task), weight_decay=strategy.weight_decay)

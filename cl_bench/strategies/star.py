@@ -122,7 +122,6 @@ from cl_bench.data.base import CISS, IGNORE_INDEX, Task
 from cl_bench.data.ciss import SETTINGS
 from cl_bench.errors import ConfigError
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
-from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.models.heads import CISSHead, TaskView
 from cl_bench.models.lit import bce_per_class
 from cl_bench.results import write_json
@@ -520,7 +519,6 @@ class STAR(Strategy):
         self.head: CISSHead | None = None
         self.setting = "overlapped"
         self.old_model: nn.Module | None = None
-        self.teacher: FeatureCache | None = None  # the old model's outputs per training sample
         #: kept across steps: numbers (K+1,), basic also prototypes/noise (K, D), norm (2, K)
         self.bank: dict[str, torch.Tensor] = {}
         #: the current step's derived quantities (t, n_pred, numbers, bg_ratio, per_iter, ...)
@@ -566,12 +564,10 @@ class STAR(Strategy):
 
     def before_task(self, t: int, task: Task) -> None:
         self.freeze_all_but(self.model.backbone, self.model.heads[task.name])
-        self.step, self._extra, self.old_model, self.teacher = {"t": t}, None, None, None
+        self.step, self._extra, self.old_model = {"t": t}, None, None
         self._captured.clear()
         if t > 0:
             self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-            if self.cache_frozen:  # the frozen old model's outputs, once per training sample
-                self.teacher = FeatureCache(len(task.train))
 
     def task_loss(self, batch: dict, out: torch.Tensor, t: int, loss_fn) -> torch.Tensor:
         head, x, label = self.head, batch["image"], batch["label"]
@@ -585,9 +581,9 @@ class STAR(Strategy):
         if feats is None:
             raise RuntimeError("STAR: the CISS head's features were not captured; was setup() "
                                "called on this model?")
-        self._ensure_step(t, task=None)
-        old_feats, old_logits = self._teacher_outputs(x, lo, batch.get("index"))
+        old_feats, old_logits = self._old_outputs(x, lo)
         old_pred = old_predictions(old_logits)
+        self._ensure_step(t, task=None)
         self._ensure_per_iter(len(x))
         lab = label[:, 0]
         # fake features of old classes and repeated background pixels, target 0 on new classes
@@ -650,7 +646,7 @@ class STAR(Strategy):
                 new = stats[key].cpu()
                 old = self.bank.get(key)
                 self.bank[key] = new if old is None or t == 0 else torch.cat([old, new], dim=dim)
-        self.old_model, self.teacher = None, None
+        self.old_model = None
 
     def save(self, run_dir: Path, t: int, task: Task) -> None:
         """Write ``run_dir/star/storage.json`` (stored bytes vs a raw replay buffer) and log it."""
@@ -707,22 +703,6 @@ class STAR(Strategy):
             feats = self.encoder_grid(old, x)
             shared = old.heads[self.stream[0].name].shared
             return feats, shared.classify(feats)[:, :n_old]
-
-    def _teacher_outputs(self, x: torch.Tensor, n_old: int, index: torch.Tensor | None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_old_outputs` of training samples at positions ``index`` (``(B,)``) of the
-        step's data, from :attr:`teacher` when frozen work is cached (the old model is frozen
-        and inputs are not augmented: each sample's outputs are computed on its first visit,
-        in the training batch it came in, and reused by later epochs).
-
-        Not filled from :meth:`_ensure_step`'s in-order pass, although that would save the
-        first epoch's old-model passes too: its batches are ``stats_batch_size`` wide, and on
-        some CPUs a convolution's last bits depend on the batch size; STAR's thresholds (old
-        predictions, OCFM's mask) amplify them (measured: weights 9e-3 apart after 10 steps).
-        """
-        if self.teacher is None or index is None:
-            return self._old_outputs(x, n_old)
-        return self.teacher(lambda inputs: self._old_outputs(inputs, n_old), x, index)
 
     def _ensure_step(self, t: int, task: Task | None) -> None:
         """Once per step t >= 1: the old model's counts on the step's data, the carried counts,

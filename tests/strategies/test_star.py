@@ -345,34 +345,3 @@ def test_crash_in_step_1_then_resume_matches_the_uninterrupted_run(name, tmp_pat
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)  # bit for bit
     for key, value in ref.strategy.bank.items():
         assert torch.equal(resumed.strategy.bank[key], value), key
-
-
-def test_old_model_outputs_recorded_once_give_the_run_recomputing_them(tmp_path, monkeypatch):
-    """Step 1's old-model outputs: once per training sample (first visit), or in every
-    training step (``train.cache_frozen_features=false``); the two runs end equal. 30 steps
-    of 8 on step 1's samples: several epochs."""
-    calls = []
-    original = STAR._old_outputs
-
-    def counting(self, x, n_old):
-        calls.append(len(x))
-        return original(self, x, n_old)
-
-    monkeypatch.setattr(STAR, "_old_outputs", counting)
-    out, seen = {}, {}
-    for cache in (True, False):
-        calls.clear()
-        cfg = tiny_cfg("star", "logger=none", "train.max_steps=30",
-                       f"train.cache_frozen_features={str(cache).lower()}")
-        out[cache] = run(cfg, tmp_path / str(cache))
-        seen[cache] = sum(calls)
-    n1 = len(out[True].strategy.stream[1].train)
-    assert 30 * 8 > 2 * n1  # several epochs of step 1
-    assert seen[False] - n1 > 2 * n1  # the statistics pass and every training batch
-    assert seen[True] == n1 + n1  # the statistics pass and each sample's first visit
-    a, b = out[True].model.state_dict(), out[False].model.state_dict()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    ra = pd.read_csv(tmp_path / "True" / "matrix.csv", index_col=0)
-    rb = pd.read_csv(tmp_path / "False" / "matrix.csv", index_col=0)
-    pd.testing.assert_frame_equal(ra, rb, check_exact=False, rtol=0, atol=1e-6)

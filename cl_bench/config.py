@@ -72,7 +72,8 @@ class TrainConfig:
     #: ... but no mid-task checkpoint sooner than this many seconds after the last (or the start)
     checkpoint_min_interval_s: float = field(default=60.0, metadata=_range(
         _finite_non_negative, "a finite number of seconds >= 0"))
-    #: a frozen backbone's outputs computed once per training sample (cl_bench.models.feature_cache)
+    #: frozen work once per training sample: a frozen backbone's outputs (seq_lp), LwF's teacher
+    #: outputs (cl_bench.models.feature_cache); false recomputes them every step
     cache_frozen_features: bool = True
 
 

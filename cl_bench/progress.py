@@ -41,7 +41,7 @@ class _StepStats:
     """Loss (exponential moving average) and speed of the steps done in this process.
 
     Each step's loss is kept as the (detached) tensor it is and read only when a line or the bar
-    is drawn, so a GPU run does not wait for every step's loss to reach the CPU."""
+    is drawn (no ``float()`` of a device tensor per step)."""
 
     def __init__(self, max_steps: int):
         self.max_steps = max_steps
@@ -58,15 +58,18 @@ class _StepStats:
         if loss is not None:
             self._pending.append(loss.detach() if hasattr(loss, "detach") else float(loss))
             if len(self._pending) >= 1000:  # bounded memory whatever train.log_every_n_steps
-                self.loss
+                self._fold()
 
-    @property
-    def loss(self) -> float | None:
-        """The smoothed loss: ``0.9 * previous + 0.1 * step loss`` over every step so far."""
+    def _fold(self) -> None:
         for value in self._pending:
             value = float(value)
             self._loss = value if self._loss is None else 0.9 * self._loss + 0.1 * value
         self._pending.clear()
+
+    @property
+    def loss(self) -> float | None:
+        """The smoothed loss: ``0.9 * previous + 0.1 * step loss`` over every step so far."""
+        self._fold()
         return self._loss
 
     def rate(self, step: int) -> float | None:

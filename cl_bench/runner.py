@@ -162,7 +162,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     main = getattr(rank_zero_only, "rank", 0) == 0  # DDP: only rank 0 evaluates and writes
     strategy = build(cfg.strategy, "strategy")
     strategy.seed = int(cfg.seed)  # the strategy's own generators (replay buffer, Fisher subset)
-    strategy.cache_frozen = bool(cfg.train.cache_frozen_features)  # LwF's teacher outputs too
+    strategy.cache_frozen = bool(cfg.train.cache_frozen_features)  # backbone and teacher caches
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
     model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
     strategy.check_model(model)  # and a setting that does not fit the backbone (a LoRA rank)
@@ -388,7 +388,7 @@ class _StreamRun:
         model.begin_task(task)
         strategy.before_task(t, task)
         cache = None
-        if cfg.train.cache_frozen_features and strategy.frozen_backbone(task):
+        if strategy.cache_frozen and strategy.frozen_backbone(task):
             cache = FeatureCache(len(task.train))  # same batches: the sampler sees only len()
         if model.calibrate_head(task, cfg.train.eval_batch_size, cache):  # fills the cache
             log.info("task %s: head input standardised on its %d training samples", task.name,

@@ -47,7 +47,7 @@ def report(stats: pstats.Stats, total: float, overrides: list[str], cfg) -> str:
     from hydra.utils import get_class, get_method
 
     from cl_bench.models.lit import LitTask
-    from cl_bench.runner import _StreamRun as _Run, run
+    from cl_bench.runner import _StreamRun, run
 
     def cum(fn) -> float:
         return stats.stats.get(_key(fn), (0, 0, 0, 0.0))[3]
@@ -56,7 +56,7 @@ def report(stats: pstats.Stats, total: float, overrides: list[str], cfg) -> str:
     rows = [("run (after imports and config)", 0, cum(run)),
             (f"build the stream ({cfg.tasks._target_})", 1, cum(get_method(cfg.tasks._target_))),
             ("train_task (all tasks: fit, hooks, evaluation, files, checkpoints)", 1,
-             cum(_Run.train_task))]
+             cum(_StreamRun.train_task))]
     for hook in ("before_task", "after_task"):
         rows.append((f"{strategy.__name__}.{hook}", 2, cum(getattr(strategy, hook))))
     import lightning as L
@@ -73,8 +73,8 @@ def report(stats: pstats.Stats, total: float, overrides: list[str], cfg) -> str:
     for seconds, label in sorted(named, reverse=True)[:8]:
         rows.append((label, 4, seconds))
     rows += [("Lightning's loop around the step (fit - training_step)", 3, fit - step),
-             ("evaluation (every row)", 2, cum(_Run.evaluate_row)),
-             ("result files (and figures at the end)", 2, cum(_Run.write_row))]
+             ("evaluation (every row)", 2, cum(_StreamRun.evaluate_row)),
+             ("result files (and figures at the end)", 2, cum(_StreamRun.write_row))]
     lines = [f"clbench {' '.join(overrides)}", "",
              "| part | s | % of process |", "|---|---|---|",
              f"| whole process (under cProfile) | {total:.1f} | 100 |",

@@ -53,8 +53,9 @@ class Strategy:
     #: choices (a replay buffer, a Fisher subset) derive their generators from it and the task
     #: index, so seeds differ in them too and a resumed run makes the same choices
     seed = 0
-    #: ``train.cache_frozen_features`` (set by the runner): False makes a strategy recompute its
-    #: own frozen work every step (LwF's teacher outputs) instead of once per training sample
+    #: ``train.cache_frozen_features`` (set by the runner): False recomputes frozen work every
+    #: step instead of once per training sample, both the runner's backbone cache (with
+    #: :meth:`frozen_backbone`) and a strategy's own (LwF's teacher outputs)
     cache_frozen = True
 
     def __init__(self, lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,

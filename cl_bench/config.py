@@ -283,6 +283,11 @@ def type_hints(fn) -> dict[str, Any]:
     return out
 
 
+#: keys every ``tasks`` node may carry besides its factory's arguments: applied to the built
+#: stream by :func:`build_stream`, not passed to the factory
+STREAM_KEYS = ("n_val", "max_tasks")
+
+
 def check_node(node: DictConfig, key: str) -> None:
     """Check a ``_target_`` node's keys and value types against the target's signature.
 
@@ -307,6 +312,8 @@ def check_node(node: DictConfig, key: str) -> None:
                               f"({key}.{name}=...)")
         if name.startswith("_") or name == "name" and name not in sig.parameters:
             continue
+        if key == "tasks" and name in STREAM_KEYS:
+            continue
         if name not in sig.parameters:
             if takes_kwargs:
                 continue
@@ -328,6 +335,9 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """
     check_node(node, key)
     cfg = OmegaConf.to_container(node, resolve=True)
+    if key == "tasks":
+        for k in STREAM_KEYS:
+            cfg.pop(k, None)
     if "name" in cfg and "name" not in inspect.signature(locate(cfg["_target_"])).parameters:
         cfg.pop("name")
     try:
@@ -339,3 +349,24 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
         if cause is not None:
             raise cause from None
         raise
+
+
+def build_stream(cfg: DictConfig) -> list:
+    """The stream of ``cfg.tasks`` (:func:`build`), with ``tasks.n_val`` validation samples per
+    task carved from its training set by the run's ``seed``
+    (:func:`~cl_bench.data.base.carve_validation`), cut to its first ``tasks.max_tasks`` tasks
+    if that is set (e.g. ``+tasks.max_tasks=1``: the first task alone, for a probe or a timing).
+
+    Raises:
+        ConfigError / DataError: from the stream's factory, or a bad ``tasks.n_val`` or
+        ``tasks.max_tasks``.
+    """
+    from cl_bench.data.base import carve_validation
+
+    max_tasks = cfg.tasks.get("max_tasks")
+    if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, int)
+                                  or max_tasks < 1):
+        raise ConfigError(f"tasks.max_tasks: expected a positive int or null (the whole stream), "
+                          f"got {max_tasks!r}")
+    stream = build(cfg.tasks, "tasks")[:max_tasks]
+    return carve_validation(stream, cfg.tasks.get("n_val", 0), int(cfg.seed))

@@ -98,6 +98,7 @@ class _Scorer:
                                      ignore_empty=True)
         elif task.kind == "regression":
             self.metric = MeanAbsoluteError()
+            self.baseline = MeanAbsoluteError()  # the mean predictor: always target_mean
         else:
             # every global class id a head of the stream can answer
             n = max([task.num_classes] + [max(t.classes) + 1 for t in (stream or [task])
@@ -118,6 +119,7 @@ class _Scorer:
                         torch.nn.functional.one_hot(label[:, 0].long(), k).movedim(-1, 1))
         elif task.kind == "regression":
             self.metric.update(pred, label.float())
+            self.baseline.update(torch.full_like(label.float(), task.target_mean), label.float())
         else:
             with _cpu_counting(pred.device):
                 self.metric.update(pred, global_classes(task, label.long()))
@@ -141,7 +143,8 @@ class _Scorer:
             return out
         if task.kind == "regression":
             mae = float(self.metric.compute())
-            return {"mae": mae, "mae_normalised": mae / task.target_std}
+            return {"mae": mae, "mae_normalised": mae / task.target_std,
+                    "mae_mean_predictor": float(self.baseline.compute())}
         return {"accuracy": float(self.metric.compute())}
 
 
@@ -183,8 +186,9 @@ def _no_answer(task: Task, x: torch.Tensor, scorer: _Scorer) -> torch.Tensor:
 def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
                   batch_size: int = 4, device: str | torch.device = "cpu",
                   bf16: bool = False, stream: list[Task] | None = None,
-                  predicted: bool = False, cache: dict | None = None) -> dict[str, float]:
-    """Score ``model`` on ``task.test`` with the oracle or the predicted task id.
+                  predicted: bool = False, cache: dict | None = None,
+                  split: str = "test") -> dict[str, float]:
+    """Score ``model`` on ``task.test`` (or ``task.val``) with the oracle or the predicted task id.
 
     Args:
         model, strategy, task: what to evaluate; batch_size: test batch size;
@@ -193,23 +197,30 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
         predicted: route each sample by ``strategy.predict_task_id`` (see module docstring);
         cache: a dict shared by the calls of one R row (same weights): CISS steps share one test
         set, so a step whose test set and active classes were scored already reuses that
-        confusion matrix instead of another pass (oracle ids only; results are identical).
+        confusion matrix instead of another pass (oracle ids only; results are identical);
+        split: ``"test"`` (the reported R) or ``"val"`` (the validation set of
+        :func:`~cl_bench.data.base.carve_validation`, what choices are made on).
 
     Returns:
         ``{task.metric: value, ...}``: for segmentation also ``dice_<label>`` per foreground
-        label; for regression also ``mae_normalised`` (MAE divided by ``task.target_std``).
+        label; for regression also ``mae_normalised`` (MAE divided by ``task.target_std``) and
+        ``mae_mean_predictor`` (the MAE of always answering the training mean ``target_mean``).
         With ``predicted``: also ``retrieval`` (share of samples routed to ``task``) and
         ``retrieval_ms_per_sample`` (wall time of the task-id prediction).
 
     Raises:
-        ConfigError: ``predicted`` with a strategy that predicts no task id.
+        ConfigError: ``predicted`` with a strategy that predicts no task id; ``split="val"`` on
+        a task without a validation set.
     """
+    dataset = task.test if split == "test" else task.val
+    if dataset is None:
+        raise ConfigError(f"task {task.name!r} has no validation set; set tasks.n_val > 0")
     was_training = model.training
     model.eval()
     first = next(model.parameters(), None)
     if first is not None and first.device != torch.device(device):
         model.to(device)
-    loader = test_batches(task.test, batch_size)
+    loader = test_batches(dataset, batch_size)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     active = None
     if task.kind == CISS:
@@ -220,7 +231,7 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
     hits, n, predict_s = 0, 0, 0.0
     key = None
     if task.kind == CISS and not predicted and cache is not None:
-        key = ("ciss", id(task.test), tuple(active))
+        key = ("ciss", id(dataset), tuple(active))
         if key in cache:
             scorer.metric = cache[key]
             model.train(was_training)

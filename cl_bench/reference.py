@@ -1,13 +1,38 @@
-"""Published numbers that ``clbench-report --paper <name>`` puts beside ours.
+"""Published numbers that ``clbench-report --paper <name>`` puts beside ours, and the paper's
+claims that it judges on our runs.
 
 Each entry maps our strategy names to the paper's values in our column names (see
 :func:`cl_bench.report.summarise`). Only numbers stated in the paper are given; a missing key
 means "not reported".
+
+Claims (``"claims"``, read by :func:`cl_bench.report.claims_table`) are data: each has an
+``id``, the ``claim`` in words, one or more ``tests`` (all must hold on a seed for the claim to
+hold on it) and optionally ``why_not``, a note shown when it does not hold on every seed
+(``{cfg[<key>]}`` is replaced by that config value of the test's runs). A test is
+``{"strategy", "quantity" (its name in the table), "value", "op", "threshold"}``:
+
+* ``value``, one run's number, in the task's own units (Dice in [0, 1], MAE in years, ...):
+  ``{"final": task}`` R[after the stream's last task][task] (``matrix.csv``);
+  ``{"just_learned": task}`` R[after task][task]; ``{"bwt": task}`` the task's backward
+  transfer s * (final - just learned), s = +1 if higher is better else -1;
+  ``{"group": metric, "key": k}`` ``metrics.json`` ``groups[metric][k]`` (e.g. ``bwt_gem``);
+  ``{"detail": k, "task": task, "data_checks": k2}`` ``metrics.json``
+  ``details[after last task][task][k]``, else ``data_checks.json`` ``[task][k2]``;
+  ``{"params": k, "task": task}`` ``params.json`` ``tasks[task][k]``;
+  ``{"ratio": [value, value]}`` the first over the second.
+* ``op``: ``<=``, ``>=``, ``<``, ``>`` or ``==`` (exact); ``threshold``: a number, or
+  ``{"times": f, "of": value, "label", "strategy"?}``: f x that value of the same seed's run of
+  ``strategy`` (default: the test's own), or f x its mean over seeds where that seed is missing.
 """
 
 from __future__ import annotations
 
-#: name -> {"citation", "note", "rows": {strategy: {"label", column: value or (mean, std)}}}
+#: the MAE (years) of always predicting the training mean age, on the same test subjects
+MEAN_PREDICTOR = {"detail": "mae_mean_predictor", "task": "brain_age",
+                  "data_checks": "mean_predictor_mae"}
+
+#: name -> {"citation", "note", "rows": {strategy: {"label", column: value or (mean, std)}},
+#:          "claims": [claim, ...] (module docstring)}
 PAPERS: dict[str, dict] = {
     "brain_mri_fm": {
         "citation": "Continual learning of a frozen brain-MRI foundation model: tumour "
@@ -24,5 +49,49 @@ PAPERS: dict[str, dict] = {
                      "brain_age mae_normalised": (0.16, 0.05), "bwt_gem dice": 0.0,
                      "bwt_gem mae": 0.0, "trainable %": "< 0.1"},
         },
+        "claims": [
+            {"id": "a", "claim": "sequential fine-tuning forgets tumour segmentation "
+                                 "(paper: Dice 0.80 -> 0.16)",
+             "tests": [{"strategy": "seq_ft",
+                        "quantity": "tumour_seg Dice after brain_age / just learned",
+                        "value": {"ratio": [{"final": "tumour_seg"},
+                                            {"just_learned": "tumour_seg"}]},
+                        "op": "<=", "threshold": 0.5}]},
+            {"id": "b", "claim": "sequential linear probing keeps the Dice but fails on brain "
+                                 "age (paper: MAE 1.45 normalised)",
+             "tests": [{"strategy": "seq_lp", "quantity": "tumour_seg Dice BWT",
+                        "value": {"bwt": "tumour_seg"}, "op": ">=", "threshold": -0.01},
+                       {"strategy": "seq_lp", "quantity": "brain_age MAE (years), final",
+                        "value": {"final": "brain_age"}, "op": ">=",
+                        "threshold": {"times": 1.0, "of": MEAN_PREDICTOR,
+                                      "label": "mean predictor's MAE"}}]},
+            {"id": "c", "claim": "one LoRA adapter per task is good at both tasks",
+             "tests": [{"strategy": "lora", "quantity": "tumour_seg Dice, final",
+                        "value": {"final": "tumour_seg"}, "op": ">=",
+                        "threshold": {"times": 0.75, "strategy": "seq_ft",
+                                      "of": {"just_learned": "tumour_seg"},
+                                      "label": "seq_ft's just-learned tumour_seg Dice"}},
+                       {"strategy": "lora", "quantity": "brain_age MAE (years), final",
+                        "value": {"final": "brain_age"}, "op": "<=",
+                        "threshold": {"times": 0.5, "of": MEAN_PREDICTOR,
+                                      "label": "mean predictor's MAE"}}]},
+            {"id": "d", "claim": "LoRA has exactly zero backward transfer (paper: BWT 0)",
+             "tests": [{"strategy": "lora", "quantity": "BWT (GEM) of dice",
+                        "value": {"group": "dice", "key": "bwt_gem"}, "op": "==",
+                        "threshold": 0.0},
+                       {"strategy": "lora", "quantity": "BWT (GEM) of mae",
+                        "value": {"group": "mae", "key": "bwt_gem"}, "op": "==",
+                        "threshold": 0.0}]},
+            {"id": "e", "claim": "LoRA adapters are < 0.1 % of the parameters",
+             "tests": [{"strategy": "lora", "quantity": f"{task} adapter, % of backbone",
+                        "value": {"params": "adapter_pct_of_backbone", "task": task},
+                        "op": "<", "threshold": 0.1} for task in ("tumour_seg", "brain_age")],
+             "why_not": "LoRA of rank r on a linear layer C_in -> C_out adds r (C_in + C_out) "
+                        "weights to its C_in C_out (2r/C of a C-wide layer; with the layers it "
+                        "leaves alone, of order r/C of the backbone): below 0.1 % needs layers "
+                        "~1000 r wide or more, far wider than this backbone's "
+                        "(r = {cfg[strategy.rank]} here); the paper's "
+                        "backbone, rank and adapted layers are not published"},
+        ],
     },
 }

@@ -13,7 +13,10 @@ tasks (as in ``metrics.json``'s partial convention), never silently dropping the
 Writes into ``--out`` (default ``<first dir>/report``): ``report.md``, ``report.tex``,
 ``report.csv`` (numeric ``<quantity> mean`` / ``<quantity> std`` columns), ``runs.csv`` (one row
 per run), ``heatmaps.png`` (the seed-mean R of each group) and ``curves.png`` (each task's metric
-after every training step, mean ± std band per group).
+after every training step, mean ± std band per group). With ``--paper`` naming a paper that
+states claims (:mod:`cl_bench.reference`), also ``claims.md`` / ``claims.csv``: each claim judged
+on our runs, per seed, with its margin (see :func:`claims_table`), printed after the table with
+``--format markdown`` (the default).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import sys
 from pathlib import Path
 
@@ -41,6 +45,15 @@ IGNORED = ("seed", "results_dir", "resume", "train.progress_bar", "hardware.num_
 #: per metric group, the stream-level quantities reported (metrics.json "groups")
 GROUP_KEYS = ("final_average", "mft", "maa", "bwt_gem", "bwt_sefe", "forgetting_max")
 ARROW = {True: "↑", False: "↓"}
+#: per-run columns holding objects (R, units, raw metrics.json / params.json), never reported
+PRIVATE = ("_units", "_matrix", "_metrics", "_params")
+#: a claim test's comparison op -> (holds(value, threshold), margin(value, threshold), symbol);
+#: the margin is positive on the holding side, -|value - threshold| for "==" (0 when it holds)
+OPS = {"<=": (operator.le, lambda v, t: t - v, "≤"),
+       ">=": (operator.ge, lambda v, t: v - t, "≥"),
+       "<": (operator.lt, lambda v, t: t - v, "<"),
+       ">": (operator.gt, lambda v, t: v - t, ">"),
+       "==": (operator.eq, lambda v, t: -abs(v - t), "=")}
 
 
 def _flatten(d, prefix: str = "") -> dict:
@@ -103,6 +116,7 @@ def _load_run(metrics_path: Path) -> dict:
         rec["peak GPU (MB)"] = timing["peak_gpu_mb"]
     rec["_units"] = units
     rec["_matrix"] = pd.read_csv(run / "matrix.csv", index_col=0)
+    rec["_metrics"], rec["_params"] = m, params  # raw, for the paper's claims
     return rec
 
 
@@ -118,7 +132,8 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
         ``(runs, skipped)``: one row per run (group keys, ``seed``, ``complete``, one column per
         task's final metric in native units, per-metric-group BWT/forgetting/MFN/MFT/MAA,
         ``trainable %``, ``wall time (s)``, ``peak RSS (MB)`` (and ``peak GPU (MB)`` for runs on a
-        GPU); the R matrix in the ``_matrix`` column) and
+        GPU); the R matrix in the ``_matrix`` column, ``metrics.json`` / ``params.json`` as
+        dicts in ``_metrics`` / ``_params``) and
         ``"<file>: <reason>"`` for each run that could not be read.
 
     Raises:
@@ -161,8 +176,8 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def _quantities(runs: pd.DataFrame) -> list[str]:
-    skip = {"run", "seed", "complete", "tasks_completed", "num_tasks", "_units", "_matrix",
-            "tasks", "strategy", "backbone"}
+    skip = {"run", "seed", "complete", "tasks_completed", "num_tasks", "tasks", "strategy",
+            "backbone", *PRIVATE}
     cols = [c for c in runs.columns if c not in skip and not c.startswith("cfg:")]
     return [c for c in cols if "(just learned)" not in c] + [c for c in cols if
                                                              "(just learned)" in c]
@@ -300,13 +315,358 @@ def plot_curves(runs: pd.DataFrame, keys: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+#: the columns of ``claims.csv`` (``claims.md`` shows ``claim`` ... ``verdict`` of CLAIM_MD)
+CLAIM_COLUMNS = ("setting", "claim", "statement", "strategy", "quantity", "value mean", "value std",
+                 "per seed", "op", "threshold", "threshold mean", "margin mean", "margin std",
+                 "seeds holding", "seeds measured", "verdict", "note")
+CLAIM_MD = ("claim", "statement", "strategy", "quantity", "value", "per seed ✓ holds",
+            "threshold", "margin (> 0: holds side)", "holds", "verdict")
+
+
+def _number(v) -> float:
+    """A JSON value as a float: NaN for None, a missing key, a boolean or a non-number."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def _seed(seed) -> int | str:
+    try:
+        return int(seed) if float(seed).is_integer() else str(seed)
+    except (TypeError, ValueError):
+        return str(seed)
+
+
+def _show(v: float) -> str:
+    """One number as in the tables, but a tiny non-zero one (|v| < 5e-4) in ``.2g`` so that it
+    never reads as 0 (an "exactly 0" claim)."""
+    return f"{v:.2g}" if v and abs(v) < 5e-4 else _fmt(v, None)
+
+
+def _mean_std(x: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; NaN for fewer than two values; both NaN for none)."""
+    return (float(np.mean(x)) if x else math.nan,
+            float(np.std(x, ddof=1)) if len(x) > 1 else math.nan)
+
+
+def _pm(mean: float, std: float) -> str:
+    """``mean ± std`` as :func:`_fmt`, in ``.2g`` for a tiny non-zero mean (:func:`_show`)."""
+    if not (mean and abs(mean) < 5e-4):
+        return _fmt(mean, std)
+    return _show(mean) + ("" if math.isnan(std) else f" ± {std:.2g}")
+
+
+def _verdict(holds: list[bool]) -> str:
+    """``holds`` (every seed), ``fails`` (no seed), ``mixed (k/n)`` or ``not measured``."""
+    k, n = sum(holds), len(holds)
+    return ("not measured" if not n else "holds" if k == n else "fails" if not k
+            else f"mixed ({k}/{n})")
+
+
+def _measure(rec: pd.Series, spec: dict, checks: dict | None) -> tuple[float, bool]:
+    """One run's value of a claim quantity ``spec`` (vocabulary: :mod:`cl_bench.reference`).
+
+    Returns:
+        ``(value, from_checks)``: a float in the quantity's own units (Dice, MAE in years, % of
+        the backbone, or a ratio of two), NaN where the run's files do not record it or a ratio's
+        denominator is 0; ``from_checks``: the value came from ``data_checks.json``.
+
+    Raises:
+        ValueError: an unknown ``spec`` (a mistake in :mod:`cl_bench.reference`).
+    """
+    if "ratio" in spec:
+        (num, c1), (den, c2) = (_measure(rec, q, checks) for q in spec["ratio"])
+        return (num / den if den else math.nan), c1 or c2
+    m, metrics = rec["_matrix"], rec["_metrics"]
+    last = f"after_{m.columns[-1]}" if len(m.columns) else None  # after the stream's last task
+
+    def cell(row, task):
+        return float(m.at[row, task]) if row in m.index and task in m.columns else math.nan
+
+    if "final" in spec:
+        return cell(last, spec["final"]), False
+    if "just_learned" in spec:
+        return cell(f"after_{spec['just_learned']}", spec["just_learned"]), False
+    if "bwt" in spec:
+        task = spec["bwt"]
+        sign = 1.0 if rec["_units"].get(task, {}).get("higher_is_better", True) else -1.0
+        return sign * (cell(last, task) - cell(f"after_{task}", task)), False
+    if "group" in spec:
+        return _number(metrics.get("groups", {}).get(spec["group"], {}).get(spec["key"])), False
+    if "detail" in spec:
+        row = metrics.get("details", {}).get(last, {}).get(spec["task"], {})
+        v = _number(row.get(spec["detail"]))
+        if math.isnan(v) and checks and spec.get("data_checks"):
+            v = _number(checks.get(spec["task"], {}).get(spec["data_checks"]))
+            return v, not math.isnan(v)
+        return v, False
+    if "params" in spec:
+        task = rec["_params"].get("tasks", {}).get(spec["task"], {})
+        return _number(task.get(spec["params"])), False
+    raise ValueError(f"unknown claim quantity {spec!r}")
+
+
+def _per_seed(runs: pd.DataFrame, strategy: str, spec: dict, checks: dict | None
+              ) -> tuple[dict, bool]:
+    """``({seed: value}, from_checks)``: quantity ``spec`` of ``strategy``'s runs, the mean of a
+    seed's runs (normally one), for the seeds where it is measured."""
+    values, from_checks = {}, False
+    for seed, g in runs[runs["strategy"] == strategy].groupby("seed", sort=True, dropna=False):
+        got = [_measure(r, spec, checks) for _, r in g.iterrows()]
+        x = [v for v, _ in got if math.isfinite(v)]
+        from_checks |= any(c for v, c in got if math.isfinite(v))
+        if x:
+            values[_seed(seed)] = float(np.mean(x))
+    return values, from_checks
+
+
+def _judge(runs: pd.DataFrame, test: dict, checks: dict | None) -> dict:
+    """One claim test, seed by seed (``runs``: the complete runs of one setting).
+
+    Returns:
+        ``{"value", "threshold", "margin", "holds"}`` (each ``{seed: ...}`` over the seeds where
+        both value and threshold are measured) and ``notes``: why it is not measured, where a
+        value came from ``data_checks.json``, which seeds compare with a reference mean.
+    """
+    strategy, thr = test["strategy"], test["threshold"]
+    ref_strategy = thr.get("strategy", strategy) if isinstance(thr, dict) else strategy
+    values, from_checks = _per_seed(runs, strategy, test["value"], checks)
+    notes = [f"{test['quantity']} from data_checks.json (not in the runs' metrics.json)"
+             ] if from_checks else []
+    if isinstance(thr, dict):
+        ref, ref_checks = _per_seed(runs, ref_strategy, thr["of"], checks)
+        if ref_checks:
+            notes.append(f"the {thr['label']} from data_checks.json (not in the runs' "
+                         f"metrics.json)")
+        mean = float(np.mean(list(ref.values()))) if ref else math.nan
+        thresholds = {s: thr.get("times", 1.0) * ref.get(s, mean) for s in values}
+        unmatched = [s for s in values if ref and s not in ref]
+        if unmatched:
+            notes.append(f"seed(s) {', '.join(map(str, unmatched))}: no seed-matched "
+                         f"{ref_strategy} value, compared with the {thr['label']} averaged over "
+                         f"{ref_strategy}'s seeds")
+    else:
+        thresholds = {s: float(thr) for s in values}
+    holds, margin, _ = OPS[test["op"]]
+    seeds = [s for s in values if math.isfinite(thresholds[s])]
+    if not (runs["strategy"] == strategy).any():
+        notes.append(f"not measured: no complete {strategy} runs")
+    elif not values:
+        notes.append(f"not measured: the {strategy} runs do not record {test['quantity']}")
+    elif not seeds and not (runs["strategy"] == ref_strategy).any():
+        notes.append(f"not measured: no complete {ref_strategy} runs for the {thr['label']}")
+    elif not seeds:
+        notes.append(f"not measured: the {ref_strategy} runs do not record the {thr['label']}"
+                     + (", nor does any data_checks.json" if "data_checks" in thr["of"] else ""))
+    return {"value": {s: values[s] for s in seeds}, "threshold": {s: thresholds[s] for s in seeds},
+            "margin": {s: margin(values[s], thresholds[s]) for s in seeds},
+            "holds": {s: bool(holds(values[s], thresholds[s])) for s in seeds}, "notes": notes}
+
+
+def _test_row(tid: str, test: dict, j: dict) -> dict:
+    """A claim test's row (both the ``claims.csv`` numbers and the ``claims.md`` strings)."""
+    seeds, thr, sym = list(j["value"]), test["threshold"], OPS[test["op"]][2]
+    (v, v_sd), (t, _), (mg, mg_sd) = (_mean_std(list(j[k].values()))
+                                      for k in ("value", "threshold", "margin"))
+    if isinstance(thr, dict):
+        times = thr.get("times", 1.0)
+        threshold = f"{sym} {'' if times == 1 else f'{times:g} × '}{thr['label']}"
+        threshold += f" = {_pm(*_mean_std(list(j['threshold'].values())))}" if seeds else ""
+    else:
+        threshold = f"{sym} {thr:g}"
+    per_seed = ", ".join(
+        f"s{s} {_show(j['value'][s])}"
+        + (f" ({sym} {_show(j['threshold'][s])})" if isinstance(thr, dict) else "")
+        + (" ✓" if j["holds"][s] else " ✗") for s in seeds)
+    k = sum(j["holds"].values())
+    return {"claim": tid, "statement": "", "strategy": test["strategy"],
+            "quantity": test["quantity"], "value mean": v, "value std": v_sd,
+            "per seed": json.dumps({str(s): j["value"][s] for s in seeds}), "op": test["op"],
+            "threshold": threshold, "threshold mean": t, "margin mean": mg, "margin std": mg_sd,
+            "seeds holding": k, "seeds measured": len(seeds),
+            "verdict": _verdict(list(j["holds"].values())), "note": "; ".join(j["notes"]),
+            "value": _pm(v, v_sd), "per seed ✓ holds": per_seed or "–",
+            "margin (> 0: holds side)": _pm(mg, mg_sd),
+            "holds": f"{k}/{len(seeds)}" if seeds else "–"}
+
+
+class _CfgValues(dict):
+    """``{cfg[key]}`` in a claim's ``why_not``: the config key's values over ``runs``."""
+
+    def __init__(self, runs: pd.DataFrame):
+        super().__init__()
+        self.runs = runs
+
+    def __missing__(self, key: str) -> str:
+        col = self.runs[f"cfg:{key}"].dropna() if f"cfg:{key}" in self.runs else []
+        values = dict.fromkeys(f"{v:g}" if isinstance(v, float) else str(v) for v in col)
+        return ", ".join(values) or "?"
+
+
+def _claim_tasks(spec) -> set[str]:
+    """Every task a claim definition (or a part of one) reads."""
+    if isinstance(spec, list):
+        return set().union(*map(_claim_tasks, spec)) if spec else set()
+    if not isinstance(spec, dict):
+        return set()
+    found = {spec[k] for k in ("final", "just_learned", "bwt", "task")
+             if isinstance(spec.get(k), str)}
+    return found.union(*map(_claim_tasks, spec.values()))
+
+
+def _settings(runs: pd.DataFrame, tasks: set[str]) -> list[tuple[str, pd.DataFrame]]:
+    """The runs split by the group keys but ``strategy``, the config groups' names (``tasks``,
+    ``backbone`` again) and any key some runs lack (a strategy's own hyper-parameter): one
+    stream, backbone and shared settings each, where the strategies are compared; only those
+    whose runs measured ``tasks`` (maybe none). Labels: ``stream / backbone``
+    (`` / key=value`` for any other key)."""
+    keys = [k for k in group_keys(runs) if k != "strategy" and not k.endswith(".name")
+            and runs[k].notna().all()]
+    groups = runs.groupby(keys, sort=False, dropna=False) if keys else [((), runs)]
+    out = []
+    for values, g in groups:
+        if any(tasks <= set(m.columns) for m in g["_matrix"]):
+            values = values if isinstance(values, tuple) else (values,)
+            out.append((" / ".join(f"{k[4:]}={v}" if k.startswith("cfg:") else str(v)
+                                   for k, v in zip(keys, values)) or "all runs", g))
+    return out
+
+
+def claims_table(runs: pd.DataFrame, paper: str, checks: dict | None = None
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """Judge each claim of ``paper`` (``PAPERS[paper]["claims"]``, e.g. those of the brain-MRI
+    foundation-model paper, arXiv 2602.23533) on our runs, seed by seed.
+
+    Per setting (:func:`_settings`; normally one sweep: one), every test of a claim takes its
+    quantity from each complete run of its strategy (partial runs are left out and counted in the
+    notes), compares it per seed with its threshold and counts the seeds where it holds; a claim
+    holds on a seed where all its tests do. Verdicts: ``holds`` (every measured seed), ``fails``
+    (none), ``mixed (k/n)``, ``not measured`` (no seed with a value, e.g. a strategy's runs are
+    missing) — reported whichever way they come out.
+
+    Args:
+        runs: from :func:`load_runs`; paper: a key of ``PAPERS``; checks: a ``data_checks.json``
+            (``scripts/brain_data_checks.py``), used where the runs do not record a ``detail``.
+
+    Returns:
+        ``(claims, notes)``: one row per claim, plus one per test (``b.1``, ``b.2``) for a claim
+        of several tests, columns :data:`CLAIM_COLUMNS` + :data:`CLAIM_MD` (values, thresholds
+        and margins in the quantity's units: Dice, MAE in years, %; ``margin`` = value -
+        threshold signed so that > 0 is the holding side, -|value - threshold| for ``==``;
+        ``per seed`` is ``{"<seed>": value}`` JSON), and the notes (reasons, sources, and each
+        failing claim's ``why_not``).
+
+    Raises:
+        ClBenchError: an unknown ``paper``.
+        ValueError: a claim quantity :mod:`cl_bench.reference` does not define.
+    """
+    if paper not in PAPERS:
+        raise ClBenchError(f"--paper {paper!r}: unknown; known: {', '.join(sorted(PAPERS))}")
+    claims = PAPERS[paper].get("claims", [])
+    tasks = _claim_tasks(claims)
+    settings, notes = _settings(runs, tasks), []
+    if not settings:  # every claim "not measured", on no runs
+        settings = [("–", runs.iloc[0:0])]
+        notes.append(f"no run measured all of {', '.join(sorted(tasks))}: nothing to judge")
+    rows = []
+    for setting, g in settings:
+        where = f"[{setting}] " if len(settings) > 1 else ""
+        done = g[g["complete"]]
+        partial = [f"{r.strategy} seed {_seed(r.seed)}" for r in g[~g["complete"]].itertuples()]
+        if partial:
+            notes.append(f"{where}partial runs left out (claims are about the whole stream): "
+                         + ", ".join(partial))
+        for claim in claims:
+            claim_rows, claim_notes = _claim_rows(claim, done, checks)
+            rows += [dict(r, setting=setting) for r in claim_rows]
+            notes += [where + n for n in claim_notes]
+    table = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(CLAIM_COLUMNS + CLAIM_MD)))
+    return table, notes
+
+
+def _claim_rows(claim: dict, runs: pd.DataFrame, checks: dict | None
+                ) -> tuple[list[dict], list[str]]:
+    """One claim on the complete ``runs`` of one setting: its row (its only test's, or a
+    summary of all tests over the seeds measured by every test) and, for several tests, one row
+    each; and the notes, prefixed with the test's id."""
+    tests = claim["tests"]
+    ids = [claim["id"]] if len(tests) == 1 else [f"{claim['id']}.{i}"
+                                                 for i in range(1, len(tests) + 1)]
+    judged = [_judge(runs, t, checks) for t in tests]
+    parts = [_test_row(i, t, j) for i, t, j in zip(ids, tests, judged)]
+    seeds = [s for s in judged[0]["holds"] if all(s in j["holds"] for j in judged)]
+    holds = {s: all(j["holds"][s] for j in judged) for s in seeds}
+    k = sum(holds.values())
+    head = parts[0] if len(tests) == 1 else {
+        "claim": claim["id"], "strategy": ", ".join(dict.fromkeys(t["strategy"] for t in tests)),
+        "quantity": " and ".join(ids), "seeds holding": k, "seeds measured": len(holds),
+        "holds": f"{k}/{len(holds)}" if holds else "–",
+        "per seed ✓ holds": ", ".join(f"s{s} {'✓' if h else '✗'}" for s, h in holds.items())
+        or "–"}
+    head.update(statement=claim["claim"], verdict=_verdict(list(holds.values())))
+    notes = [f"({i}) {n}" for i, j in zip(ids, judged) for n in j["notes"]]
+    if head["verdict"].startswith(("fails", "mixed")) and claim.get("why_not"):
+        mine = runs[runs["strategy"].isin([t["strategy"] for t in tests])]
+        notes.append(f"({claim['id']}) why not: " + claim["why_not"].format(cfg=_CfgValues(mine)))
+    return [head] + (parts if len(tests) > 1 else []), notes
+
+
+def _data_checks(dirs: list[Path]) -> tuple[dict | None, str | None, list[str]]:
+    """The first readable ``data_checks.json`` directly in ``dirs`` (``None`` if none), where it
+    is (``<dir name>/data_checks.json``) and a note for each one that could not be read (it is
+    then passed over)."""
+    problems = []
+    for f in (d / "data_checks.json" for d in dirs):
+        if f.is_file():
+            try:
+                checks = json.loads(f.read_text())
+            except (OSError, ValueError) as e:
+                problems.append(f"{f.parent.name}/data_checks.json unreadable "
+                                f"({type(e).__name__}: {e}): not used")
+                continue
+            if isinstance(checks, dict):
+                return checks, f"{f.parent.name}/data_checks.json", problems
+            problems.append(f"{f.parent.name}/data_checks.json is not a JSON object: not used")
+    return None, None, problems
+
+
+def write_claims(runs: pd.DataFrame, paper: str, out: Path, dirs: list[Path]) -> str:
+    """Write ``claims.md`` and ``claims.csv`` (:func:`claims_table`) into ``out``, with the
+    mean predictor of ``data_checks.json`` from ``dirs`` (the report's inputs and ``out``)
+    where the runs lack it.
+
+    Returns:
+        The markdown of ``claims.md``.
+
+    Raises:
+        ClBenchError: an unknown ``paper``.
+    """
+    checks, where, problems = _data_checks(dirs)
+    claims, notes = claims_table(runs, paper, checks)
+    used = claims["note"].fillna("").str.contains("from data_checks.json", regex=False)
+    if where and used.any():
+        problems.append(f"data_checks.json read: {where}")
+    shown = (["setting"] if claims["setting"].nunique() > 1 else []) + list(CLAIM_MD)
+    notes = problems + notes + [
+        "value, margin: mean ± std over seeds (sample std); per seed: `s<seed> value` (a "
+        "seed's runs averaged), ✓ where it holds; margin: value - threshold, signed so that > 0 "
+        "is on the holding side (≤, ≥ hold at ≥ 0; = holds only at exactly 0, as "
+        "-|value - threshold|)",
+        f"Source: {PAPERS[paper]['citation']}."]
+    md = (f"## The paper's claims on our runs\n\n"
+          + claims[shown].fillna("").to_markdown(index=False) + "\n\n"
+          + "".join(f"- {n}\n" for n in notes))
+    (out / "claims.md").write_text(md)
+    claims[list(CLAIM_COLUMNS)].to_csv(out / "claims.csv", index=False, float_format="%.6g")
+    return md
+
+
 def write_report(dirs: list[str | Path], out: str | Path | None = None, fmt: str = "markdown",
                  paper: str | None = None) -> tuple[pd.DataFrame, str, list[str]]:
     """Load, summarise and write every report file (module docstring) into ``out``.
 
     Returns:
         ``(summary, text, skipped)``: the numeric summary, the table rendered in ``fmt``
-        (markdown, latex or csv) and the runs that could not be read.
+        (markdown, latex or csv; in markdown followed by ``claims.md`` when ``paper`` states
+        claims) and the runs that could not be read.
 
     Raises:
         ClBenchError: unreadable dirs, no runs, an unknown ``paper`` or ``fmt``.
@@ -318,17 +678,21 @@ def write_report(dirs: list[str | Path], out: str | Path | None = None, fmt: str
     human = table(summary, paper)
     out = Path(out) if out else Path(dirs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    claims = (write_claims(runs, paper, out, [*map(Path, dirs), out])
+              if paper and PAPERS[paper].get("claims") else "")
     note = f"\n\n{PAPERS[paper]['note']}. Source: {PAPERS[paper]['citation']}.\n" if paper else "\n"
     md = human.to_markdown(index=False) + note
     (out / "report.md").write_text(md)
     (out / "report.tex").write_text(human.to_latex(index=False, escape=True))
     summary.to_csv(out / "report.csv", index=False, float_format="%.6g")
-    runs.drop(columns=["_units", "_matrix"]).to_csv(out / "runs.csv", index=False)
+    runs.drop(columns=list(PRIVATE)).to_csv(out / "runs.csv", index=False)
     keys = group_keys(runs)
     plot_heatmaps(runs, keys, out / "heatmaps.png")
     plot_curves(runs, keys, out / "curves.png")
     text = {"markdown": md, "latex": human.to_latex(index=False, escape=True),
             "csv": summary.to_csv(index=False, float_format="%.6g")}[fmt]
+    if claims and fmt == "markdown":
+        text += "\n" + claims
     return summary, text, skipped
 
 

@@ -72,7 +72,8 @@ def matrix_frame(rows: dict[str, list[float]], stream: list[Task]) -> pd.DataFra
 
 def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]],
                   details: dict[str, dict[str, dict[str, float]]], extra: dict[str, Any],
-                  figures: bool = True) -> dict:
+                  figures: bool = True, val_rows: dict[str, list[float]] | None = None,
+                  val_details: dict | None = None) -> dict:
     """Write matrix.csv, metrics.json (and heatmap.png) for the rows computed so far.
 
     Args:
@@ -84,6 +85,9 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
         figures: also draw heatmap.png (matplotlib, ~0.1 s; the runner draws it once at the end
             of a run, or when it stops on an error, and after every row only for a logger that
             uploads images).
+        val_rows, val_details: the same on the validation sets (``tasks.n_val``), or ``None``:
+            written to ``matrix_val.csv`` and as metrics.json's ``val`` block (the stream metrics
+            of the validation R and its details).
 
     Returns:
         The metrics dict written to metrics.json.
@@ -91,17 +95,12 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     run_dir = Path(run_dir)
     df = matrix_frame(rows, stream)
     atomic_write(run_dir / "matrix.csv", lambda tmp: df.to_csv(tmp, float_format="%.6g"))
-    trained = df.drop(index="init", errors="ignore")
-    init = df.loc["init"].to_numpy(float) if "init" in df.index else None
-    metrics = {"complete": False, "tasks_completed": 0, "num_tasks": len(stream)}
-    if len(trained):
-        try:
-            metrics = cl_metrics(trained.to_numpy(float), init,
-                                 higher_is_better=[t.higher_is_better for t in stream],
-                                 task_names=[t.name for t in stream],
-                                 metric_names=[t.metric for t in stream])
-        except ValueError as e:  # e.g. a NaN Dice (no labelled voxel at all): keep the matrix
-            metrics["error"] = f"metrics not computed: {e}"
+    metrics = _stream_metrics(df, stream)
+    if val_rows is not None:
+        val = matrix_frame(val_rows, stream)
+        atomic_write(run_dir / "matrix_val.csv",
+                     lambda tmp: val.to_csv(tmp, float_format="%.6g"))
+        metrics["val"] = {**_stream_metrics(val, stream), "details": val_details or {}}
     metrics["units"] = {t.name: {"metric": t.metric, "units": t.units,
                                  "higher_is_better": t.higher_is_better} for t in stream}
     metrics["details"] = details
@@ -115,6 +114,43 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     if figures:
         title = f"{extra.get('strategy')} on {extra.get('tasks')} (seed {extra.get('seed')})"
         atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp, title))
+    return metrics
+
+
+def write_probes(run_dir: Path, probes: dict) -> None:
+    """Write ``probes.json`` (:mod:`cl_bench.probes`: ``movement`` and ``reliance`` per row of
+    R) and its two tables: ``probes_movement.csv`` (row, stage, rel_change[, adapter_rel]) and
+    ``probes_reliance.csv`` (row, input, Dice; input ``none`` = nothing replaced)."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / "probes.json", probes)
+    move = pd.DataFrame([{"row": row, "stage": stage, **v}
+                         for row, stages in probes.get("movement", {}).items()
+                         for stage, v in stages.items()])
+    atomic_write(run_dir / "probes_movement.csv",
+                 lambda tmp: move.to_csv(tmp, index=False, float_format="%.6g"))
+    rel = probes.get("reliance", {})
+    if rel:
+        df = pd.DataFrame([{"row": row, "task": r["task"], "split": r["split"], "input": k,
+                            "dice": d} for row, r in rel.items() for k, d in r["dice"].items()])
+        atomic_write(run_dir / "probes_reliance.csv",
+                     lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+
+
+def _stream_metrics(df: pd.DataFrame, stream: list[Task]) -> dict:
+    """:func:`~cl_bench.metrics.cl_metrics` of the R rows in ``df`` (``init`` is the
+    untrained row); a partial-run dict before any task finished, an ``error`` entry where the
+    metrics cannot be computed (a NaN Dice: no labelled voxel at all), the matrix kept."""
+    trained = df.drop(index="init", errors="ignore")
+    init = df.loc["init"].to_numpy(float) if "init" in df.index else None
+    metrics = {"complete": False, "tasks_completed": 0, "num_tasks": len(stream)}
+    if len(trained):
+        try:
+            metrics = cl_metrics(trained.to_numpy(float), init,
+                                 higher_is_better=[t.higher_is_better for t in stream],
+                                 task_names=[t.name for t in stream],
+                                 metric_names=[t.metric for t in stream])
+        except ValueError as e:
+            metrics["error"] = f"metrics not computed: {e}"
     return metrics
 
 

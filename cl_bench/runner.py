@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from cl_bench import checkpoint as ckpt
-from cl_bench.config import build, check_node, validate
+from cl_bench import probes
+from cl_bench.config import build, build_stream, check_node, validate
 from cl_bench.errors import ConfigError, Interrupted
 from cl_bench.evaluation import evaluate_task
 from cl_bench.lock import RunLock
@@ -34,8 +35,8 @@ from cl_bench.models.feature_cache import FeatureCache, IndexedDataset
 from cl_bench.models.lit import LitTask
 from cl_bench.progress import TaskProgressBar, progress_callback, row_line
 from cl_bench.loggers import close_logger, log_row, make_logger
-from cl_bench.results import (atomic_write, matrix_frame, write_json, write_results,
-                              write_task_agnostic)
+from cl_bench.results import (atomic_write, matrix_frame, write_json, write_probes,
+                              write_results, write_task_agnostic)
 
 log = logging.getLogger(__name__)
 # Lightning's banner lines ("GPU available: False", tips) are noise in a stream of many Trainers
@@ -166,7 +167,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
     model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
     strategy.check_model(model)  # and a setting that does not fit the backbone (a LoRA rank)
-    stream = build(cfg.tasks, "tasks")
+    stream = build_stream(cfg)  # with tasks.n_val validation samples per task
     names = [t.name for t in stream]
     if not stream or len(set(names)) != len(names):
         raise ConfigError(f"tasks: expected a non-empty stream of uniquely named tasks, got {names}")
@@ -269,6 +270,16 @@ class _StreamRun:
             cfg, run_dir, stream, model, strategy)
         self.main = main  # False on DDP ranks > 0: they train and evaluate in lockstep, write nothing
         self.rows, self.details = {}, {}
+        # R on the validation sets (tasks.n_val > 0): what choices are made on
+        self.val_rows, self.val_details = {}, {}
+        self.has_val = all(t.val is not None for t in stream)
+        # probes.json: per-stage movement of the backbone and the decoder's reliance on stages
+        self.probes: dict = {"movement": {}, "reliance": {}}
+        self.reference = probes.weight_snapshot(model.encoder)  # W_0 (rebuilt the same on resume)
+        self.task_start = self.reference
+        seg = [t for t in stream if t.kind == "segmentation"]
+        self.reliance_task = (seg[0] if seg and hasattr(model.encoder, "stage_channels")
+                              else None)
         # task-agnostic strategies: R of the other task-id mode and the retrieval-accuracy matrix
         self.other_rows, self.retrieval = {}, {}
         self.timing, self.params = {"tasks": {}}, {"tasks": {}}
@@ -292,6 +303,9 @@ class _StreamRun:
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
         self.rows, self.details = state["rows"], state["details"]
+        self.val_rows = state.get("val_rows", {})
+        self.probes = state.get("probes", self.probes)
+        self.val_details = state.get("val_details", {})
         self.other_rows = state.get("other_rows", {})
         self.retrieval = state.get("retrieval", {})
         self.timing, self.params = state["timing"], state["params"]
@@ -329,6 +343,14 @@ class _StreamRun:
                     self.details[label][t.name]["retrieval"] = pred[t.name]["retrieval"]
                     self.details[label][t.name]["retrieval_ms_per_sample"] = (
                         pred[t.name]["retrieval_ms_per_sample"])
+        if self.has_val:  # the validation R, in the run's task-id mode
+            predicted = self.cfg.eval.task_id == "predicted"
+            val = {t.name: evaluate_task(self.model, self.strategy, t,
+                                         self.cfg.train.eval_batch_size, self.device, self.bf16,
+                                         self.stream, predicted, {}, split="val")
+                   for t in self.stream}
+            self.val_rows[label] = [val[t.name][t.metric] for t in self.stream]
+            self.val_details[label] = val
         seconds = time.perf_counter() - start
         if self.main:
             log.info(row_line(label, self.stream, self.rows[label], seconds))
@@ -347,7 +369,9 @@ class _StreamRun:
             extra["task_agnostic"] = write_task_agnostic(
                 self.run_dir / "task_agnostic", self.stream, self.other_rows, self.retrieval,
                 other, self.extra, figures)
-        metrics = write_results(self.run_dir, self.stream, self.rows, self.details, extra, figures)
+        metrics = write_results(self.run_dir, self.stream, self.rows, self.details, extra, figures,
+                                val_rows=self.val_rows if self.has_val else None,
+                                val_details=self.val_details)
         if label is not None:
             log_row(self.logger, len(self.rows) - 1, label, matrix_frame(self.rows, self.stream),
                     self.run_dir / "heatmap.png")
@@ -385,12 +409,15 @@ class _StreamRun:
         log.info("task %d/%d: %s (%s)", t + 1, len(self.stream), task.name, task.kind)
         L.seed_everything(cfg.seed * 1000 + t, workers=True, verbose=False)  # shuffle, dropout
         start = time.perf_counter()  # train_s: the strategy's hooks, calibration and the steps
+        self.task_start = probes.weight_snapshot(model.encoder)  # for the movement probe
         model.begin_task(task)
         strategy.before_task(t, task)
         cache = None
-        if strategy.cache_frozen and strategy.frozen_backbone(task):
+        frozen = strategy.frozen_backbone(task)
+        if strategy.cache_frozen and frozen:
             cache = FeatureCache(len(task.train))  # same batches: the sampler sees only len()
-        if model.calibrate_head(task, cfg.train.eval_batch_size, cache):  # fills the cache
+        # a head's standardisation follows the backbone while it trains (fixed when frozen)
+        if model.calibrate_head(task, cfg.train.eval_batch_size, cache, track=not frozen):
             log.info("task %s: head input standardised on its %d training samples", task.name,
                      len(task.train))
         self._count_params(task)
@@ -414,11 +441,13 @@ class _StreamRun:
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start
         eval_s = self.evaluate_row(f"after_{task.name}")
+        probe_s = self.run_probes(f"after_{task.name}", task)
         metrics = self.write_row(f"after_{task.name}")
         if not self.main:
             return metrics
         strategy.save(run_dir, t, task)
-        self.timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s}
+        self.timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s,
+                                           "probe_s": probe_s}
         self.timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.device == "cuda":  # the process's peak allocated by PyTorch (all tasks so far)
             self.timing["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -427,28 +456,59 @@ class _StreamRun:
         ckpt.save_boundary(run_dir, {
             "tasks_done": t + 1, "task_names": [s.name for s in self.stream],
             "model": model.state_dict(), "strategy": strategy.state_dict(), "rows": self.rows,
+            "val_rows": self.val_rows, "val_details": self.val_details, "probes": self.probes,
             "other_rows": self.other_rows, "retrieval": self.retrieval,
             "details": self.details, "timing": self.timing, "params": self.params})
         self.done = t + 1  # what state.pt now holds
         shutil.rmtree(ckpt.mid_task_dir(run_dir, task.name), ignore_errors=True)
         return metrics
 
+    def run_probes(self, label: str, task) -> float:
+        """Row ``label``'s probes (:mod:`cl_bench.probes`): each backbone stage's movement since
+        the start (and ``task``'s adapter, if it has one), and the first segmentation task's
+        Dice with each decoder input replaced by its training mean, once that task is trained.
+        Returns the seconds they took."""
+        start = time.perf_counter()
+        adapters = getattr(self.strategy, "adapters", None) or []
+        self.probes["movement"][label] = probes.movement(
+            self.model.encoder, self.reference, task.name if task.name in adapters else None,
+            self.task_start)
+        rt = self.reliance_task
+        if rt is not None and self.stream.index(rt) <= self.stream.index(task):
+            self.probes["reliance"][label] = probes.reliance(
+                self.model, self.strategy, rt, self.cfg.train.eval_batch_size, self.device)
+        if self.main:
+            write_probes(self.run_dir, self.probes)
+        return time.perf_counter() - start
+
     def _first_step(self) -> None:
         """The wall-clock time (Unix s) of the run's first training step, for start-up costs."""
         self.timing["first_step_unix"] = time.time()
 
     def _count_params(self, task) -> None:
+        """``params.json``: per task, what trains, split into the task's adapters, its head
+        (for a segmentation task, its decoder) and the rest (backbone weights), with the
+        adapters' share of the backbone (the brain-MRI study's "< 0.1 % of parameters",
+        arXiv 2602.23533)."""
         model = self.model
-        trainable = _count(self.strategy.trainable_parameters())
+        trainable_params = self.strategy.trainable_parameters()
+        trainable = _count(trainable_params)
         total = _count(model.parameters())
         backbone = _count(p for n, p in model.encoder.named_parameters() if "lora_" not in n)
         adapters = _count(p for n, p in model.backbone.named_parameters()
                           if "lora_" in n and f".{task.name}." in n)
+        head_ids = {id(p) for p in model.heads[task.name].parameters()}
+        head = _count(model.heads[task.name].parameters())
+        head_trainable = _count(p for p in trainable_params if id(p) in head_ids)
         self.params["tasks"][task.name] = {
             "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
-            "backbone": backbone, "head": _count(model.heads[task.name].parameters()),
+            "backbone": backbone, "head": head,
+            "decoder": head if task.kind == "segmentation" else 0,
             "adapter": adapters,
-            "adapter_pct_of_backbone": 100.0 * adapters / backbone if backbone else 0.0}
+            "trainable_backbone": trainable - head_trainable - adapters,
+            "adapter_pct_of_backbone": 100.0 * adapters / backbone if backbone else 0.0,
+            "adapter_pct_of_total": 100.0 * adapters / total,
+            "head_pct_of_total": 100.0 * head / total}
         self.params["backbone_params"] = backbone
         if self.main:
             write_json(self.run_dir / "params.json", self.params)

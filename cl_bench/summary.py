@@ -114,7 +114,9 @@ def run_summary(run_dir: str | Path) -> str:
         lines.append("trainable: " + ", ".join(
             f"{task} {p['trainable_pct']:.2f} % ({p['trainable']:,} params)"
             for task, p in params.items()))
-    lines.append(f"files: {run_dir}/{{heatmap.png, matrix.csv, metrics.json}}")
+    files = ["heatmap.png", "matrix.csv"] + [f for f in ("matrix_val.csv", "probes.json")
+                                             if (Path(run_dir) / f).is_file()] + ["metrics.json"]
+    lines.append(f"files: {run_dir}/{{{', '.join(files)}}}")
     return "\n".join(lines)
 
 

@@ -73,7 +73,7 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     from torch.utils.data import DataLoader
 
     import cl_bench.config  # noqa: F401  (the schema)
-    from cl_bench.config import build
+    from cl_bench.config import build, build_stream
     from cl_bench.evaluation import _answer, _Scorer
     from cl_bench.models.lit import TaskLoss
 
@@ -90,7 +90,7 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     strategy = build(cfg.strategy, "strategy")
     seed_all(cfg.seed)
     model = build(cfg.backbone, "backbone")
-    stream = build(cfg.tasks, "tasks")
+    stream = build_stream(cfg)
     torch.manual_seed(cfg.seed + 1)
     model.add_heads(stream)
     strategy.setup(model, stream)
@@ -130,7 +130,8 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
         start = time.perf_counter()
         model.begin_task(task)
         strategy.before_task(t, task)
-        model.calibrate_head(task, cfg.train.eval_batch_size)  # a Swin age head, as the runner
+        model.calibrate_head(task, cfg.train.eval_batch_size,  # a Swin age head, as the runner
+                             track=not strategy.frozen_backbone(task))
         loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
         loss_fn = TaskLoss(task)
         opt = torch.optim.AdamW(strategy.param_groups(task), weight_decay=strategy.weight_decay)

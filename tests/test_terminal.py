@@ -19,7 +19,7 @@ from cl_bench.progress import StepLogLines, TaskProgressBar, row_line
 from cl_bench.summary import job_line, run_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_test=2", "backbone=vit3d_tiny",
+TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2", "backbone=vit3d_tiny",
         "backbone.weights=null", "backbone.num_layers=4", "train.max_steps=4",
         "train.log_every_n_steps=2", "logger=none"]
 

@@ -70,6 +70,11 @@ class Task:
             order (the channel order of the shared classifier).
         scenario: classification only: ``"task_il"`` (a head per task, task id given at test) or
             ``"class_il"`` (one growing head over every class seen so far, no task id at test).
+        val: the validation set carved from the training samples by :func:`carve_validation`
+            (``tasks.n_val``), disjoint from ``train`` and ``test``; ``None`` without one.
+        target_scale: regression only: a user-fixed ``target_std`` (``tasks.age_scale``), kept
+            when a validation set is carved; ``None``: ``target_std`` is the training targets'
+            SD and is recomputed on the carved training set.
     """
 
     name: str
@@ -85,6 +90,8 @@ class Task:
     scenario: str = "task_il"
     stream_classes: list[int] = field(default_factory=list)
     pos_weight: float = 1.0
+    val: Dataset | None = None
+    target_scale: float | None = None
 
     @property
     def metric(self) -> str:
@@ -146,3 +153,58 @@ def regression_scale(targets: np.ndarray, scale: float | None, key: str = "tasks
     if not scale > 0:
         raise ConfigError(f"{key}: expected a positive number (years) or null, got {scale}")
     return float(scale)
+
+
+def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
+    """The items ``indices`` of ``dataset``, in that order: an :class:`ArrayDataset` of the
+    selected rows (keeps the fast stacked-tensor path) or a ``torch.utils.data.Subset``."""
+    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+    if isinstance(dataset, ArrayDataset):
+        return ArrayDataset(dataset.images[idx], dataset.labels[idx])
+    return torch.utils.data.Subset(dataset, idx.tolist())
+
+
+def carve_validation(stream: list[Task], n_val: int, seed: int) -> list[Task]:
+    """Hold out ``n_val`` training samples of every task as its validation set (in place).
+
+    The validation samples are drawn without replacement from each task's training set by a
+    generator seeded with ``(seed, task index)``: the same seed gives the same split, and they are
+    disjoint from the task's new training set and (as the training set was) from its test set.
+    Validation is what a run may choose on (a head, a learning rate, a step count); the test set
+    only produces the reported R. A regression task's target normalisation (``target_mean`` and,
+    unless ``target_scale`` fixes it, ``target_std``) is recomputed on the remaining training
+    targets, so no validation label enters training.
+
+    Args:
+        stream: the tasks, as built by a stream factory (``task.val`` is set here).
+        n_val: validation samples per task (0: nothing changes).
+        seed: the run's ``seed``.
+
+    Returns:
+        ``stream`` itself.
+
+    Raises:
+        ConfigError: ``n_val`` not an int >= 0, or not smaller than a task's training set
+        (names ``tasks.n_val`` and the task).
+    """
+    from cl_bench.errors import ConfigError
+
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 0:
+        raise ConfigError(f"tasks.n_val: expected an int >= 0 (validation samples per task), "
+                          f"got {n_val!r}")
+    if n_val == 0:
+        return stream
+    for t, task in enumerate(stream):
+        n = len(task.train)
+        if n_val >= n:
+            raise ConfigError(f"tasks.n_val ({n_val}) must be smaller than task {task.name!r}'s "
+                              f"{n} training samples (it is carved from them)")
+        order = np.random.default_rng([int(seed), t, 2024]).permutation(n)
+        task.val = subset(task.train, np.sort(order[:n_val]))
+        task.train = subset(task.train, np.sort(order[n_val:]))
+        task.info = {**task.info, "n_val": n_val, "n_train_after_val": n - n_val}
+        if task.kind == "regression":
+            targets = np.asarray([float(task.train[i]["label"]) for i in range(len(task.train))])
+            task.target_mean = float(targets.mean())
+            task.target_std = regression_scale(targets, task.target_scale)
+    return stream

@@ -274,7 +274,8 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(1
     age = Task("brain_age", "regression", ArrayDataset(arrays["age_x"][tr], ages_train),
                ArrayDataset(arrays["age_x"][te], arrays["age_y"][te]),
                target_mean=float(ages_train.mean()),
-               target_std=regression_scale(ages_train, age_scale), units="years",
+               target_std=regression_scale(ages_train, age_scale), target_scale=age_scale,
+               units="years",
                info={**info, "missing_age_fraction": missing_age_fraction,
                      "imputed_ages": n_missing, "impute_age": impute_age})
     return [seg, age]

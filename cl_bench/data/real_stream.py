@@ -301,6 +301,7 @@ def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: 
         Task("brain_age", "regression", ArrayDataset(age[0][0], ages),
              ArrayDataset(age[1][0], age[1][1].astype(np.float32)),
              target_mean=float(ages.mean()), target_std=regression_scale(ages, age_scale),
+             target_scale=age_scale,
              units="years",
              info={**info, **ixi_info, "root": str(ixi_root), "subjects": len(ixi)}),
     ]

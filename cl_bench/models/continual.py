@@ -11,8 +11,8 @@ from torch import nn
 from cl_bench.data.base import CISS, Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.backbones import UNetEncoder, ViTEncoder
-from cl_bench.models.swin import (PooledClassificationHead, PooledRegressionHead, SwinDecoder,
-                                  SwinEncoder)
+from cl_bench.models.swin import (LinearSegmentationHead, PooledClassificationHead,
+                                  PooledRegressionHead, SwinDecoder, SwinEncoder)
 from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
                                    SegmentationDecoder, TaskView)
 from cl_bench.ranges import Fraction, NonNegativeInt, PositiveInt
@@ -31,7 +31,10 @@ class ContinualModel(nn.Module):
         decoder_image_skip: give decoders UNETR's raw-image skip (see ``SegmentationDecoder``).
         regression_width: hidden width of regression heads (Swin: 0 = linear).
         regression_stages: the Swin stages a regression head pools (see
-            :class:`~cl_bench.models.swin.PooledRegressionHead`).
+            :class:`~cl_bench.models.swin.PooledRegressionHead`); regression_rectify: it
+            averages ``relu(stage)``.
+        decoder: Swin segmentation head: ``"unetr"`` (Swin UNETR's decoder) or ``"linear"``
+            (:class:`~cl_bench.models.swin.LinearSegmentationHead`, the paper-like budget).
 
     Classification tasks get a :class:`ClassificationHead` each (task-incremental) or, in a
     class-incremental stream, share one growing :class:`ClassILHead` (each task's entry in
@@ -51,9 +54,12 @@ class ContinualModel(nn.Module):
 
     def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
                  regression_width: int = 64, decoder_image_skip: bool = False,
-                 regression_stages: tuple[int, ...] = (0, 1)):
+                 regression_stages: tuple[int, ...] = (4,), regression_rectify: bool = False,
+                 decoder: str = "unetr"):
         super().__init__()
         self.regression_stages = tuple(regression_stages)
+        self.regression_rectify = bool(regression_rectify)
+        self.decoder = decoder
         self.backbone = backbone
         self.heads = nn.ModuleDict()
         self.decoder_feature_size = decoder_feature_size
@@ -90,7 +96,9 @@ class ContinualModel(nn.Module):
         """Swin UNETR's decoder (segmentation) or a pooled-stage MLP (regression), see
         :mod:`cl_bench.models.swin`. A checkpoint decoder kept by ``backbone.decoder_weights=keep``
         initialises every segmentation decoder (strictly: same widths and image skip)."""
-        if task.kind == "segmentation":
+        if task.kind == "segmentation" and self.decoder == "linear":
+            head = LinearSegmentationHead(enc.stage_channels, task.num_classes)
+        elif task.kind == "segmentation":
             head = SwinDecoder(enc.in_channels, enc.stage_channels, self.decoder_feature_size,
                                task.num_classes, self.decoder_image_skip)
             if enc.pretrained_decoder:
@@ -101,7 +109,7 @@ class ContinualModel(nn.Module):
                             "backbone.decoder_weights=drop")
         elif task.kind == "regression":
             head = PooledRegressionHead(enc.stage_channels, self.regression_width,
-                                        self.regression_stages)
+                                        self.regression_stages, self.regression_rectify)
         elif task.kind == "classification" and task.scenario != "class_il":
             head = PooledClassificationHead(enc.stage_channels, task.num_classes)
         else:
@@ -138,10 +146,12 @@ class ContinualModel(nn.Module):
             head.shared.begin_task(head.task_index)
 
     @torch.no_grad()
-    def calibrate_head(self, task: Task, batch_size: int, cache=None) -> bool:
+    def calibrate_head(self, task: Task, batch_size: int, cache=None, track: bool = True) -> bool:
         """Before training ``task``: a head with a ``calibrate`` method (a data-dependent input
         standardisation, :class:`~cl_bench.models.swin.PooledRegressionHead`) gets the pooled
-        features of the whole training set on the current backbone, in order, in eval mode.
+        features of the whole training set on the current backbone, in order, in eval mode;
+        ``track``: the head also follows the backbone's changes during training (its ``track``
+        attribute; False for a frozen backbone, whose statistics stay exact).
         ``cache``: the task's :class:`~cl_bench.models.feature_cache.FeatureCache` when the
         backbone is frozen; the backbone outputs computed here then fill it, so training does
         not compute them again (every shipped backbone is the same in eval and training mode:
@@ -161,6 +171,7 @@ class ContinualModel(nn.Module):
                          cache(self.backbone, x, torch.arange(i, i + len(x))))
             pooled.append(head.pooled(stages))
         head.calibrate(torch.cat(pooled))
+        head.track = bool(track)
         self.train(was)
         return True
 
@@ -226,12 +237,15 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
                     decoder_feature_size: PositiveInt = 12, decoder_image_skip: bool = False,
                     regression_width: NonNegativeInt = 0,
-                    regression_stages: list[NonNegativeInt] = (0, 1)) -> ContinualModel:
+                    regression_stages: list[NonNegativeInt] = (4,),
+                    regression_rectify: bool = False,
+                    decoder: Literal["unetr", "linear"] = "unetr") -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
     (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution;
-    ``regression_width`` 0 = a linear regression head on the ``regression_stages``).
+    ``regression_width`` 0 = a linear regression head on the ``regression_stages``, averaged
+    after a ReLU with ``regression_rectify``; ``decoder``: ``unetr`` or ``linear``).
 
     Raises:
         ConfigError, DataError: see :class:`~cl_bench.models.swin.SwinEncoder`.
@@ -239,4 +253,4 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
     enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
                       window_size, dropout_rate, normalize, weights, decoder_weights)
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip,
-                          tuple(regression_stages))
+                          tuple(regression_stages), regression_rectify, decoder)

@@ -13,13 +13,18 @@ Heads:
 * :class:`SwinDecoder` is Swin UNETR's decoder (module names as in MONAI's ``SwinUNETR``: a
   residual block on each encoder stage, up-sampling blocks with skips) reading the encoder's five
   stages (1/2 ... 1/32 of the input side). Deviation: by default there is no ``encoder1``, Swin
-  UNETR's convolutional block on the *raw image* at full resolution, which would let the decoder
-  segment without the backbone (and hide forgetting of the backbone); the last stage is then a
+  UNETR's convolutional block on the *raw image* at full resolution; the last stage is then a
   transposed convolution from 1/2 to full resolution. ``image_skip=True`` restores Swin UNETR
-  exactly (so a fine-tuned Swin UNETR's decoder weights fit).
-* :class:`PooledRegressionHead`: ReLU-averaged shallow stages, standardised by training-set
-  statistics -> linear; :class:`PooledClassificationHead`: the global average of every stage,
-  concatenated, layer-normed -> linear.
+  exactly (so a fine-tuned Swin UNETR's decoder weights fit). Leaving out ``encoder1`` does
+  *not* make the decoder depend on the Swin blocks: its stage-0 input is the patch embedding, a
+  Conv3d 1 -> C, kernel 2, stride 2, i.e. a linear (and, for C >= 8, invertible) re-encoding of
+  the image at half resolution, which the decoder's 5 M parameters can segment from on their
+  own. How much the decoder relies on each stage is measured, not assumed: every run with a
+  segmentation task writes the reliance probe (:mod:`cl_bench.probes`).
+* :class:`LinearSegmentationHead`: a linear probe on the five stages (the paper-like budget).
+* :class:`PooledRegressionHead`: the global average of the final stage, standardised by running
+  statistics -> linear (MAE's linear probe); :class:`PooledClassificationHead`: the global
+  average of every stage, concatenated, layer-normed -> linear.
 """
 
 from __future__ import annotations
@@ -192,31 +197,34 @@ def pool_stages(stages: list[torch.Tensor]) -> torch.Tensor:
 
 
 class PooledRegressionHead(nn.Module):
-    """Shallow Swin stages, ReLU-pooled and standardised -> linear (or MLP) -> one scalar.
+    """Global average of Swin stages, standardised -> linear (or MLP) -> one scalar.
 
-    Input: for each stage k of ``stages`` (default the first two: 1/2 and 1/4 of the input side),
-    the global average of ``relu(stage_k)`` over the volume (``(B, C_k)`` each, concatenated to
-    ``(B, D)``), standardised per feature by a fixed shift and scale that :meth:`calibrate` sets
-    from the training set's features before training (the feature standardisation of the linear
-    probe protocol; MAE, He et al. 2021, arXiv 2111.06377, puts a BatchNorm without affine
-    parameters before its linear probe: ours is that normalisation with full-training-set
-    statistics, frozen during training, since a batch of 2 volumes gives no usable batch
-    statistics). Then a linear layer (``width=0``) or a one-hidden-layer GELU MLP.
+    The default is the field's linear probe (MAE, He et al. 2022, arXiv 2111.06377, §A.2): the
+    global average of the encoder's *final* stage (1/32 of the input side; ``stages=(4,)``),
+    a BatchNorm without affine parameters, then a linear layer (``width=0``). Deviation from
+    MAE's BatchNorm: a batch of 2 volumes gives no usable batch statistics (with two samples
+    every standardised feature is +-1), so the head always standardises with *running*
+    statistics (``running_mean``, ``running_var``, BatchNorm's ``eps`` 1e-5):
 
-    Why these choices (measured, ``scripts/probes/age_head_probe.py``, frozen shipped SSL Swin,
-    default stream: 24 training / 16 test subjects, 600 steps of batch 2, head lr 3e-3, the head
-    alone on frozen features; test MAE
-    in years, mean predictor 16.0): the plain average of all five stages behind a per-subject
-    LayerNorm (the previous head) 18.2 and cannot fit even its training ages (11.8); the same
-    average standardised: 17.9; stage 0-1 ReLU averages standardised, linear: 6.5 (ridge on the
-    same features 7.5, a ridge on intensity-histogram shares 6.1). Brain age here is a global
-    tissue-composition signal: a plain average of a linear patch embedding of z-scored images
-    carries none of it, a rectified one is a soft histogram of local patterns; deep stages
-    (1/8 ... 1/32) carry less (ridge 14.6 - 19.1).
+    * :meth:`calibrate` sets them from the whole training set on the current backbone before
+      the task trains (exact for a frozen backbone, which is then never updated);
+    * with :attr:`track` on (the runner sets it when the backbone or its adapters train), every
+      training step also moves them towards the batch's statistics by ``momentum``
+      (BatchNorm's exponential average, no gradient through them), so the standardisation follows
+      the backbone as it changes instead of keeping an earlier backbone's statistics.
+
+    ``rectify=True`` averages ``relu(stage)`` instead of the stage (a soft histogram of local
+    patterns); with ``stages=(0, 1)`` it is the earlier shallow-stage head, kept as an ablation
+    (``backbone.regression_stages=[0,1] backbone.regression_rectify=true``): brain age in the
+    embedded stream is a global tissue-composition signal, which a rectified average of the
+    linear stage-0 patch embedding reads almost directly, so that head is not a probe of the
+    foundation model.
 
     Args:
         stage_channels: channels of the five stages; width: MLP hidden width, 0 = linear;
-        stages: indices (0-4) of the pooled stages.
+        stages: indices (0-4) of the pooled stages; rectify: ReLU before averaging;
+        momentum: weight of a training batch's statistics in the running ones (BatchNorm's
+            ``momentum``; default 0.01, an average over ~100 steps).
 
     Shapes:
         ``forward(to_grid, deepest, stages, image)`` -> ``(B,)``; :meth:`pooled` -> ``(B, D)``.
@@ -229,37 +237,82 @@ class PooledRegressionHead(nn.Module):
     eps = 1e-5
 
     def __init__(self, stage_channels: list[int], width: int = 0,
-                 stages: tuple[int, ...] = (0, 1)):
+                 stages: tuple[int, ...] = (4,), rectify: bool = False,
+                 momentum: float = 0.01):
         super().__init__()
         stages = tuple(int(k) for k in stages)
         if not stages or any(k < 0 or k >= len(stage_channels) for k in stages):
             raise ConfigError(f"backbone.regression_stages: expected indices in "
                               f"0..{len(stage_channels) - 1}, got {list(stages)}")
-        self.stages = stages
+        self.stages, self.rectify, self.momentum = stages, bool(rectify), float(momentum)
+        #: update the running statistics in training (set by ``ContinualModel.calibrate_head``)
+        self.track = False
         d = int(sum(stage_channels[k] for k in stages))
-        self.register_buffer("shift", torch.zeros(d))
-        self.register_buffer("scale", torch.ones(d))
+        self.register_buffer("running_mean", torch.zeros(d))
+        self.register_buffer("running_var", torch.ones(d))
         self.mlp = (nn.Linear(d, 1) if not width else
                     nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.Linear(width, 1)))
 
     def pooled(self, stages: list[torch.Tensor]) -> torch.Tensor:
-        """``(B, D)`` ReLU-averaged features of the head's stages (before standardisation)."""
-        return torch.cat([stages[k].relu().flatten(2).mean(-1) for k in self.stages], dim=1)
+        """``(B, D)`` averaged (``rectify``: ReLU-averaged) features of the head's stages."""
+        return torch.cat([(stages[k].relu() if self.rectify else stages[k]).flatten(2).mean(-1)
+                          for k in self.stages], dim=1)
 
     @torch.no_grad()
     def calibrate(self, pooled: torch.Tensor) -> None:
-        """Set the standardisation from ``(N, D)`` pooled training features: shift the mean,
-        scale ``sqrt(var + eps)`` (population variance, BatchNorm's ``eps`` 1e-5, so a feature
-        almost constant over the training set is not blown up on a test subject)."""
-        self.shift.copy_(pooled.mean(0))
-        self.scale.copy_((pooled.var(0, unbiased=False) + self.eps).sqrt())
+        """Set the running statistics from ``(N, D)`` pooled training features (mean and
+        population variance)."""
+        self.running_mean.copy_(pooled.mean(0))
+        self.running_var.copy_(pooled.var(0, unbiased=False))
 
     def embed(self, deepest, stages) -> torch.Tensor:
-        """``(B, D)`` pooled, standardised features."""
-        return (self.pooled(stages) - self.shift) / self.scale
+        """``(B, D)`` pooled, standardised features (updates the running statistics in
+        training when :attr:`track` is on)."""
+        pooled = self.pooled(stages)
+        if self.training and self.track and len(pooled) > 1:
+            with torch.no_grad():
+                p = pooled.detach().float()
+                self.running_mean.lerp_(p.mean(0), self.momentum)
+                self.running_var.lerp_(p.var(0, unbiased=True), self.momentum)
+        return (pooled - self.running_mean) / (self.running_var + self.eps).sqrt()
 
     def forward(self, to_grid, deepest, stages, image) -> torch.Tensor:
         return self.mlp(self.embed(deepest, stages)).squeeze(-1)
+
+
+class LinearSegmentationHead(nn.Module):
+    """A linear segmentation probe on the five Swin stages: the paper-like parameter budget.
+
+    Each stage k gets a 1x1x1 convolution to the K class logits, is up-sampled trilinearly to
+    the input side (x 2^(k+1)) and the five maps are summed: a linear function of the
+    encoder's features at every voxel (as DINOv2's linear segmentation probe reads patch
+    tokens, Oquab et al. 2023, arXiv 2304.07193, here on every stage; up-sampling a linear map
+    of the features equals a linear map of up-sampled features). ``sum C_k * K + 5 K``
+    parameters (2,996 at the default widths with 4 classes) instead of the decoder's 5.3 M: with
+    it, a per-task adapter and head are a small share of the model, as in the brain-MRI study
+    (arXiv 2602.23533: < 0.1 %).
+
+    Args:
+        stage_channels: channels of the five stages; out_channels: classes K (with background).
+
+    Shapes:
+        ``forward(to_grid, deepest, stages, image)`` -> logits ``(B, K, S, S, S)``, S the
+        input side.
+    """
+
+    def __init__(self, stage_channels: list[int], out_channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv3d(c, out_channels, kernel_size=1)
+                                   for c in stage_channels)
+
+    def forward(self, to_grid, deepest, stages: list[torch.Tensor], image) -> torch.Tensor:
+        size = image.shape[2:]
+        out = None
+        for conv, h in zip(self.convs, stages):
+            logits = nn.functional.interpolate(conv(h), size=size, mode="trilinear",
+                                               align_corners=False)
+            out = logits if out is None else out + logits
+        return out
 
 
 class PooledClassificationHead(nn.Module):

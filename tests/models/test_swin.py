@@ -17,14 +17,13 @@ from cl_bench.runner import run
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 TINY_SWIN = ["backbone=swin_unetr", "backbone.weights=null", "backbone.feature_size=12", "backbone.depths=[1,1,1,1]",
-             "backbone.num_heads=[3,3,3,3]", "backbone.decoder_feature_size=4",
-             "backbone.regression_width=16"]
+             "backbone.num_heads=[3,3,3,3]", "backbone.decoder_feature_size=4"]
 
 
 def tiny_cfg(cache: Path, *overrides: str):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=[
-            "tasks.size=64", "tasks.n_train=2", "tasks.n_test=2", f"tasks.cache_dir={cache}",
+            "tasks.size=64", "tasks.n_train=2", "tasks.n_val=1", "tasks.n_test=2", f"tasks.cache_dir={cache}",
             "train.max_steps=4", "train.progress_bar=false", "logger=none",
             "train.checkpoint_every_n_epochs=0", *TINY_SWIN, *overrides])
 
@@ -117,19 +116,32 @@ def test_baselines_run_on_swin(strategy, cache, tmp_path):
     out = run(cfg, tmp_path)
     R = pd.read_csv(tmp_path / "matrix.csv", index_col=0)
     assert R.shape == (3, 2) and np.isfinite(R.to_numpy()).all()
+    head = out.model.heads["brain_age"]
+    # the age head is a linear probe of the final stage by default
+    assert head.stages == (4,) and not head.rectify and isinstance(head.mlp, torch.nn.Linear)
+    assert head.mlp.in_features == out.model.encoder.stage_channels[-1]
+    movement = json.loads((tmp_path / "probes.json").read_text())["movement"]
+    stages = [f"stage{k}" for k in range(5)]
+    assert list(movement["after_brain_age"]) == stages
     if strategy == "seq_lp":
         assert R.loc["after_brain_age", "tumour_seg"] == R.loc["after_tumour_seg", "tumour_seg"]
-        # the frozen backbone is the one the age head was calibrated on: its standardisation
-        # is the training set's pooled-feature mean and sqrt(var + eps)
-        from cl_bench.config import build
-        task = build(cfg.tasks, "tasks")[1]
-        head = out.model.heads[task.name]
+        assert all(movement[r][s]["rel_change"] == 0 for r in movement for s in stages)
+        # the frozen backbone is the one the age head was calibrated on: its running statistics
+        # are the training set's pooled-feature mean and variance, never updated (track off)
+        from cl_bench.config import build_stream
+        task = build_stream(cfg)[1]
+        assert not head.track
         with torch.no_grad():
             x = torch.stack([task.train[i]["image"] for i in range(len(task.train))])
             pooled = head.pooled(out.model.backbone(x)[1])
-        torch.testing.assert_close(head.shift, pooled.mean(0), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(head.scale, (pooled.var(0, unbiased=False) + head.eps).sqrt(),
+        torch.testing.assert_close(head.running_mean, pooled.mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(head.running_var, pooled.var(0, unbiased=False),
                                    rtol=1e-5, atol=1e-6)
+    else:
+        # full fine-tuning: the age task moves every stage of the backbone
+        assert head.track
+        assert all(movement["after_brain_age"][s]["rel_change_task"] > 0 for s in stages)
+        assert all(movement["after_tumour_seg"][s]["rel_change_task"] > 0 for s in stages)
     assert out.metrics["complete"]
 
 
@@ -138,7 +150,7 @@ def test_calibration_fills_the_frozen_feature_cache(cache):
     outputs once; training then reads them (no second pass) and gets the same values."""
     from cl_bench.config import build
     from cl_bench.models.feature_cache import FeatureCache
-    cfg = tiny_cfg(cache, "strategy=seq_lp", "tasks.n_train=3")
+    cfg = tiny_cfg(cache, "strategy=seq_lp", "tasks.n_train=3", "tasks.n_val=1")
     torch.manual_seed(0)
     model = build(cfg.backbone, "backbone")
     stream = build(cfg.tasks, "tasks")
@@ -159,28 +171,62 @@ def test_calibration_fills_the_frozen_feature_cache(cache):
     torch.testing.assert_close(got[1][0], want[1][0], rtol=0, atol=1e-6)
 
 
-def test_regression_head_standardises_its_shallow_stage_features():
+def test_regression_head_is_a_linear_probe_of_the_final_stage_with_running_statistics():
     from cl_bench.models.swin import PooledRegressionHead
     torch.manual_seed(0)
     channels = [12 * 2 ** k for k in range(5)]
-    head = PooledRegressionHead(channels)  # defaults: stages 0-1, linear
-    assert isinstance(head.mlp, torch.nn.Linear) and head.mlp.in_features == 12 + 24
+    head = PooledRegressionHead(channels)  # defaults: final stage, plain average, linear
+    assert isinstance(head.mlp, torch.nn.Linear) and head.mlp.in_features == 192
     stages = [torch.randn(6, c, 4, 4, 4) * (k + 1) + k for k, c in enumerate(channels)]
     pooled = head.pooled(stages)
-    assert pooled.shape == (6, 36)
-    torch.testing.assert_close(pooled[:, :12], stages[0].relu().mean((2, 3, 4)))
+    torch.testing.assert_close(pooled, stages[4].mean((2, 3, 4)))
     head.calibrate(pooled)
+    head.eval()
     z = head.embed(None, stages)
-    torch.testing.assert_close(z.mean(0), torch.zeros(36), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.mean(0), torch.zeros(192), atol=1e-5, rtol=0)
     var = pooled.var(0, unbiased=False)
     torch.testing.assert_close(z.var(0, unbiased=False), var / (var + head.eps))
     assert head(None, None, stages, None).shape == (6,)
-    assert set(head.state_dict()) >= {"shift", "scale"}  # saved with the model (resume)
-    assert PooledRegressionHead(channels, width=8, stages=(4,)).mlp[0].in_features == 192
+    assert set(head.state_dict()) >= {"running_mean", "running_var"}  # saved (resume)
+    # training without track (frozen backbone): the statistics stay the calibrated ones
+    head.train()
+    mean0 = head.running_mean.clone()
+    shifted = [s + 3.0 for s in stages]
+    head(None, None, shifted, None)
+    assert torch.equal(head.running_mean, mean0)
+    # with track (a backbone that trains): they move towards the batch's by `momentum`
+    head.track = True
+    head(None, None, shifted, None)
+    torch.testing.assert_close(head.running_mean,
+                               mean0 + head.momentum * (head.pooled(shifted).mean(0) - mean0))
+    head.eval()
+    before = head.running_mean.clone()
+    head(None, None, stages, None)  # evaluation never updates them
+    assert torch.equal(head.running_mean, before)
+    # the shallow-stage ablation: ReLU-averaged stages 0-1
+    shallow = PooledRegressionHead(channels, stages=(0, 1), rectify=True)
+    assert shallow.mlp.in_features == 36
+    torch.testing.assert_close(shallow.pooled(stages)[:, :12], stages[0].relu().mean((2, 3, 4)))
+    assert PooledRegressionHead(channels, width=8).mlp[0].in_features == 192
     with pytest.raises(ConfigError, match="backbone.regression_stages"):
         PooledRegressionHead(channels, stages=(5,))
     with pytest.raises(ConfigError, match="backbone.regression_stages"):
         PooledRegressionHead(channels, stages=())
+
+
+def test_linear_segmentation_head_is_linear_in_the_stages():
+    from cl_bench.models.swin import LinearSegmentationHead
+    torch.manual_seed(0)
+    channels = [12 * 2 ** k for k in range(5)]
+    head = LinearSegmentationHead(channels, 4)
+    assert sum(p.numel() for p in head.parameters()) == sum(channels) * 4 + 5 * 4
+    stages = [torch.randn(2, c, 32 >> k, 32 >> k, 32 >> k) for k, c in enumerate(channels)]
+    image = torch.zeros(2, 1, 64, 64, 64)
+    out = head(None, stages[-1], stages, image)
+    assert out.shape == (2, 4, 64, 64, 64)
+    doubled = head(None, None, [2 * s for s in stages], image)
+    bias = sum(c.bias for c in head.convs).view(1, 4, 1, 1, 1)
+    torch.testing.assert_close(doubled - bias, 2 * (out - bias), rtol=1e-4, atol=1e-4)
 
 
 def test_scratch_reference_trains_a_fresh_unet_per_task(cache, tmp_path):

@@ -75,6 +75,13 @@ class TrainConfig:
     #: frozen work once per training sample: a frozen backbone's outputs (seq_lp), LwF's teacher
     #: outputs (cl_bench.models.feature_cache); false recomputes them every step
     cache_frozen_features: bool = True
+    #: linear learning-rate warm-up over the first steps of every task, every parameter group
+    #: (0 = none; cl_bench.models.lit.LitTask)
+    warmup_steps: int = field(default=0, metadata=_range(_non_negative, "an int >= 0 (steps)"))
+    #: segmentation class weights of the task loss: none, or median_frequency (Eigen & Fergus
+    #: 2015, arXiv 1411.4734) from the task's training labels (cl_bench.models.lit.TaskLoss)
+    class_weights: str = field(default="none", metadata=_range(
+        lambda v: v in ("none", "median_frequency"), "none or median_frequency"))
 
 
 @dataclass

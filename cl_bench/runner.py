@@ -436,7 +436,8 @@ class _StreamRun:
         if mid is not None:
             log.info("continuing task %s from %s", task.name, mid)
         first = None if "first_step_unix" in self.timing else self._first_step
-        trainer.fit(LitTask(model, strategy, task, t, first, cache), train_dataloaders=loader,
+        trainer.fit(LitTask(model, strategy, task, t, first, cache, cfg.train.warmup_steps,
+                            cfg.train.class_weights), train_dataloaders=loader,
                     ckpt_path=str(mid) if mid else None)
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start

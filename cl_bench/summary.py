@@ -112,7 +112,9 @@ def run_summary(run_dir: str | Path) -> str:
         lines += [m["error"], ""]
     if params:
         lines.append("trainable: " + ", ".join(
-            f"{task} {p['trainable_pct']:.2f} % ({p['trainable']:,} params)"
+            f"{task} {p['trainable_pct']:.2f} % ({p['trainable']:,} params"
+            + (f": adapters {p['adapter']:,} = {p['adapter_pct_of_backbone']:.2f} % of the "
+               f"backbone, head {p.get('head', 0):,}" if p.get("adapter") else "") + ")"
             for task, p in params.items()))
     files = ["heatmap.png", "matrix.csv"] + [f for f in ("matrix_val.csv", "probes.json")
                                              if (Path(run_dir) / f).is_file()] + ["metrics.json"]

@@ -2,13 +2,19 @@
 # Reproduce the brain-MRI foundation-model table (arXiv 2602.23533) on the embedded stream:
 # seq_ft / seq_lp / lora on the SSL-pretrained Swin backbone, the from-scratch reference
 # (strategy=scratch: a fresh MONAI BasicUNet / its encoder per task), 3 seeds, then the
-# model-free data checks and one report beside the paper's numbers.
+# model-free data checks and one report beside the paper's numbers and the paper's claims
+# judged on ours (claims.md). Then the ablation rows, each strategy x seed once more with:
+#   shallow_age     the earlier age head (ReLU-averaged stages 0-1) instead of the final-stage probe
+#   image_skip      Swin UNETR's raw-image encoder1 in the tumour decoder
+#   linear_decoder  the paper-like budget: a linear segmentation probe (3 k parameters) per task
 #
 #   bash scripts/reproduce_brain_mri.sh                      # one run at a time
 #   PARALLEL=2 bash scripts/reproduce_brain_mri.sh           # two at a time, one thread each
 #   PARALLEL=12 bash scripts/reproduce_brain_mri.sh hardware=slurm          # every run a SLURM job
 #   OUT=results/reference/brain_mri_fm bash scripts/reproduce_brain_mri.sh  # where the report goes
 #   STRATEGIES="lora" SEEDS="0" bash scripts/reproduce_brain_mri.sh         # a subset
+#   ABLATIONS="" bash scripts/reproduce_brain_mri.sh          # the main rows only
+#   ABLATION_STRATEGIES="lora" ABLATION_SEEDS="0" ...         # fewer ablation runs
 #
 # Extra arguments go to every clbench run (e.g. tasks=brats_ixi tasks.brats_root=... for the
 # real data, backbone.weights=/path/model_swinvit.pt for a released checkpoint).
@@ -19,17 +25,33 @@ SWEEP=${SWEEP:-results/brain_mri_fm/sweep_$(date +%Y-%m-%d_%H-%M-%S)}
 OUT=${OUT:-$SWEEP/report}
 STRATEGIES=${STRATEGIES:-lora seq_ft seq_lp scratch}
 SEEDS=${SEEDS:-0 1 2}
+ABLATIONS=${ABLATIONS-shallow_age image_skip linear_decoder}
+ABLATION_STRATEGIES=${ABLATION_STRATEGIES:-lora seq_ft seq_lp}
+ABLATION_SEEDS=${ABLATION_SEEDS:-$SEEDS}
 PARALLEL=${PARALLEL:-1}
 THREADS=${THREADS:-$([ "$PARALLEL" -gt 1 ] && echo 1 || echo 2)}
 EXTRA="$*"
 export BIN SWEEP EXTRA THREADS
-jobs() { for s in $STRATEGIES; do for seed in $SEEDS; do echo "$s $seed"; done; done; }
-one() {  # strategy seed
-  echo "run: $1 seed $2"
+jobs() {
+  for s in $STRATEGIES; do for seed in $SEEDS; do echo "$s $seed default"; done; done
+  for a in $ABLATIONS; do for s in $ABLATION_STRATEGIES; do for seed in $ABLATION_SEEDS; do
+    echo "$s $seed $a"; done; done; done
+}
+one() {  # strategy seed ablation
+  local name="$1_seed$2" over=""
+  case "$3" in
+    default) ;;
+    shallow_age) over="backbone.regression_stages=[0,1] backbone.regression_rectify=true" ;;
+    image_skip) over="backbone.decoder_image_skip=true" ;;
+    linear_decoder) over="backbone.decoder=linear" ;;
+    *) echo "unknown ablation $3"; return 1 ;;
+  esac
+  [ "$3" = default ] || name="$3_$name"
+  echo "run: $name"
   "$BIN/clbench" -m experiment=brain_mri_fm train.progress_bar=false logger=none \
     "strategy=$1" "seed=$2" "hardware.num_threads=$THREADS" "hydra.sweep.dir=$SWEEP" \
-    "hydra.sweep.subdir=$1_seed$2" $EXTRA > "$SWEEP/logs/$1_seed$2.log" 2>&1 \
-    || { echo "FAILED: see $SWEEP/logs/$1_seed$2.log"; return 1; }
+    "hydra.sweep.subdir=$name" $over $EXTRA > "$SWEEP/logs/$name.log" 2>&1 \
+    || { echo "FAILED: see $SWEEP/logs/$name.log"; return 1; }
 }
 export -f one
 mkdir -p "$SWEEP/logs" "$OUT"

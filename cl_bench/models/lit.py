@@ -2,7 +2,10 @@
 
 Losses: segmentation uses MONAI's ``DiceCELoss`` (softmax, one-hot targets, Dice over the
 foreground classes only since tumours fill ~2 % of a volume; Milletari et al. 2016, arXiv
-1606.04797 for the Dice loss); regression uses the mean squared error on the normalised target
+1606.04797 for the Dice loss), optionally with median-frequency class weights
+(``train.class_weights=median_frequency``: ``w_c = median_k f_k / f_c``, f the classes' voxel
+frequencies in the task's training labels; Eigen & Fergus 2015, arXiv 1411.4734), given to
+MONAI's ``weight`` (the cross-entropy over every class, the Dice over the foreground); regression uses the mean squared error on the normalised target
 ``(y - task.target_mean) / task.target_std``; classification the cross-entropy; a
 class-incremental segmentation step the per-class binary cross-entropy of STAR (Chen et al.,
 NeurIPS 2023): a sigmoid per foreground class, the target of class c is ``label == c`` (so old
@@ -36,10 +39,13 @@ class TaskLoss(nn.Module):
         ``(B, 1, *spatial)`` global class ids.
     """
 
-    def __init__(self, task: Task):
+    def __init__(self, task: Task, class_weights: str = "none"):
         super().__init__()
         self.task = task
-        self.dice_ce = (DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+        weight = (median_frequency_weights(task) if class_weights == "median_frequency"
+                  and task.kind == "segmentation" else None)
+        self.dice_ce = (DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
+                                   weight=weight)
                         if task.kind == "segmentation" else None)
 
     def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -51,6 +57,31 @@ class TaskLoss(nn.Module):
             return nn.functional.cross_entropy(out.float(), label.long())
         target = (label.float() - self.task.target_mean) / self.task.target_std
         return nn.functional.mse_loss(out.float(), target)
+
+
+def median_frequency_weights(task: Task) -> torch.Tensor:
+    """Median-frequency class weights (Eigen & Fergus 2015, arXiv 1411.4734) of a segmentation
+    task: ``(K,)`` float, ``w_c = median_k f_k / f_c``, f_c the share of class c among the
+    voxels of the task's training labels (a class absent from them gets weight 1).
+
+    Raises:
+        DataError: a label outside ``[0, task.num_classes)``.
+    """
+    k = task.num_classes
+    counts = torch.zeros(k, dtype=torch.float64)
+    labels = getattr(task.train, "labels", None)
+    chunks = ([labels] if isinstance(labels, torch.Tensor)
+              else (task.train[i]["label"] for i in range(len(task.train))))
+    for lab in chunks:
+        lab = torch.as_tensor(lab).flatten().long()
+        if len(lab) and (lab.min() < 0 or lab.max() >= k):
+            raise DataError(f"task {task.name!r}: a training label outside [0, {k})")
+        counts += torch.bincount(lab, minlength=k).double()
+    freq = counts / counts.sum()
+    present = freq > 0
+    weight = torch.ones(k, dtype=torch.float64)
+    weight[present] = freq[present].median() / freq[present]
+    return weight.float()
 
 
 def bce_per_class(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
@@ -100,17 +131,24 @@ class LitTask(L.LightningModule):
         on_first_step: ``None`` or a callable run once, at the first training step (the runner
             records the time to first step, ``timing.json`` ``first_step_unix``);
         feature_cache: ``None`` or a :class:`~cl_bench.models.feature_cache.FeatureCache` (the
-            batches then carry ``"index"``).
+            batches then carry ``"index"``);
+        warmup_steps: linear learning-rate warm-up over the task's first steps (0 = none): the
+            rate of every parameter group is scaled by ``min(1, (step + 1) / warmup_steps)``
+            (Goyal et al. 2017, arXiv 1706.02677), as a Lightning-managed scheduler (its state
+            is in the mid-task checkpoints, so a resumed task continues the same schedule);
+        class_weights: ``train.class_weights`` for :class:`TaskLoss`.
 
     Raises:
         TrainingError: a non-finite loss (names task and step); already written results stay.
     """
 
     def __init__(self, model: nn.Module, strategy: Strategy, task: Task, t: int,
-                 on_first_step=None, feature_cache=None):
+                 on_first_step=None, feature_cache=None, warmup_steps: int = 0,
+                 class_weights: str = "none"):
         super().__init__()
         self.model, self.strategy, self.task, self.t = model, strategy, task, t
-        self.loss_fn = TaskLoss(task)
+        self.loss_fn = TaskLoss(task, class_weights)
+        self.warmup_steps = int(warmup_steps)
         self.on_first_step = on_first_step  # called once, at the first training step
         self.feature_cache = feature_cache  # a frozen backbone's outputs per sample, or None
         self._log_curves = True  # set in on_train_start: only when the trainer has a logger
@@ -152,6 +190,8 @@ class LitTask(L.LightningModule):
         opt.zero_grad()
         self.manual_backward(loss)  # precision plugin and DDP gradient sync, as in automatic mode
         opt.step()
+        if self.warmup_steps:
+            self.lr_schedulers().step()
         return loss.detach()  # for the progress bar
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -177,4 +217,9 @@ class LitTask(L.LightningModule):
         if not groups:
             raise TrainingError(f"strategy {self.strategy.name!r} left no trainable parameters "
                                 f"for task {self.task.name!r}")
-        return torch.optim.AdamW(groups, weight_decay=self.strategy.weight_decay)
+        opt = torch.optim.AdamW(groups, weight_decay=self.strategy.weight_decay)
+        if not self.warmup_steps:
+            return opt
+        warm = self.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -57,9 +57,9 @@ class SwinEncoder(nn.Module):
             ``normalize``, default there True). Default False here: the normalisation is over the
             channels of each voxel, and on the stage-1 patch embedding of a 1-channel image
             (a linear map of 2^3 voxels) it discards most of the intensity *magnitude*; Swin
-            UNETR recovers it through its raw-image ``encoder1``, which we leave out. Measured
-            (frozen random-init encoder, decoder only, 200 steps, seed 0, the default stream):
-            tumour Dice 0.35 with, 0.46 without.
+            UNETR recovers it through its raw-image ``encoder1``, which we leave out. (Chosen by
+            that argument; an earlier docstring quoted a test-set Dice for it, which is no
+            reason: choices are made on validation data.)
         weights: ``None`` (random init), a shipped checkpoint name or a path to a Swin checkpoint
             in one of the layouts of :func:`cl_bench.models.swin_weights.load_swin_checkpoint`.
         decoder_weights: ``"drop"`` (default) ignores a checkpoint's Swin UNETR decoder keys;

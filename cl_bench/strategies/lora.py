@@ -9,8 +9,12 @@ saved with ``save_pretrained`` under ``adapters/<task>/``.
 
 Deviation: the paper's rank, targets and scaling are not published; ours are config values
 (defaults r=8, alpha=16 on the backbone's attention projections: ``qkv``/``out_proj`` of a ViT,
-``attn.qkv``/``attn.proj`` of a Swin transformer). The review-reported adapter
-on the decoder is covered by the per-task decoder, which trains in full.
+``attn.qkv``/``attn.proj`` of a Swin transformer: both blocks of each of its four stages; its
+stage 0, the patch embedding, is a convolution and gets none). The paper's summary puts LoRA on
+the decoder too, i.e. a pretrained decoder; we have none, so each task's head trains in full: the
+5.3 M-parameter Swin UNETR decoder by default (then adapters are ~1 % of what trains), or a
+linear segmentation probe with ``backbone.decoder=linear`` (the paper-like budget). ``params.json``
+splits what trains into adapters, head and decoder, and gives the adapters' share of the backbone.
 """
 
 from __future__ import annotations

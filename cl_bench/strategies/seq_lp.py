@@ -1,8 +1,11 @@
 """Sequential linear probing: frozen backbone, only the current task's head trains.
 
-For segmentation the "probe" is the task's decoder. Old tasks' heads never change and the
-backbone is frozen, so BWT is exactly 0 by construction. The "sequential LP" baseline of the
-brain-MRI foundation-model study (arXiv 2602.23533).
+A linear probe in the field's sense (MAE, He et al. 2022, arXiv 2111.06377): the age head is a
+linear layer on the standardised global average of the final stage. For segmentation the
+"probe" is the task's decoder: by default Swin UNETR's 5.3 M-parameter decoder, which is not
+linear (``backbone.decoder=linear`` makes it a linear probe of the five stages). Old tasks' heads
+never change and the backbone is frozen, so BWT is exactly 0 by construction. The "sequential
+LP" baseline of the brain-MRI foundation-model study (arXiv 2602.23533).
 """
 
 from __future__ import annotations

@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""Probe: which pooled statistics of the frozen SSL Swin carry brain age (issue 13).
+"""Probe: which pooled statistics of the frozen SSL Swin carry brain age (issue 13; issue 24).
 
 Extracts the frozen shipped ``swin_brain_ssl`` encoder's five stages on the brain_age task of the
 embedded stream and scores candidate head inputs by (a) sklearn RidgeCV on standardised features
 (the best a linear probe can do) and (b) the head trained as the runner trains it (Adam, head lr,
 ``steps`` steps of batch 2) on the same features, with and without per-feature standardisation
-by training-set statistics. Prints test MAE in years; the mean predictor for comparison.
+by training-set statistics. Prints *validation* MAE in years (the default stream's ``tasks.n_val``
+subjects carved from its training set by ``--seed``, as a run does); the mean predictor for
+comparison. The test subjects are never read: an earlier version of this probe scored on them,
+and the shallow-stage head it chose (stages 0-1) is no longer the default (it stays an ablation,
+``backbone.regression_stages=[0,1] backbone.regression_rectify=true``). The default age head is
+the field's linear probe of the final stage, chosen by definition, not by this probe.
 
-    python scripts/probes/age_head_probe.py --n-train 24 --n-test 16 --seed 0
+    python scripts/probes/age_head_probe.py --seed 0
 """
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ import torch
 from sklearn.linear_model import RidgeCV
 from sklearn.preprocessing import StandardScaler
 
-from cl_bench.data.brain_synth import make_brain_seg_age
 from cl_bench.models.continual import make_swin_model
 
 
@@ -63,33 +67,40 @@ def sgd_head(xtr, ytr, xte, steps, lr, standardise, mlp, layernorm, seed=0, eps=
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n-train", type=int, default=24)
-    ap.add_argument("--n-test", type=int, default=16)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the run's seed (the validation split)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--eps", type=float, default=1e-6, help="added to the std (standardisation)")
     ap.add_argument("--only", default=None, help="one feature set by name")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    _, age = make_brain_seg_age(n_train=a.n_train, n_test=a.n_test, seed=a.seed)
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    import cl_bench.config  # noqa: F401  (the schema)
+    from cl_bench.config import build_stream
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("config", overrides=[f"seed={a.seed}"])
+    _, age = build_stream(cfg)  # training subjects and the validation ones carved from them
     model = make_swin_model(weights="swin_brain_ssl").eval()
     enc = model.encoder
-    from pathlib import Path
-    cache = Path(f"/tmp/age_probe_{a.n_train}_{a.n_test}_{a.seed}.npz")
+    cache = Path(f"/tmp/age_probe_val_{len(age.train)}_{len(age.val)}_{a.seed}.npz")
     if cache.exists():
         z = np.load(cache)
         ftr = {k[3:]: z[k] for k in z.files if k.startswith("tr_")}
         fte = {k[3:]: z[k] for k in z.files if k.startswith("te_")}
     else:
         ftr = stage_stats(enc, np.asarray(age.train.images))
-        fte = stage_stats(enc, np.asarray(age.test.images))
+        fte = stage_stats(enc, np.asarray(age.val.images))
         np.savez(cache, **{f"tr_{k}": v for k, v in ftr.items()},
                  **{f"te_{k}": v for k, v in fte.items()})
     print("stage0-1 relu feature std over subjects: min %.2g median %.2g" % tuple(
         np.percentile(np.concatenate([ftr["relu0"], ftr["relu1"]], 1).std(0), [0, 50])))
-    ytr, yte = np.asarray(age.train.labels, float), np.asarray(age.test.labels, float)
-    print(f"mean predictor {np.abs(yte - ytr.mean()).mean():.1f} y  (n_train {a.n_train})")
+    ytr, yte = np.asarray(age.train.labels, float), np.asarray(age.val.labels, float)
+    print(f"validation MAE in years; mean predictor {np.abs(yte - ytr.mean()).mean():.1f} y "
+          f"({len(ytr)} training, {len(yte)} validation subjects)")
     sets = {"all mean (today)": [f"mean{k}" for k in range(5)],
             "all relu": [f"relu{k}" for k in range(5)],
             "all mean+std": [f"{s}{k}" for s in ("mean", "std") for k in range(5)],

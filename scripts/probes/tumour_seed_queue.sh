@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tumour-task seed probe (scripts/probes/tumour_seed_probe.py) for lora on the default stream:
 # the protocol's default and two candidate remedies, seeds 0-2, two runs at a time, one thread each.
-# (SKIP=n skips the first n jobs: the queue was restarted once after base seeds 0 and 1 started.)
+# (SKIP=n skips the first n jobs: the queue was restarted after base seeds 0 and 1 started.)
 # Chosen on validation Dice only (the probe never reads test subjects).
 #   OUT=results/reference/brain_mri_fm/seed_probe bash scripts/probes/tumour_seed_queue.sh
 set -u
@@ -11,9 +11,9 @@ PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 jobs_list=(
   "base 0 " "base 1 " "base 2 "
-  "classweights 0 --class-weights" "warmup 0 --warmup 60"
-  "classweights 1 --class-weights" "warmup 1 --warmup 60"
-  "classweights 2 --class-weights" "warmup 2 --warmup 60"
+  "classweights 0 --class-weights" "classweights 1 --class-weights"
+  "classweights 2 --class-weights"
+  "warmup 0 --warmup 60" "warmup 1 --warmup 60" "warmup 2 --warmup 60"
 )
 running() { pgrep -f "scripts/probes/tumour_seed_probe.py" | wc -l; }
 for job in "${jobs_list[@]:${SKIP:-0}}"; do

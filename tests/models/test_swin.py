@@ -71,7 +71,18 @@ def test_lora_on_swin_keeps_old_task_scores_and_adapts_attention_only(cache, tmp
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["per_task"]["tumour_seg"]["bwt"] == 0.0
     params = json.loads((tmp_path / "params.json").read_text())
-    assert 0 < params["tasks"]["tumour_seg"]["adapter"] < params["backbone_params"]
+    seg = params["tasks"]["tumour_seg"]
+    assert 0 < seg["adapter"] < params["backbone_params"]
+    # what trains is split into the task's adapters and its head (the decoder); no backbone
+    assert seg["trainable"] == seg["adapter"] + seg["head"] and seg["trainable_backbone"] == 0
+    assert seg["decoder"] == seg["head"] and params["tasks"]["brain_age"]["decoder"] == 0
+    assert seg["adapter_pct_of_backbone"] == pytest.approx(
+        100 * seg["adapter"] / params["backbone_params"])
+    # the movement probe: base weights unmoved, the task's adapter measured per stage
+    movement = json.loads((tmp_path / "probes.json").read_text())["movement"]
+    stage1 = movement["after_tumour_seg"]["stage1"]
+    assert stage1["rel_change"] == 0 and stage1["adapter_rel"] >= 0
+    assert movement["after_tumour_seg"]["stage0"]["adapter_rel"] == 0  # no LoRA target there
     # peft put LoRA on every block's attention projections, and nowhere else
     lora_layers = {n.rsplit(".lora_", 1)[0] for n, _ in out.model.backbone.named_parameters()
                    if "lora_A" in n}
@@ -120,11 +131,23 @@ def test_baselines_run_on_swin(strategy, cache, tmp_path):
     # the age head is a linear probe of the final stage by default
     assert head.stages == (4,) and not head.rectify and isinstance(head.mlp, torch.nn.Linear)
     assert head.mlp.in_features == out.model.encoder.stage_channels[-1]
-    movement = json.loads((tmp_path / "probes.json").read_text())["movement"]
+    probes = json.loads((tmp_path / "probes.json").read_text())
+    movement, reliance = probes["movement"], probes["reliance"]
     stages = [f"stage{k}" for k in range(5)]
     assert list(movement["after_brain_age"]) == stages
+    # reliance: tumour_seg's Dice with each decoder input replaced by its training mean, on
+    # the validation subjects, after each task (both files written)
+    assert set(reliance) == {"after_tumour_seg", "after_brain_age"}
+    for row in reliance.values():
+        assert row["task"] == "tumour_seg" and row["split"] == "val"
+        assert list(row["dice"]) == ["none", *stages]
+        assert all(0 <= d <= 1 for d in row["dice"].values())
+    rel = pd.read_csv(tmp_path / "probes_reliance.csv")
+    assert len(rel) == 2 * 6 and set(rel["input"]) == {"none", *stages}
+    assert (tmp_path / "probes_movement.csv").is_file()
     if strategy == "seq_lp":
         assert R.loc["after_brain_age", "tumour_seg"] == R.loc["after_tumour_seg", "tumour_seg"]
+        assert reliance["after_brain_age"] == reliance["after_tumour_seg"]  # nothing moved
         assert all(movement[r][s]["rel_change"] == 0 for r in movement for s in stages)
         # the frozen backbone is the one the age head was calibrated on: its running statistics
         # are the training set's pooled-feature mean and variance, never updated (track off)

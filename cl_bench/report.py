@@ -95,6 +95,10 @@ def _load_run(metrics_path: Path) -> dict:
         rec[col] = m.get("per_task", {}).get(task, {}).get("final", np.nan)
         rec[f"{task} {u['metric']} (just learned)"] = (
             m.get("per_task", {}).get(task, {}).get("just_learned", np.nan))
+    val = m.get("val") or {}
+    for task, u in (units.items() if val.get("per_task") else []):  # tasks.n_val > 0
+        rec[f"{_task_col(task, u)} [val]"] = (
+            val["per_task"].get(task, {}).get("final", np.nan))
     last = list(m.get("details", {}))[-1] if m.get("details") else None
     for task, vals in (m["details"][last].items() if last and last != "init" else []):
         if "mae_normalised" in vals:
@@ -109,6 +113,9 @@ def _load_run(metrics_path: Path) -> dict:
     params = _read_json(run / "params.json") or {}
     pct = [p["trainable_pct"] for p in params.get("tasks", {}).values()]
     rec["trainable %"] = float(np.mean(pct)) if pct else np.nan
+    adapters = [p.get("adapter_pct_of_backbone", 0.0) for p in params.get("tasks", {}).values()]
+    if any(adapters):
+        rec["adapters % of backbone"] = float(np.mean(adapters))
     timing = _read_json(run / "timing.json") or {}
     rec["wall time (s)"] = timing.get("total_s", np.nan)
     rec["peak RSS (MB)"] = timing.get("peak_rss_mb", np.nan)

@@ -274,3 +274,14 @@ def test_scratch_refuses_a_class_incremental_stream(tmp_path):
                                            "train.progress_bar=false"])
     with pytest.raises(ConfigError, match="strategy=scratch"):
         run(cfg, tmp_path)
+
+
+def test_linear_decoder_is_the_paper_like_budget(cache, tmp_path):
+    out = run(tiny_cfg(cache, "strategy=lora", "backbone.decoder=linear"), tmp_path)
+    from cl_bench.models.swin import LinearSegmentationHead
+    assert isinstance(out.model.heads["tumour_seg"], LinearSegmentationHead)
+    seg = json.loads((tmp_path / "params.json").read_text())["tasks"]["tumour_seg"]
+    assert seg["head"] == seg["decoder"] == sum(out.model.encoder.stage_channels) * 4 + 5 * 4
+    assert seg["trainable"] == seg["adapter"] + seg["head"]
+    reliance = json.loads((tmp_path / "probes.json").read_text())["reliance"]
+    assert list(reliance["after_tumour_seg"]["dice"]) == ["none"] + [f"stage{k}" for k in range(5)]

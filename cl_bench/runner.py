@@ -164,6 +164,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     strategy = build(cfg.strategy, "strategy")
     strategy.seed = int(cfg.seed)  # the strategy's own generators (replay buffer, Fisher subset)
     strategy.cache_frozen = bool(cfg.train.cache_frozen_features)  # backbone and teacher caches
+    strategy.class_weights = str(cfg.train.class_weights)  # every task loss a strategy builds
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
     model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
     strategy.check_model(model)  # and a setting that does not fit the backbone (a LoRA rank)

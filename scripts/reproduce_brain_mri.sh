@@ -33,8 +33,9 @@ THREADS=${THREADS:-$([ "$PARALLEL" -gt 1 ] && echo 1 || echo 2)}
 EXTRA="$*"
 export BIN SWEEP EXTRA THREADS
 jobs() {
-  for s in $STRATEGIES; do for seed in $SEEDS; do echo "$s $seed default"; done; done
-  for a in $ABLATIONS; do for s in $ABLATION_STRATEGIES; do for seed in $ABLATION_SEEDS; do
+  # seed-major: every strategy of seed 0 first, so a partial sweep is a complete table row set
+  for seed in $SEEDS; do for s in $STRATEGIES; do echo "$s $seed default"; done; done
+  for a in $ABLATIONS; do for seed in $ABLATION_SEEDS; do for s in $ABLATION_STRATEGIES; do
     echo "$s $seed $a"; done; done; done
 }
 one() {  # strategy seed ablation

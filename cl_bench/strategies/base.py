@@ -57,6 +57,9 @@ class Strategy:
     #: step instead of once per training sample, both the runner's backbone cache (with
     #: :meth:`frozen_backbone`) and a strategy's own (LwF's teacher outputs)
     cache_frozen = True
+    #: ``train.class_weights`` (set by the runner): the segmentation class weights of every task
+    #: loss, the current task's and any a strategy builds itself (replay, Fisher)
+    class_weights = "none"
 
     def __init__(self, lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):

@@ -79,7 +79,7 @@ class ER(Strategy):
 
     def setup(self, model, stream) -> None:
         super().setup(model, stream)
-        self.losses = {t.name: TaskLoss(t) for t in stream}
+        self.losses = {t.name: TaskLoss(t, self.class_weights) for t in stream}
 
     def before_task(self, t: int, task: Task) -> None:
         heads = [self.model.heads[s.name] for s in self.stream[:t + 1]]

@@ -101,7 +101,8 @@ class EWC(Strategy):
         for p in params.values():
             p.requires_grad_(True)
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-        loss_fn, device = TaskLoss(task), next(self.model.parameters()).device
+        loss_fn = TaskLoss(task, self.class_weights)
+        device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         self.activate(task)

@@ -10,9 +10,9 @@ OUT=${OUT:-results/reference/brain_mri_fm/seed_probe}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 jobs_list=(
-  "base 0 " "base 1 " "base 2 "
+  "base 0 " "base 1 "
   "classweights 0 --class-weights" "classweights 1 --class-weights"
-  "classweights 2 --class-weights"
+  "base 2 " "classweights 2 --class-weights"
   "warmup 0 --warmup 60" "warmup 1 --warmup 60" "warmup 2 --warmup 60"
 )
 running() { pgrep -f "scripts/probes/tumour_seed_probe.py" | wc -l; }

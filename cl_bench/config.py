@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_bench.errors import ClBenchError, ConfigError
+from cl_bench.ranges import NonNegativeInt, PositiveInt
 
 
 def _positive(v) -> bool:
@@ -80,7 +81,7 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata=_range(_non_negative, "an int >= 0 (steps)"))
     #: segmentation class weights of the task loss: none, or median_frequency (Eigen & Fergus
     #: 2015, arXiv 1411.4734) from the task's training labels (cl_bench.models.lit.TaskLoss)
-    class_weights: str = field(default="none", metadata=_range(
+    class_weights: str = field(default="median_frequency", metadata=_range(
         lambda v: v in ("none", "median_frequency"), "none or median_frequency"))
 
 
@@ -290,9 +291,9 @@ def type_hints(fn) -> dict[str, Any]:
     return out
 
 
-#: keys every ``tasks`` node may carry besides its factory's arguments: applied to the built
-#: stream by :func:`build_stream`, not passed to the factory
-STREAM_KEYS = ("n_val", "max_tasks")
+#: keys every ``tasks`` node may carry besides its factory's arguments, with their types:
+#: applied to the built stream by :func:`build_stream`, not passed to the factory
+STREAM_KEYS: dict[str, Any] = {"n_val": NonNegativeInt, "max_tasks": Optional[PositiveInt]}
 
 
 def check_node(node: DictConfig, key: str) -> None:
@@ -320,6 +321,10 @@ def check_node(node: DictConfig, key: str) -> None:
         if name.startswith("_") or name == "name" and name not in sig.parameters:
             continue
         if key == "tasks" and name in STREAM_KEYS:
+            hint, value = STREAM_KEYS[name], OmegaConf.to_container(node, resolve=True)[name]
+            if not _type_ok(value, hint):
+                raise ConfigError(f"{key}.{name}: expected {_describe(hint)}, got {value!r} "
+                                  f"({type(value).__name__})")
             continue
         if name not in sig.parameters:
             if takes_kwargs:

@@ -133,7 +133,7 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
         model.calibrate_head(task, cfg.train.eval_batch_size,  # a Swin age head, as the runner
                              track=not strategy.frozen_backbone(task))
         loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
-        loss_fn = TaskLoss(task)
+        loss_fn = TaskLoss(task, cfg.train.class_weights)
         opt = torch.optim.AdamW(strategy.param_groups(task), weight_decay=strategy.weight_decay)
         model.train()
         strategy.activate(task)

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from cl_bench.config import _constraints, check_node, locate, type_hints
+from cl_bench.config import STREAM_KEYS, _constraints, check_node, locate, type_hints
 from cl_bench.errors import ConfigError
 from cl_bench.runner import run
 
@@ -131,6 +131,8 @@ def _specs():
             if not node.get("_target_"):  # logger=none
                 continue
             hints = _hints(node._target_)
+            if group == "tasks":  # keys of every stream, applied by the runner
+                hints = {**hints, **STREAM_KEYS}
             for key in node:
                 if key.startswith("_") or key in ("name", "defaults"):  # defaults: Hydra's list
                     continue

@@ -69,8 +69,10 @@ def test_a_plain_run_logs_steps_rows_and_ends_with_the_summary(tmp_path):
     assert re.search(rf"^after_tumour_seg\s+{R.loc['after_tumour_seg', 'tumour_seg']:.3f}\s", out, re.M)
     for name in ("MFN", "MFT", "MAA", "BWT gem", "BWT sefe", "forgetting", "FWT"):
         assert name in out
-    assert re.search(r"^trainable: tumour_seg [\d.]+ % \([\d,]+ params\), brain_age", out, re.M)
-    assert f"files: {run_dir}/{{heatmap.png, matrix.csv, metrics.json}}" in out
+    assert re.search(r"^trainable: tumour_seg [\d.]+ % \([\d,]+ params: adapters [\d,]+ = "
+                     r"[\d.]+ % of the backbone, head [\d,]+\), brain_age", out, re.M)
+    assert (f"files: {run_dir}/{{heatmap.png, matrix.csv, matrix_val.csv, probes.json, "
+            "metrics.json}") in out
     assert ": complete, wall time" in out
     # the same summary is in cli.log
     assert "MFN" in (run_dir / "cli.log").read_text()

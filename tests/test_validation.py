@@ -109,10 +109,10 @@ def test_group_keys_and_composition_errors_exit_2_with_one_line_and_no_run_dir(t
 
 def test_a_batch_larger_than_a_task_trains_on_the_whole_set_and_says_so(compose_cfg, tmp_path,
                                                                        caplog):
-    cfg = compose_cfg("train.batch_size=9", "train.max_steps=2", "logger=none")  # 4 subjects
+    cfg = compose_cfg("train.batch_size=9", "train.max_steps=2", "logger=none")  # 4 - 1 val
     with caplog.at_level("WARNING", logger="cl_bench.runner"):
         out = run(cfg, tmp_path / "run")
     assert out.metrics["complete"]
     said = [r.getMessage() for r in caplog.records if "exceeds task" in r.getMessage()]
-    assert said == [f"train.batch_size=9 exceeds task {t}'s 4 training samples: every step uses "
+    assert said == [f"train.batch_size=9 exceeds task {t}'s 3 training samples: every step uses "
                     "the whole training set" for t in ("tumour_seg", "brain_age")]

@@ -55,10 +55,11 @@ class ContinualModel(nn.Module):
     def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
                  regression_width: int = 64, decoder_image_skip: bool = False,
                  regression_stages: tuple[int, ...] = (4,), regression_rectify: bool = False,
-                 decoder: str = "unetr"):
+                 decoder: str = "unetr", regression_norm: str = "batch"):
         super().__init__()
         self.regression_stages = tuple(regression_stages)
         self.regression_rectify = bool(regression_rectify)
+        self.regression_norm = regression_norm
         self.decoder = decoder
         self.backbone = backbone
         self.heads = nn.ModuleDict()
@@ -109,7 +110,8 @@ class ContinualModel(nn.Module):
                             "backbone.decoder_weights=drop")
         elif task.kind == "regression":
             head = PooledRegressionHead(enc.stage_channels, self.regression_width,
-                                        self.regression_stages, self.regression_rectify)
+                                        self.regression_stages, self.regression_rectify,
+                                        norm=self.regression_norm)
         elif task.kind == "classification" and task.scenario != "class_il":
             head = PooledClassificationHead(enc.stage_channels, task.num_classes)
         else:
@@ -239,7 +241,8 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     regression_width: NonNegativeInt = 0,
                     regression_stages: list[NonNegativeInt] = (4,),
                     regression_rectify: bool = False,
-                    decoder: Literal["unetr", "linear"] = "unetr") -> ContinualModel:
+                    decoder: Literal["unetr", "linear"] = "unetr",
+                    regression_norm: Literal["batch", "layer"] = "batch") -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
@@ -253,4 +256,4 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
     enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
                       window_size, dropout_rate, normalize, weights, decoder_weights)
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip,
-                          tuple(regression_stages), regression_rectify, decoder)
+                          tuple(regression_stages), regression_rectify, decoder, regression_norm)

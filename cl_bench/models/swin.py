@@ -238,13 +238,16 @@ class PooledRegressionHead(nn.Module):
 
     def __init__(self, stage_channels: list[int], width: int = 0,
                  stages: tuple[int, ...] = (4,), rectify: bool = False,
-                 momentum: float = 0.01):
+                 momentum: float = 0.01, norm: str = "batch"):
         super().__init__()
         stages = tuple(int(k) for k in stages)
         if not stages or any(k < 0 or k >= len(stage_channels) for k in stages):
             raise ConfigError(f"backbone.regression_stages: expected indices in "
                               f"0..{len(stage_channels) - 1}, got {list(stages)}")
+        if norm not in ("batch", "layer"):
+            raise ConfigError(f"backbone.regression_norm: expected batch or layer, got {norm!r}")
         self.stages, self.rectify, self.momentum = stages, bool(rectify), float(momentum)
+        self.norm = norm
         #: update the running statistics in training (set by ``ContinualModel.calibrate_head``)
         self.track = False
         d = int(sum(stage_channels[k] for k in stages))
@@ -269,6 +272,8 @@ class PooledRegressionHead(nn.Module):
         """``(B, D)`` pooled, standardised features (updates the running statistics in
         training when :attr:`track` is on)."""
         pooled = self.pooled(stages)
+        if self.norm == "layer":  # per subject: no statistics to keep
+            return nn.functional.layer_norm(pooled, pooled.shape[-1:], eps=self.eps)
         if self.training and self.track and len(pooled) > 1:
             with torch.no_grad():
                 p = pooled.detach().float()

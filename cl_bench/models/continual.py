@@ -55,7 +55,7 @@ class ContinualModel(nn.Module):
     def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
                  regression_width: int = 64, decoder_image_skip: bool = False,
                  regression_stages: tuple[int, ...] = (4,), regression_rectify: bool = False,
-                 decoder: str = "unetr", regression_norm: str = "batch"):
+                 decoder: str = "unetr", regression_norm: str = "layer"):
         super().__init__()
         self.regression_stages = tuple(regression_stages)
         self.regression_rectify = bool(regression_rectify)
@@ -160,8 +160,8 @@ class ContinualModel(nn.Module):
         no dropout, no batch norm). Consumes no random numbers. Returns whether the head was
         calibrated."""
         head = self.heads[task.name]
-        if not hasattr(head, "calibrate"):
-            return False
+        if not hasattr(head, "calibrate") or getattr(head, "norm", "batch") != "batch":
+            return False  # no data-dependent standardisation (e.g. a per-subject layer norm)
         was = self.training
         self.eval()
         device = next(self.parameters()).device
@@ -242,7 +242,7 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     regression_stages: list[NonNegativeInt] = (4,),
                     regression_rectify: bool = False,
                     decoder: Literal["unetr", "linear"] = "unetr",
-                    regression_norm: Literal["batch", "layer"] = "batch") -> ContinualModel:
+                    regression_norm: Literal["batch", "layer"] = "layer") -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths

@@ -22,9 +22,9 @@ Heads:
   own. How much the decoder relies on each stage is measured, not assumed: every run with a
   segmentation task writes the reliance probe (:mod:`cl_bench.probes`).
 * :class:`LinearSegmentationHead`: a linear probe on the five stages (the paper-like budget).
-* :class:`PooledRegressionHead`: the global average of the final stage, standardised by running
-  statistics -> linear (MAE's linear probe); :class:`PooledClassificationHead`: the global
-  average of every stage, concatenated, layer-normed -> linear.
+* :class:`PooledRegressionHead`: the global average of the final stage, layer-normed (or
+  standardised by running statistics) -> linear: a linear probe; :class:`PooledClassificationHead`:
+  the global average of every stage, concatenated, layer-normed -> linear.
 """
 
 from __future__ import annotations
@@ -197,21 +197,28 @@ def pool_stages(stages: list[torch.Tensor]) -> torch.Tensor:
 
 
 class PooledRegressionHead(nn.Module):
-    """Global average of Swin stages, standardised -> linear (or MLP) -> one scalar.
+    """Global average of Swin stages, normalised -> linear (or MLP) -> one scalar.
 
-    The default is the field's linear probe (MAE, He et al. 2022, arXiv 2111.06377, §A.2): the
-    global average of the encoder's *final* stage (1/32 of the input side; ``stages=(4,)``),
-    a BatchNorm without affine parameters, then a linear layer (``width=0``). Deviation from
-    MAE's BatchNorm: a batch of 2 volumes gives no usable batch statistics (with two samples
-    every standardised feature is +-1), so the head always standardises with *running*
-    statistics (``running_mean``, ``running_var``, BatchNorm's ``eps`` 1e-5):
+    The default is a linear probe of the encoder's *final* stage (``stages=(4,)``, 1/32 of the
+    input side: the representation a linear probe reads, MAE, He et al. 2022, arXiv 2111.06377):
+    its global average, normalised, then a linear layer (``width=0``). Two normalisations
+    (``norm``):
 
-    * :meth:`calibrate` sets them from the whole training set on the current backbone before
-      the task trains (exact for a frozen backbone, which is then never updated);
-    * with :attr:`track` on (the runner sets it when the backbone or its adapters train), every
-      training step also moves them towards the batch's statistics by ``momentum``
-      (BatchNorm's exponential average, no gradient through them), so the standardisation follows
-      the backbone as it changes instead of keeping an earlier backbone's statistics.
+    * ``"layer"`` (default): a layer norm without affine parameters over each subject's pooled
+      features. It keeps no statistics, so it is valid for a frozen backbone and for one that
+      trains alike (as the final LayerNorm before a ViT's linear probe, e.g. DINOv2, Oquab et
+      al. 2023, arXiv 2304.07193).
+    * ``"batch"``: MAE's BatchNorm without affine parameters, with one deviation: a batch of 2
+      volumes gives no usable batch statistics (with two samples every standardised feature is
+      +-1), so it always standardises with *running* statistics (``running_mean``,
+      ``running_var``, BatchNorm's ``eps`` 1e-5): :meth:`calibrate` sets them from the whole
+      training set on the current backbone before the task, and with :attr:`track` on (the
+      runner sets it when the backbone or its adapters train) every training step moves them
+      towards the batch's by ``momentum`` (no gradient through them). Exact for a frozen
+      backbone; under full fine-tuning they lag the backbone, and features whose spread over
+      subjects is small are amplified: seq_ft's age loss reached 1e3-1e5 in its first steps
+      (``scripts/probes/age_head_drift_probe.py``), gradients that also hit the backbone. Not
+      the default for that reason (a property of training, not a test score).
 
     ``rectify=True`` averages ``relu(stage)`` instead of the stage (a soft histogram of local
     patterns); with ``stages=(0, 1)`` it is the earlier shallow-stage head, kept as an ablation
@@ -223,14 +230,14 @@ class PooledRegressionHead(nn.Module):
     Args:
         stage_channels: channels of the five stages; width: MLP hidden width, 0 = linear;
         stages: indices (0-4) of the pooled stages; rectify: ReLU before averaging;
-        momentum: weight of a training batch's statistics in the running ones (BatchNorm's
-            ``momentum``; default 0.01, an average over ~100 steps).
+        momentum: ``norm="batch"``: weight of a training batch's statistics in the running ones
+            (default 0.01, an average over ~100 steps); norm: ``"layer"`` or ``"batch"``.
 
     Shapes:
         ``forward(to_grid, deepest, stages, image)`` -> ``(B,)``; :meth:`pooled` -> ``(B, D)``.
 
     Raises:
-        ConfigError: a stage index outside 0-4, or none.
+        ConfigError: a stage index outside 0-4, or none; an unknown ``norm``.
     """
 
     #: variance floor of the standardisation (as BatchNorm's)
@@ -238,7 +245,7 @@ class PooledRegressionHead(nn.Module):
 
     def __init__(self, stage_channels: list[int], width: int = 0,
                  stages: tuple[int, ...] = (4,), rectify: bool = False,
-                 momentum: float = 0.01, norm: str = "batch"):
+                 momentum: float = 0.01, norm: str = "layer"):
         super().__init__()
         stages = tuple(int(k) for k in stages)
         if not stages or any(k < 0 or k >= len(stage_channels) for k in stages):

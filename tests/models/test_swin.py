@@ -121,9 +121,9 @@ def test_lora_adapters_do_not_change_task1_output_when_task2_trains(cache, tmp_p
     assert torch.equal(ref, _outputs(model, strategy, stream[0], x))
 
 
-@pytest.mark.parametrize("strategy", ["seq_ft", "seq_lp"])
-def test_baselines_run_on_swin(strategy, cache, tmp_path):
-    cfg = tiny_cfg(cache, f"strategy={strategy}")
+@pytest.mark.parametrize("strategy, norm", [("seq_ft", "layer"), ("seq_lp", "batch")])
+def test_baselines_run_on_swin(strategy, norm, cache, tmp_path):
+    cfg = tiny_cfg(cache, f"strategy={strategy}", f"backbone.regression_norm={norm}")
     out = run(cfg, tmp_path)
     R = pd.read_csv(tmp_path / "matrix.csv", index_col=0)
     assert R.shape == (3, 2) and np.isfinite(R.to_numpy()).all()
@@ -162,7 +162,7 @@ def test_baselines_run_on_swin(strategy, cache, tmp_path):
                                    rtol=1e-5, atol=1e-6)
     else:
         # full fine-tuning: the age task moves every stage of the backbone
-        assert head.track
+        assert head.norm == "layer" and not head.track  # the default keeps no statistics
         assert all(movement["after_brain_age"][s]["rel_change_task"] > 0 for s in stages)
         assert all(movement["after_tumour_seg"][s]["rel_change_task"] > 0 for s in stages)
     assert out.metrics["complete"]
@@ -173,7 +173,8 @@ def test_calibration_fills_the_frozen_feature_cache(cache):
     outputs once; training then reads them (no second pass) and gets the same values."""
     from cl_bench.config import build
     from cl_bench.models.feature_cache import FeatureCache
-    cfg = tiny_cfg(cache, "strategy=seq_lp", "tasks.n_train=3", "tasks.n_val=1")
+    cfg = tiny_cfg(cache, "strategy=seq_lp", "tasks.n_train=3", "tasks.n_val=1",
+                   "backbone.regression_norm=batch")  # the head with statistics to calibrate
     torch.manual_seed(0)
     model = build(cfg.backbone, "backbone")
     stream = build(cfg.tasks, "tasks")
@@ -198,11 +199,17 @@ def test_regression_head_is_a_linear_probe_of_the_final_stage_with_running_stati
     from cl_bench.models.swin import PooledRegressionHead
     torch.manual_seed(0)
     channels = [12 * 2 ** k for k in range(5)]
-    head = PooledRegressionHead(channels)  # defaults: final stage, plain average, linear
-    assert isinstance(head.mlp, torch.nn.Linear) and head.mlp.in_features == 192
     stages = [torch.randn(6, c, 4, 4, 4) * (k + 1) + k for k, c in enumerate(channels)]
-    pooled = head.pooled(stages)
+    layer = PooledRegressionHead(channels)  # defaults: final stage, plain average, layer norm
+    assert isinstance(layer.mlp, torch.nn.Linear) and layer.mlp.in_features == 192
+    pooled = layer.pooled(stages)
     torch.testing.assert_close(pooled, stages[4].mean((2, 3, 4)))
+    z = layer.embed(None, stages)  # per subject: zero mean, unit variance over the features
+    torch.testing.assert_close(z.mean(1), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var(1, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    layer.train()
+    torch.testing.assert_close(layer.embed(None, [s + 3.0 for s in stages]), z)  # no state
+    head = PooledRegressionHead(channels, norm="batch")
     head.calibrate(pooled)
     head.eval()
     z = head.embed(None, stages)
@@ -235,6 +242,8 @@ def test_regression_head_is_a_linear_probe_of_the_final_stage_with_running_stati
         PooledRegressionHead(channels, stages=(5,))
     with pytest.raises(ConfigError, match="backbone.regression_stages"):
         PooledRegressionHead(channels, stages=())
+    with pytest.raises(ConfigError, match="backbone.regression_norm"):
+        PooledRegressionHead(channels, norm="group")
 
 
 def test_linear_segmentation_head_is_linear_in_the_stages():

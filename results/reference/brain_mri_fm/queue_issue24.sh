@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The order this table's runs were made in (2026-12-02, 2-core Intel Xeon): the same `one`
-# command as scripts/reproduce_brain_mri.sh (PARALLEL=2, one thread each), started as
-#   PARALLEL=2 SWEEP=results/brain_mri_fm/sweep_issue24 bash scripts/reproduce_brain_mri.sh
-# which ran lora and seq_ft seed 0; the rest of its queue was then reordered to this one, so that
-# lora's three seeds (the robustness the issue asks about) come before the remaining rows.
+# How this table's runs were made (2026-12-02, 2-core Intel Xeon): the same `one` command as
+# scripts/reproduce_brain_mri.sh (PARALLEL=2, one thread each), in this order: lora's three seeds
+# (the robustness the issue asks about) and seed 0 of seq_ft and seq_lp first, the rest after.
+#   bash results/reference/brain_mri_fm/queue_issue24.sh
 cd "$(dirname "$0")/../../.."
-export BIN=.venv/bin SWEEP=results/brain_mri_fm/sweep_issue24 EXTRA="" THREADS=1
-one() {  # strategy seed [ablation overrides...]
+export BIN=.venv/bin SWEEP=${SWEEP:-results/brain_mri_fm/sweep_issue24_layer} EXTRA="" THREADS=1
+mkdir -p "$SWEEP/logs"
+one() {  # strategy seed name [overrides...]
   local s=$1 seed=$2 name=$3; shift 3
   echo "run: $name $(date +%T)"
   "$BIN/clbench" -m experiment=brain_mri_fm train.progress_bar=false logger=none \
@@ -16,9 +16,10 @@ one() {  # strategy seed [ablation overrides...]
 }
 running() { pgrep -f "clbench -m experiment=brain_mri_fm" | wc -l; }
 queue=(
-  "seq_lp 0 seq_lp_seed0" "lora 1 lora_seed1" "lora 2 lora_seed2" "scratch 0 scratch_seed0"
-  "seq_ft 1 seq_ft_seed1" "seq_lp 1 seq_lp_seed1" "seq_ft 2 seq_ft_seed2" "seq_lp 2 seq_lp_seed2"
-  "scratch 1 scratch_seed1" "scratch 2 scratch_seed2"
+  "lora 0 lora_seed0" "seq_ft 0 seq_ft_seed0" "seq_lp 0 seq_lp_seed0" "lora 1 lora_seed1"
+  "lora 2 lora_seed2" "seq_ft 1 seq_ft_seed1" "seq_lp 1 seq_lp_seed1" "seq_ft 2 seq_ft_seed2"
+  "seq_lp 2 seq_lp_seed2" "scratch 0 scratch_seed0" "scratch 1 scratch_seed1"
+  "scratch 2 scratch_seed2"
 )
 for job in "${queue[@]}"; do
   while [ "$(running)" -ge 2 ]; do sleep 15; done

@@ -83,12 +83,19 @@ def groups_text(conf_dir: str | Path) -> str:
 
 def help_template(conf_dir: str | Path) -> str:
     """The whole ``--help`` text (a :class:`string.Template`: ``$$`` for a literal ``$``)."""
+    import dataclasses
+    import textwrap
+
+    from cl_bench.config import STREAM_KEYS, TrainConfig
+
+    train = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+    stream = ", ".join(f"tasks.{k}" for k in STREAM_KEYS)
+    keys = (f"Keys: seed, results_dir, resume, train.{{{train}}}, eval.task_id, {stream} (every "
+            "stream: validation samples per task, the first k tasks only), and every key of the "
+            "chosen group options (clbench <overrides> --cfg job prints the composed config).")
     body = "\n".join([
         USAGE, groups_text(conf_dir), "",
-        "Keys: seed, results_dir, resume, train.{max_steps, batch_size, eval_batch_size, "
-        "log_every_n_steps,\n  progress_bar, checkpoint_every_n_epochs}, eval.task_id, and every "
-        "key of the chosen group options\n  (clbench <overrides> --cfg job prints the composed "
-        "config).",
+        textwrap.fill(keys, width=100, subsequent_indent="  "),
         "",
         "Shell completion (bash; zsh and fish likewise): eval \"$$(clbench -sc install=bash)\"",
         "README.md: the option tables, results files and metrics conventions;",

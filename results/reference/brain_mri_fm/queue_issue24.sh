@@ -15,14 +15,15 @@ one() {  # strategy seed name [overrides...]
   echo "done: $name $(date +%T)"
 }
 running() { pgrep -f "clbench -m experiment=brain_mri_fm" | wc -l; }
-# (this session ran the first five: lora_seed2 was replaced by the linear-decoder ablation of
+# (this session ran the first seven: lora_seed2 was put after the linear-decoder ablation of
 #  seq_ft, the run that can show forgetting, when the reliance probe showed that the default
-#  decoder reads only stage 0)
+#  decoder reads only stage 0, and after seq_lp's cheap seeds 1-2)
 queue=(
   "lora 0 lora_seed0" "seq_ft 0 seq_ft_seed0" "seq_lp 0 seq_lp_seed0" "lora 1 lora_seed1"
   "seq_ft 0 linear_decoder_seq_ft_seed0 backbone.decoder=linear"
-  "lora 2 lora_seed2" "seq_ft 1 seq_ft_seed1" "seq_lp 1 seq_lp_seed1" "seq_ft 2 seq_ft_seed2"
-  "seq_lp 2 seq_lp_seed2" "scratch 0 scratch_seed0" "scratch 1 scratch_seed1"
+  "seq_lp 1 seq_lp_seed1" "seq_lp 2 seq_lp_seed2"
+  "lora 2 lora_seed2" "seq_ft 1 seq_ft_seed1" "seq_ft 2 seq_ft_seed2"
+  "scratch 0 scratch_seed0" "scratch 1 scratch_seed1"
   "scratch 2 scratch_seed2"
 )
 for job in "${queue[@]}"; do

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     import cl_bench.config  # noqa: F401  (the schema)
     from cl_bench.config import build, build_stream
     from cl_bench.evaluation import _answer, _Scorer
+    from cl_bench.models.lit import median_frequency_weights
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"seed={args.seed}", *args.overrides])
@@ -97,11 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
     weight = None
     if args.class_weights:
-        counts = torch.zeros(task.num_classes)
-        for i in range(len(task.train)):
-            counts += torch.bincount(task.train[i]["label"].flatten(), minlength=task.num_classes)
-        freq = counts / counts.sum()
-        weight = (freq.median() / freq).float()
+        weight = median_frequency_weights(task)  # what train.class_weights uses
         print("class weights", [round(float(w), 3) for w in weight], flush=True)
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
                          batch=args.batch_dice, weight=weight)

@@ -41,7 +41,7 @@ def _finite_non_negative(v) -> bool:
 
 
 #: Lightning 2's precision names (``lightning.fabric.connector._PRECISION_INPUT``)
-PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16",
+PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16",
               "16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 
@@ -98,8 +98,9 @@ class HardwareConfig:
     strategy: str = "auto"        #: Lightning strategy: auto, ddp, ddp_spawn, ...
     #: Lightning num_nodes (multi-node DDP)
     num_nodes: int = field(default=1, metadata=_range(_positive, "a positive int"))
-    #: Lightning precision, e.g. 32-true, bf16-mixed
-    precision: str = field(default="32-true", metadata=_range(
+    #: Lightning precision, e.g. 32-true, bf16-mixed; auto: bf16-mixed on a CPU with native
+    #: bfloat16 (AMX / AVX512-BF16), else 32-true (cl_bench.hardware.resolve_precision)
+    precision: str = field(default="auto", metadata=_range(
         lambda v: v in PRECISIONS, "one of Lightning's: " + ", ".join(PRECISIONS)))
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
     #: torch intra-op threads

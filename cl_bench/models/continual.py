@@ -242,7 +242,8 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     regression_stages: list[NonNegativeInt] = (4,),
                     regression_rectify: bool = False,
                     decoder: Literal["unetr", "linear"] = "unetr",
-                    regression_norm: Literal["batch", "layer"] = "layer") -> ContinualModel:
+                    regression_norm: Literal["batch", "layer"] = "layer",
+                    fused_attention: bool = True) -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
@@ -254,6 +255,7 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
         ConfigError, DataError: see :class:`~cl_bench.models.swin.SwinEncoder`.
     """
     enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
-                      window_size, dropout_rate, normalize, weights, decoder_weights)
+                      window_size, dropout_rate, normalize, weights, decoder_weights,
+                      fused_attention)
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip,
                           tuple(regression_stages), regression_rectify, decoder, regression_norm)

@@ -50,7 +50,7 @@ class TaskLoss(nn.Module):
 
     def forward(self, out: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if self.dice_ce is not None:
-            return self.dice_ce(out, label)
+            return self.dice_ce(out.float(), label)  # bf16 logits: the loss in fp32
         if self.task.kind == CISS:
             return ciss_bce(out, label, self.task.stream_classes, self.task.pos_weight)
         if self.task.kind == "classification":

@@ -31,12 +31,53 @@ from __future__ import annotations
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
 from cl_bench.errors import ConfigError, DataError
 
 #: the Linear layers of a Swin block, as peft ``target_modules`` names
 SWIN_LINEARS = ("qkv", "proj", "linear1", "linear2")
+
+
+class FusedWindowAttention(WindowAttention):
+    """MONAI's Swin window attention, computed by PyTorch's fused
+    :func:`torch.nn.functional.scaled_dot_product_attention` under autograd too.
+
+    MONAI's ``WindowAttention(use_flash_attention=True)`` takes the fused kernel only when
+    autograd is off (inference) and otherwise materialises ``softmax(Q K^T / sqrt(d) + B) V`` op
+    by op. This subclass takes MONAI's fused path always: the additive mask is the relative
+    position bias ``B`` (plus the shifted-window mask), as in MONAI. Same function, same
+    parameters and state-dict keys; PyTorch picks the kernel (its flash-attention CPU kernel when
+    the bias needs no gradient, e.g. a frozen backbone with LoRA; its math path when the bias
+    trains, e.g. full fine-tuning). On the main job's lora step this made the Swin stages ~X
+    faster (``scripts/bench_step_profile.py``, results/reference/bench/).
+
+    Shapes: ``x`` ``(B * windows, N, C)`` tokens of each window, ``mask`` ``None`` or
+    ``(windows, N, N)`` (0 / -100, shifted windows); returns ``(B * windows, N, C)``.
+    Source: Liu et al. 2021 (Swin, arXiv 2103.14030), eq. 4; MONAI ``swin_unetr.WindowAttention``.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+        bias = self.relative_position_bias_table[
+            self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, h).permute(2, 0, 1)
+        if mask is not None:
+            nw = mask.shape[0]
+            bias = (bias.view(1, 1, h, n, n) + mask.reshape(1, nw, 1, n, n).to(bias.dtype)
+                    ).expand(b // nw, nw, h, n, n).reshape(b, h, n, n)
+        else:
+            bias = bias.unsqueeze(0)
+        drop = self.attn_drop.p if self.training else 0.0
+        # in fp32 under bf16 autocast too: PyTorch's CPU kernels for a bf16 attention with an
+        # additive mask and 8-wide heads ran ~2x slower than fp32 (scripts/bench_speed_options.py)
+        with torch.autocast(x.device.type, enabled=False):
+            x = nn.functional.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=bias.float(), dropout_p=drop,
+                scale=self.scale)
+        return self.proj_drop(self.proj(x.to(v.dtype).transpose(1, 2).reshape(b, n, c)))
 
 
 class SwinEncoder(nn.Module):
@@ -64,6 +105,11 @@ class SwinEncoder(nn.Module):
             in one of the layouts of :func:`cl_bench.models.swin_weights.load_swin_checkpoint`.
         decoder_weights: ``"drop"`` (default) ignores a checkpoint's Swin UNETR decoder keys;
             ``"keep"`` keeps them in :attr:`pretrained_decoder` for the segmentation heads.
+        fused_attention: window attention through PyTorch's fused
+            ``scaled_dot_product_attention`` in training as well as at inference (default True;
+            see :class:`FusedWindowAttention`). False: MONAI's explicit softmax(QK^T + B)V under
+            autograd (its fused path only without autograd). Same function; float rounding and
+            speed differ (the lora step of the main job: ``scripts/bench_step_profile.py``).
 
     Shapes:
         input ``(B, C, S, S, S)``; output ``(deepest, stages)``: ``stages`` the five stage outputs ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, and ``deepest``
@@ -82,7 +128,8 @@ class SwinEncoder(nn.Module):
     def __init__(self, in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
                  depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
                  window_size: int = 4, dropout_rate: float = 0.0, normalize: bool = False,
-                 weights: str | None = None, decoder_weights: str = "drop"):
+                 weights: str | None = None, decoder_weights: str = "drop",
+                 fused_attention: bool = True):
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
@@ -112,6 +159,12 @@ class SwinEncoder(nn.Module):
             qkv_bias=True, drop_rate=dropout_rate, attn_drop_rate=0.0, drop_path_rate=0.0,
             norm_layer=nn.LayerNorm, patch_norm=False, use_checkpoint=False, spatial_dims=3,
             downsample="merging", use_v2=False)
+        self.fused_attention = bool(fused_attention)
+        if self.fused_attention:
+            for m in self.swinViT.modules():
+                if isinstance(m, WindowAttention):
+                    m.__class__ = FusedWindowAttention  # same parameters and buffers
+                    m.use_flash_attention = True
         self.weights, self.decoder_weights = weights, decoder_weights
         self.pretrained_decoder: dict[str, torch.Tensor] | None = None
         if weights:

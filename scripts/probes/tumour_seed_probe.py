@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     import cl_bench.config  # noqa: F401  (the schema)
     from cl_bench.config import build, build_stream
     from cl_bench.evaluation import _answer, _Scorer
+    from cl_bench.hardware import cpu_name
     from cl_bench.models.lit import median_frequency_weights
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -137,18 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     out = {"seed": args.seed, "overrides": args.overrides, "batch_dice": args.batch_dice,
            "warmup": args.warmup, "class_weights": None if weight is None else weight.tolist(),
            "steps": steps, "curves": curves, "val_dice_labels": final,
-           "val_dice": float(np.nanmean(final)), "cpu": _cpu()}
+           "val_dice": float(np.nanmean(final)), "cpu": cpu_name()}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

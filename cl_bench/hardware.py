@@ -1,0 +1,60 @@
+"""What the CPU can do fast, and the precision and layout choices that follow from it.
+
+``hardware.precision=auto`` (the CPU default) resolves per machine: bfloat16 autocast
+(``bf16-mixed``) where the CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; oneDNN's
+bf16 matmuls and convolutions then run ~1.4x faster than fp32 on the main job,
+``scripts/bench_speed_options.py``), otherwise fp32 (``32-true``): emulated bfloat16 is slower
+than fp32. Weights, optimiser states and losses stay fp32 either way (Lightning's mixed
+precision). A run records the precision it used (``metrics.json`` ``precision``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+#: CPU flags (Linux /proc/cpuinfo) that mean native bfloat16 arithmetic
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` ``model name``; ``"unknown"`` where not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (any of :data:`BF16_FLAGS`)."""
+    return bool(cpu_flags() & set(BF16_FLAGS))
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning's precision for ``hardware.precision`` on ``hardware.accelerator``.
+
+    ``"auto"``: on a CPU, ``"bf16-mixed"`` if :func:`native_bf16` else ``"32-true"``; on an
+    accelerator, ``"bf16-mixed"``. Any other value is returned as given (an explicit
+    ``bf16-mixed`` on a CPU without native bfloat16 works, slowly).
+    """
+    if precision != "auto":
+        return precision
+    if accelerator == "cpu":
+        return "bf16-mixed" if native_bf16() else "32-true"
+    return "bf16-mixed"

@@ -20,7 +20,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnv
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -65,12 +65,28 @@ class RunOutput:
     run_dir: Path
 
 
+def compile_model(model: torch.nn.Module) -> None:
+    """``hardware.compile``: ``torch.compile`` the encoder and every head in place
+    (``nn.Module.compile``: state-dict keys, checkpoints and hooks are unchanged). The first step
+    of each task pays the compilation (minutes for the Swin backbone on 2 CPU cores; inductor
+    needs a C++ compiler), and a new adapter or head recompiles."""
+    model.encoder.compile()
+    for head in model.heads.values():
+        head.compile()
+
+
 def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch: int,
-                  logger, t: int = 0, num_tasks: int = 1) -> L.Trainer:
+                  logger, t: int = 0, num_tasks: int = 1, early_stop: bool = False) -> L.Trainer:
     hw, train = cfg.hardware, cfg.train
     progress = progress_callback(t, num_tasks, task_name, train.max_steps,
                                  train.log_every_n_steps, bool(train.progress_bar))
     callbacks = [progress]
+    validate = {}  # no validation loop unless early stopping needs one
+    if early_stop:  # Lightning's EarlyStopping on the task's validation loss (LitTask)
+        callbacks.append(EarlyStopping(monitor=f"{task_name}/val_loss", mode="min",
+                                       patience=train.early_stopping_patience))
+        validate = dict(val_check_interval=train.val_every_n_steps, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0)
     if train.checkpoint_every_n_epochs > 0:
         # after the last batch of an epoch: from there Lightning resumes exactly (a checkpoint
         # taken in on_train_epoch_end replays one batch of that epoch on restore)
@@ -89,7 +105,7 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoc
                          enable_checkpointing=len(callbacks) > 1, enable_model_summary=False,
                          enable_progress_bar=isinstance(progress, TaskProgressBar),
                          default_root_dir=str(run_dir),
-                         log_every_n_steps=train.log_every_n_steps)
+                         log_every_n_steps=train.log_every_n_steps, **validate)
     except (MisconfigurationException, ValueError, RuntimeError) as e:
         raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
                           f"devices={hw.devices!r}, strategy={hw.strategy!r}, "
@@ -192,6 +208,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
                               f"{model.encoder.spatial_dims}; pick a {spatial}D backbone")
     model.add_heads(stream)
     strategy.setup(model, stream)
+    if cfg.hardware.compile:  # after setup: the adapters are in place
+        compile_model(model)
     if cfg.eval.task_id not in ("oracle", "predicted"):
         raise ConfigError(f"eval.task_id: expected oracle or predicted, got {cfg.eval.task_id!r}")
     if cfg.eval.task_id == "predicted" and not strategy.task_agnostic:
@@ -438,17 +456,24 @@ class _StreamRun:
         # batches carry "index" (their positions in task.train): the key of per-sample caches
         loader = DataLoader(IndexedDataset(task.train), batch_size=cfg.train.batch_size,
                             shuffle=True)
+        early_stop = cfg.train.early_stopping_patience > 0 and task.val is not None
         trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger,
-                                t, len(self.stream))
+                                t, len(self.stream), early_stop)
         mid = ckpt.mid_task_path(run_dir, task.name)
         if mid:
             ckpt.check_mid_task(run_dir, mid)
         if mid is not None:
             log.info("continuing task %s from %s", task.name, mid)
         first = None if "first_step_unix" in self.timing else self._first_step
+        val_loader = (DataLoader(task.val, batch_size=cfg.train.eval_batch_size)
+                      if early_stop else None)
         trainer.fit(LitTask(model, strategy, task, t, first, cache, cfg.train.warmup_steps,
                             cfg.train.class_weights), train_dataloaders=loader,
-                    ckpt_path=str(mid) if mid else None)
+                    val_dataloaders=val_loader, ckpt_path=str(mid) if mid else None)
+        if early_stop and trainer.global_step < cfg.train.max_steps:
+            log.info("task %s: stopped early at step %d of %d (validation loss not better for "
+                     "%d checks)", task.name, trainer.global_step, cfg.train.max_steps,
+                     cfg.train.early_stopping_patience)
         strategy.after_task(t, task)
         train_s = time.perf_counter() - start
         eval_s = self.evaluate_row(f"after_{task.name}")
@@ -458,7 +483,7 @@ class _StreamRun:
             return metrics
         strategy.save(run_dir, t, task)
         self.timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s,
-                                           "probe_s": probe_s}
+                                           "probe_s": probe_s, "steps": trainer.global_step}
         self.timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.device == "cuda":  # the process's peak allocated by PyTorch (all tasks so far)
             self.timing["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20

@@ -194,6 +194,14 @@ class LitTask(L.LightningModule):
             self.lr_schedulers().step()
         return loss.detach()  # for the progress bar
 
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """The task loss on a batch of the task's validation set, logged as
+        ``<task>/val_loss`` (averaged over the set): what ``train.early_stopping_patience``
+        monitors. The strategy's extra loss is left out."""
+        out = self.model(batch["image"], self.task.name)
+        self.log(f"{self.task.name}/val_loss", self.loss_fn(out, batch["label"]),
+                 batch_size=len(out), on_step=False, on_epoch=True, prog_bar=False)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add what Lightning does not keep: RNG states and the strategy's state (for resume)."""
         checkpoint["cl_bench"] = {"rng": rng_state(), "strategy": self.strategy.state_dict(),

@@ -1,0 +1,94 @@
+"""The speed options of issue 25: precision auto, bf16 autocast on CPU, fused window attention,
+early stopping on the validation loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cl_bench import hardware
+from cl_bench.runner import run
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "amx_bf16", "amx_tile"}, "bf16-mixed"),
+    ({"avx2", "avx512f", "avx512_bf16"}, "bf16-mixed"),
+    ({"avx2", "avx512f"}, "32-true"),
+    (set(), "32-true"),
+])
+def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert hardware.resolve_precision("auto", "cpu") == expected
+    assert hardware.resolve_precision("auto", "gpu") == "bf16-mixed"
+    # an explicit choice is kept whatever the CPU
+    assert hardware.resolve_precision("32-true", "cpu") == "32-true"
+    assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_cpu_flags_are_read_from_this_machine():
+    flags = hardware.cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert hardware.native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def test_bf16_mixed_runs_on_cpu_and_is_recorded(compose_cfg, tmp_path):
+    cfg = compose_cfg("strategy=lora", "hardware.precision=bf16-mixed", "hardware.num_threads=1")
+    out = run(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["precision"] == "bf16-mixed" and metrics["cpu"]
+    r = out.metrics["per_task"]
+    assert all(torch.isfinite(torch.tensor(v["final"])) for v in r.values())
+    # the adapters of task 1 are untouched by task 2: BWT exactly 0 under bf16 too
+    assert metrics["groups"]["dice"]["bwt_gem"] == 0.0
+
+
+def test_fused_window_attention_is_the_same_function():
+    from cl_bench.models.swin import FusedWindowAttention, SwinEncoder
+
+    torch.manual_seed(0)
+    explicit = SwinEncoder(weights=None, fused_attention=False)
+    fused = SwinEncoder(weights=None, fused_attention=True)
+    fused.load_state_dict(explicit.state_dict())  # same keys
+    assert sum(isinstance(m, FusedWindowAttention) for m in fused.modules()) == 8
+    assert not any(isinstance(m, FusedWindowAttention) for m in explicit.modules())
+    x = torch.randn(1, 1, 64, 64, 64)
+    a, b = explicit(x)[0], fused(x)[0]
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    a.square().mean().backward()
+    b.square().mean().backward()
+    for (name, p), q in zip(explicit.named_parameters(), fused.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-3), name
+
+
+def test_early_stopping_stops_a_task_whose_validation_loss_stalls(compose_cfg, tmp_path):
+    # a learning rate far below float resolution: the weights, hence task 1's validation loss,
+    # never change, so EarlyStopping must stop it after 1 + patience checks (every 2 steps).
+    # (Task 2's regression head keeps tracking its input statistics while it trains, so its
+    # validation loss may still move a little: it stops early too, later.)
+    cfg = compose_cfg("strategy=seq_ft", "strategy.lr=1e-30", "train.max_steps=40",
+                      "train.early_stopping_patience=2", "train.val_every_n_steps=2",
+                      "hardware.num_threads=1")
+    run(cfg, tmp_path)
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    steps = [t["steps"] for t in timing["tasks"].values()]
+    assert steps[0] == 6 and all(s < 40 for s in steps), steps
+
+
+def test_early_stopping_off_trains_every_step(compose_cfg, tmp_path):
+    cfg = compose_cfg("strategy=seq_ft", "train.max_steps=5", "hardware.num_threads=1")
+    run(cfg, tmp_path)
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert [t["steps"] for t in timing["tasks"].values()] == [5] * len(timing["tasks"])
+
+
+def test_compile_gives_the_eager_result(compose_cfg, tmp_path):
+    """hardware.compile (torch.compile of encoder and heads) trains to the same R matrix as
+    eager execution, up to float rounding of the fused kernels."""
+    over = ("strategy=lora", "backbone.num_layers=1", "+tasks.max_tasks=1", "hardware.num_threads=1")
+    eager = run(compose_cfg(*over), tmp_path / "eager").metrics
+    compiled = run(compose_cfg(*over, "hardware.compile=true"), tmp_path / "compiled").metrics
+    for name, v in eager["per_task"].items():
+        assert compiled["per_task"][name]["final"] == pytest.approx(v["final"], abs=1e-3)

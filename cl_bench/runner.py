@@ -33,7 +33,7 @@ from cl_bench.evaluation import evaluate_task
 from cl_bench.hardware import cpu_name, resolve_precision
 from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache, IndexedDataset
-from cl_bench.models.lit import LitTask
+from cl_bench.models.lit import LitTask, ValidatedLitTask
 from cl_bench.progress import TaskProgressBar, progress_callback, row_line
 from cl_bench.loggers import close_logger, log_row, make_logger
 from cl_bench.results import (atomic_write, matrix_frame, write_json, write_probes,
@@ -467,8 +467,9 @@ class _StreamRun:
         first = None if "first_step_unix" in self.timing else self._first_step
         val_loader = (DataLoader(task.val, batch_size=cfg.train.eval_batch_size)
                       if early_stop else None)
-        trainer.fit(LitTask(model, strategy, task, t, first, cache, cfg.train.warmup_steps,
-                            cfg.train.class_weights), train_dataloaders=loader,
+        lit = ValidatedLitTask if early_stop else LitTask
+        trainer.fit(lit(model, strategy, task, t, first, cache, cfg.train.warmup_steps,
+                        cfg.train.class_weights), train_dataloaders=loader,
                     val_dataloaders=val_loader, ckpt_path=str(mid) if mid else None)
         if early_stop and trainer.global_step < cfg.train.max_steps:
             log.info("task %s: stopped early at step %d of %d (validation loss not better for "

@@ -87,8 +87,9 @@ def run_summary(run_dir: str | Path) -> str:
     done, total = m.get("tasks_completed", len(R) - 1), m.get("num_tasks", R.shape[1])
     state = "complete" if m.get("complete") else f"INCOMPLETE: {done}/{total} tasks"
     lines = [f"{m.get('strategy', '?')} on {m.get('tasks', '?')} (backbone "
-             f"{m.get('backbone', '?')}, seed {m.get('seed', '?')}): {state}, wall time "
-             f"{_duration(timing.get('total_s'))}"]
+             f"{m.get('backbone', '?')}, seed {m.get('seed', '?')}"
+             + (f", {m['precision']}" if m.get("precision") else "")
+             + f"): {state}, wall time {_duration(timing.get('total_s'))}"]
     body = [[row, *map(fmt_value, values)] for row, values in zip(R.index, R.to_numpy())]
     lines += ["", tabulate(body, headers=["R: after \\ on", *(_header(c, units) for c in R.columns)],
                            colalign=("left",) + ("right",) * R.shape[1], disable_numparse=True), ""]

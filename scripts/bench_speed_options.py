@@ -7,19 +7,22 @@ round after round, one step of each option in turn. Whatever else the machine do
 every option alike, so the ratios hold on a busy machine too (the absolute times do not).
 Both tasks of the stream are timed (task 1 tumour_seg, task 2 brain_age).
 
-Options (each alone against ``base``, the main job's defaults):
+Options (ratios are to ``before``, the main job as it was: fp32, MONAI's explicit attention):
 
-* ``base``: the shipped config (``hardware.precision=32-true``, fused window attention);
-* ``unfused``: ``backbone.fused_attention=false`` (MONAI's explicit attention under autograd);
-* ``bf16``: ``hardware.precision=bf16-mixed`` (bfloat16 autocast; fast on AMX / avx512_bf16);
-* ``bf16_unfused``: both of the above;
-* ``channels_last``: model and images in ``torch.channels_last_3d`` (oneDNN's preferred layout);
-* ``linear_decoder``: ``backbone.decoder=linear`` (the paper-like budget; no decoder cost);
-* ``narrow_decoder``: ``backbone.decoder_feature_size=6`` (half the decoder width);
-* ``compile``: ``torch.compile`` of the Swin encoder and the heads (its compile time is
-  reported apart; off unless ``--compile``, it takes minutes).
+* ``before``: ``hardware.precision=32-true backbone.fused_attention=false``;
+* ``fp32``: fp32 with the fused window attention (``backbone.fused_attention=true``, default);
+* ``bf16_unfused``: bfloat16 autocast (``hardware.precision=bf16-mixed``), explicit attention;
+* ``bf16``: bfloat16 autocast and fused attention: the shipped default on a CPU with native
+  bfloat16 (``hardware.precision=auto``);
+* ``bf16_channels_last``: ``bf16`` with model and images in ``torch.channels_last_3d``;
+* ``bf16_linear_decoder``: ``bf16`` with ``backbone.decoder=linear`` (the paper-like budget);
+* ``bf16_narrow_decoder``: ``bf16`` with ``backbone.decoder_feature_size=6`` (half the width);
+* ``seq_ft_before`` / ``seq_ft_bf16``: strategy seq_ft as ``before`` / ``bf16`` (what a LoRA
+  step costs against full fine-tuning);
+* ``bf16_compile``: ``bf16`` plus ``torch.compile`` of encoder and heads (``--compile``; its
+  compilation, minutes, is in the build + warm-up column).
 
-Prints and writes (``--out``: Markdown + JSON) median step times, ratios to ``base`` and the CPU.
+Prints and writes (``--out``: Markdown + JSON) median step times, ratios to ``before`` and the CPU.
 Validation quality of an option is measured by full runs, not here (results/reference/bench/).
 
     python scripts/bench_speed_options.py --rounds 8 --out results/reference/bench/speed_options
@@ -37,22 +40,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_step_profile import StepBench, cpu_name  # noqa: E402
 
+FP32, BF16 = "hardware.precision=32-true", "hardware.precision=bf16-mixed"
+UNFUSED = "backbone.fused_attention=false"
+#: name -> (overrides, StepBench keywords, strategy or None for --strategy)
 OPTIONS = {
-    "base": ([], {}),
-    "unfused": (["backbone.fused_attention=false"], {}),
-    "bf16": (["hardware.precision=bf16-mixed"], {}),
-    "bf16_unfused": (["hardware.precision=bf16-mixed", "backbone.fused_attention=false"], {}),
-    "channels_last": ([], {"channels_last": True}),
-    "linear_decoder": (["backbone.decoder=linear"], {}),
-    "narrow_decoder": (["backbone.decoder_feature_size=6"], {}),
-    "compile": ([], {"compile": True}),
+    "before": ([FP32, UNFUSED], {}, None),
+    "fp32": ([FP32], {}, None),
+    "bf16_unfused": ([BF16, UNFUSED], {}, None),
+    "bf16": ([BF16], {}, None),
+    "bf16_channels_last": ([BF16], {"channels_last": True}, None),
+    "bf16_linear_decoder": ([BF16, "backbone.decoder=linear"], {}, None),
+    "bf16_narrow_decoder": ([BF16, "backbone.decoder_feature_size=6"], {}, None),
+    "seq_ft_before": ([FP32, UNFUSED], {}, "seq_ft"),
+    "seq_ft_bf16": ([BF16], {}, "seq_ft"),
+    "bf16_compile": ([BF16], {"compile": True}, None),
 }
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--strategy", default="lora")
-    p.add_argument("--options", nargs="+", default=[o for o in OPTIONS if o != "compile"])
+    p.add_argument("--options", nargs="+", default=[o for o in OPTIONS if o != "bf16_compile"])
     p.add_argument("--compile", action="store_true", help="add the compile option")
     p.add_argument("--tasks", nargs="+", type=int, default=[0, 1], help="task indices")
     p.add_argument("--threads", type=int, default=2)
@@ -64,16 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    options = list(args.options) + (["compile"] if args.compile else [])
-    if "base" not in options:
-        options.insert(0, "base")
+    options = list(args.options) + (["bf16_compile"] if args.compile else [])
+    if "before" not in options:
+        options.insert(0, "before")
     rows = []
     for t in args.tasks:
         benches, setup_s = {}, {}
         for name in options:
-            over, kw = OPTIONS[name]
+            over, kw, strategy = OPTIONS[name]
             t0 = time.perf_counter()
-            benches[name] = StepBench(args.strategy, [*args.overrides, *over], t, **kw)
+            benches[name] = StepBench(strategy or args.strategy, [*args.overrides, *over], t, **kw)
             for _ in range(args.warmup):  # includes torch.compile's compilation
                 benches[name].step()
             setup_s[name] = time.perf_counter() - t0
@@ -82,20 +90,20 @@ def main(argv: list[str] | None = None) -> None:
             for name in options:
                 _, _, phases = benches[name].step()
                 times[name].append(sum(phases.values()))
-        base = statistics.median(times["base"])
-        task = benches["base"].task.name
+        base = statistics.median(times["before"])
+        task = benches["before"].task.name
         for name in options:
             med = statistics.median(times[name])
             rows.append({"task": task, "option": name, "step_ms": round(1000 * med, 1),
-                         "ratio_to_base": round(med / base, 3),
+                         "ratio_to_before": round(med / base, 3),
                          "warmup_s": round(setup_s[name], 1)})
             print(json.dumps(rows[-1]), flush=True)
         del benches
     head = (f"CPU: {cpu_name()}, {args.threads} thread(s), strategy {args.strategy}, "
             f"median of {args.rounds} interleaved steps per option")
-    lines = [head, "", "| task | option | step ms | x base | build + warm-up s |",
+    lines = [head, "", "| task | option | step ms | x before | build + warm-up s |",
              "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['task']} | {r['option']} | {r['step_ms']} | {r['ratio_to_base']} | "
+    lines += [f"| {r['task']} | {r['option']} | {r['step_ms']} | {r['ratio_to_before']} | "
               f"{r['warmup_s']} |" for r in rows]
     text = "\n".join(lines)
     print(text)

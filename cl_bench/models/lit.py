@@ -194,14 +194,6 @@ class LitTask(L.LightningModule):
             self.lr_schedulers().step()
         return loss.detach()  # for the progress bar
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """The task loss on a batch of the task's validation set, logged as
-        ``<task>/val_loss`` (averaged over the set): what ``train.early_stopping_patience``
-        monitors. The strategy's extra loss is left out."""
-        out = self.model(batch["image"], self.task.name)
-        self.log(f"{self.task.name}/val_loss", self.loss_fn(out, batch["label"]),
-                 batch_size=len(out), on_step=False, on_epoch=True, prog_bar=False)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add what Lightning does not keep: RNG states and the strategy's state (for resume)."""
         checkpoint["cl_bench"] = {"rng": rng_state(), "strategy": self.strategy.state_dict(),
@@ -231,3 +223,16 @@ class LitTask(L.LightningModule):
         warm = self.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ValidatedLitTask(LitTask):
+    """:class:`LitTask` with a validation step, for ``train.early_stopping_patience > 0``
+    (a separate class: Lightning warns about a ``validation_step`` without validation data)."""
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """The task loss on a batch of the task's validation set, logged as
+        ``<task>/val_loss`` (averaged over the set): what ``train.early_stopping_patience``
+        monitors. The strategy's extra loss is left out."""
+        out = self.model(batch["image"], self.task.name)
+        self.log(f"{self.task.name}/val_loss", self.loss_fn(out, batch["label"]),
+                 batch_size=len(out), on_step=False, on_epoch=True, prog_bar=False)

@@ -23,7 +23,8 @@ Workloads (Hydra overrides on the default config):
 * ``brain_50``: the main job's stream and strategy (``strategy=lora tasks=brain_seg_age``) with 50
   steps per task.
 
-Both run with ``hardware.num_threads=1 logger=none train.progress_bar=false``.
+Both run with ``hardware.num_threads=1 logger=none train.progress_bar=false
+hardware.precision=32-true``.
 
     python scripts/bench_overhead.py                       # both workloads, 5 rounds
     python scripts/bench_overhead.py --workloads brain_50 --rounds 3 --json out.json
@@ -44,7 +45,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["hardware.num_threads=1", "logger=none", "train.progress_bar=false"]
+# fp32 on every CPU: the plain loop below runs without autocast (hardware.precision=auto would
+# pick bf16 on a CPU with native bf16, and the weights would no longer be comparable)
+COMMON = ["hardware.num_threads=1", "logger=none", "train.progress_bar=false",
+          "hardware.precision=32-true"]
 WORKLOADS = {
     "split_mnist_cil": ["experiment=split_mnist", "tasks.scenario=class_il", "strategy=seq_ft"],
     "brain_50": ["strategy=lora", "tasks=brain_seg_age", "train.max_steps=50"],

@@ -8,13 +8,13 @@ ARGS ?= strategy=lora tasks=brain_seg_age
 
 .PHONY: install run test clean
 
+# setuptools prints an informational "Editable installation." block for every editable install
+# that needs a meta-path finder (ours does: conf/ ships as cl_bench.conf); it is no problem, so
+# that one message is filtered by PYTHONWARNINGS below (errors and other messages still show)
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	# setuptools prints an informational "Editable installation." block for every editable
-	# install that needs a meta-path finder (ours does: conf/ ships as cl_bench.conf); it is no
-	# problem, so that one message is filtered (errors and other warnings still show)
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

@@ -10,12 +10,14 @@ ARGS ?= strategy=lora tasks=brain_seg_age
 
 # setuptools prints an informational "Editable installation." block for every editable install
 # that needs a meta-path finder (ours does: conf/ ships as cl_bench.conf); it is no problem, so
-# that one message is filtered by PYTHONWARNINGS below (errors and other messages still show)
+# that one message is filtered below, errors and other messages still show (that line is not
+# echoed: its variable's name would read as a warning in the output)
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev]"
+	@echo "$(PY) -m pip install -q -e \".[dev]\""
+	@PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

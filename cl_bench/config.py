@@ -85,7 +85,7 @@ class TrainConfig:
         lambda v: v in ("none", "median_frequency"), "none or median_frequency"))
     #: Lightning's EarlyStopping on each task's validation loss (tasks.n_val > 0): stop a task
     #: after this many validation checks without a lower loss (0 = off: every task trains
-    #: max_steps). Off by default: on the main job it did not help (results/reference/bench/)
+    #: max_steps). Off by default: not yet measured on the main job's validation data
     early_stopping_patience: int = field(default=0, metadata=_range(_non_negative, "an int >= 0"))
     #: steps between validation checks when early stopping is on
     val_every_n_steps: int = field(default=50, metadata=_range(_positive, "a positive int (steps)"))
@@ -109,8 +109,8 @@ class HardwareConfig:
     precision: str = field(default="auto", metadata=_range(
         lambda v: v in PRECISIONS, "one of Lightning's: " + ", ".join(PRECISIONS)))
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
-    #: torch.compile the encoder and heads (cl_bench.runner.compile_model); off: the compile
-    #: time (~5 min on 2 cores for the Swin job) exceeded what it saved (results/reference/bench/)
+    #: torch.compile the encoder and heads (cl_bench.runner.compile_model); off: 7 min of
+    #: compilation on 2 cores for the Swin job (results/reference/bench/issue25/speed_options.md)
     compile: bool = False
     #: torch intra-op threads
     num_threads: int = field(default=2, metadata=_range(_positive, "a positive int (CPU threads)"))

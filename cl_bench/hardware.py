@@ -1,9 +1,9 @@
-"""What the CPU can do fast, and the precision and layout choices that follow from it.
+"""What the CPU can do fast, and the precision that follows from it.
 
 ``hardware.precision=auto`` (the CPU default) resolves per machine: bfloat16 autocast
-(``bf16-mixed``) where the CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; oneDNN's
-bf16 matmuls and convolutions then run ~1.4x faster than fp32 on the main job,
-``scripts/bench_speed_options.py``), otherwise fp32 (``32-true``): emulated bfloat16 is slower
+(``bf16-mixed``) where the CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; on an AMX
+Xeon the main job's steps then take ~0.9x as long as in fp32,
+``results/reference/bench/issue25/speed_options.md``), otherwise fp32 (``32-true``): emulated bfloat16 is slower
 than fp32. Weights, optimiser states and losses stay fp32 either way (Lightning's mixed
 precision). A run records the precision it used (``metrics.json`` ``precision``).
 """
@@ -18,27 +18,26 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it is not readable)."""
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``keys`` (``None``
+    where there is none or the file is not readable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo`` ``model name``; ``"unknown"`` where not readable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(keys):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it is not readable)."""
+    return frozenset((_cpuinfo(("flags", "Features")) or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` ``model name``; ``"unknown"`` where not readable)."""
+    return _cpuinfo(("model name",)) or "unknown"
 
 
 def native_bf16() -> bool:

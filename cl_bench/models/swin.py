@@ -50,8 +50,8 @@ class FusedWindowAttention(WindowAttention):
     position bias ``B`` (plus the shifted-window mask), as in MONAI. Same function, same
     parameters and state-dict keys; PyTorch picks the kernel (its flash-attention CPU kernel when
     the bias needs no gradient, e.g. a frozen backbone with LoRA; its math path when the bias
-    trains, e.g. full fine-tuning). On the main job's lora step this made the Swin stages ~X
-    faster (``scripts/bench_step_profile.py``, results/reference/bench/).
+    trains, e.g. full fine-tuning). In fp32 it made the main job's lora step 0.82x (tumour) and
+    0.70x (age) as long (``scripts/bench_speed_options.py``, results/reference/bench/issue25/).
 
     Shapes: ``x`` ``(B * windows, N, C)`` tokens of each window, ``mask`` ``None`` or
     ``(windows, N, N)`` (0 / -100, shifted windows); returns ``(B * windows, N, C)``.
@@ -164,7 +164,6 @@ class SwinEncoder(nn.Module):
             for m in self.swinViT.modules():
                 if isinstance(m, WindowAttention):
                     m.__class__ = FusedWindowAttention  # same parameters and buffers
-                    m.use_flash_attention = True
         self.weights, self.decoder_weights = weights, decoder_weights
         self.pretrained_decoder: dict[str, torch.Tensor] | None = None
         if weights:

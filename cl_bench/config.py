@@ -105,7 +105,8 @@ class HardwareConfig:
     #: Lightning num_nodes (multi-node DDP)
     num_nodes: int = field(default=1, metadata=_range(_positive, "a positive int"))
     #: Lightning precision, e.g. 32-true, bf16-mixed; auto: bf16-mixed on a CPU with native
-    #: bfloat16 (AMX / AVX512-BF16), else 32-true (cl_bench.hardware.resolve_precision)
+    #: bfloat16 (AMX / AVX512-BF16) for an encoder checked under it (AUTO_BF16), else 32-true
+    #: (cl_bench.hardware.resolve_precision)
     precision: str = field(default="auto", metadata=_range(
         lambda v: v in PRECISIONS, "one of Lightning's: " + ", ".join(PRECISIONS)))
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)

@@ -1,11 +1,15 @@
 """What the CPU can do fast, and the precision that follows from it.
 
-``hardware.precision=auto`` (the CPU default) resolves per machine: bfloat16 autocast
-(``bf16-mixed``) where the CPU computes bfloat16 natively (Intel AMX or AVX512-BF16; on an AMX
-Xeon the main job's steps then take ~0.9x as long as in fp32,
-``results/reference/bench/issue25/speed_options.md``), otherwise fp32 (``32-true``): emulated bfloat16 is slower
-than fp32. Weights, optimiser states and losses stay fp32 either way (Lightning's mixed
-precision). A run records the precision it used (``metrics.json`` ``precision``).
+``hardware.precision=auto`` (the CPU default) resolves per machine *and* per encoder: bfloat16
+autocast (``bf16-mixed``) where the CPU computes bfloat16 natively (Intel AMX or AVX512-BF16)
+and the encoder class declares ``AUTO_BF16 = True`` because its quality was checked under it
+(:class:`~cl_bench.models.swin.SwinEncoder`: the main job's validation Dice and age MAE over 3
+seeds, ``results/reference/bench/issue25/README.md``; its steps then take ~0.9x as long as in
+fp32). Everywhere else fp32 (``32-true``): emulated bfloat16 is slower than fp32, and an
+unchecked model may lose accuracy (DualLoRA's task retrieval on the digits ViT drops from 1.0 to
+0.61 on one task under bf16). Weights, optimiser states and losses stay fp32 either way
+(Lightning's mixed precision). A run records the precision it used (``metrics.json``
+``precision``).
 """
 
 from __future__ import annotations
@@ -45,15 +49,18 @@ def native_bf16() -> bool:
     return bool(cpu_flags() & set(BF16_FLAGS))
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
+def resolve_precision(precision: str, accelerator: str, encoder: object = None) -> str:
     """Lightning's precision for ``hardware.precision`` on ``hardware.accelerator``.
 
-    ``"auto"``: on a CPU, ``"bf16-mixed"`` if :func:`native_bf16` else ``"32-true"``; on an
-    accelerator, ``"bf16-mixed"``. Any other value is returned as given (an explicit
-    ``bf16-mixed`` on a CPU without native bfloat16 works, slowly).
+    ``"auto"``: ``"32-true"`` unless ``encoder`` (the model's shared encoder, an instance or
+    class) has ``AUTO_BF16 = True``; then ``"bf16-mixed"`` on an accelerator, and on a CPU if
+    :func:`native_bf16`. Any other value is returned as given (an explicit ``bf16-mixed`` works
+    with every encoder, and on a CPU without native bfloat16, slowly).
     """
     if precision != "auto":
         return precision
+    if not getattr(encoder, "AUTO_BF16", False):
+        return "32-true"
     if accelerator == "cpu":
         return "bf16-mixed" if native_bf16() else "32-true"
     return "bf16-mixed"

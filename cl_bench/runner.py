@@ -76,7 +76,8 @@ def compile_model(model: torch.nn.Module) -> None:
 
 
 def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch: int,
-                  logger, t: int = 0, num_tasks: int = 1, early_stop: bool = False) -> L.Trainer:
+                  logger, t: int = 0, num_tasks: int = 1, early_stop: bool = False,
+                  precision: str = "32-true") -> L.Trainer:
     hw, train = cfg.hardware, cfg.train
     progress = progress_callback(t, num_tasks, task_name, train.max_steps,
                                  train.log_every_n_steps, bool(train.progress_bar))
@@ -99,7 +100,7 @@ def _make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoc
         return L.Trainer(max_steps=train.max_steps, max_epochs=-1,  # max_steps decides
                          accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy,
                          num_nodes=hw.num_nodes,
-                         precision=resolve_precision(hw.precision, hw.accelerator),
+                         precision=precision,
                          deterministic=hw.deterministic, plugins=_cluster_plugins(),
                          logger=logger if logger is not None else False, callbacks=callbacks,
                          enable_checkpointing=len(callbacks) > 1, enable_model_summary=False,
@@ -314,7 +315,8 @@ class _StreamRun:
                       "backbone": cfg.backbone.get("name"), "run_dir": str(run_dir)}
         gpu = cfg.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
         self.device = "cuda" if gpu else "cpu"
-        self.precision = resolve_precision(cfg.hardware.precision, cfg.hardware.accelerator)
+        self.precision = resolve_precision(cfg.hardware.precision, cfg.hardware.accelerator,
+                                           model.encoder)
         self.bf16 = self.precision.startswith("bf16")
         self.extra.update(precision=self.precision, cpu=cpu_name())  # results move with both
         self.t0 = time.perf_counter()
@@ -458,7 +460,7 @@ class _StreamRun:
                             shuffle=True)
         early_stop = cfg.train.early_stopping_patience > 0 and task.val is not None
         trainer = _make_trainer(cfg, run_dir, task.name, max(len(loader), 1), self.logger,
-                                t, len(self.stream), early_stop)
+                                t, len(self.stream), early_stop, self.precision)
         mid = ckpt.mid_task_path(run_dir, task.name)
         if mid:
             ckpt.check_mid_task(run_dir, mid)

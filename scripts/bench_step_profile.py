@@ -103,7 +103,7 @@ class StepBench:
                                      weight_decay=strategy.weight_decay)
         self.loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
         self._batches = iter(())
-        self.precision = resolve_precision(str(cfg.hardware.precision), "cpu")
+        self.precision = resolve_precision(str(cfg.hardware.precision), "cpu", model.encoder)
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16,
                                        enabled=self.precision.startswith("bf16"))
         self.trainable = sum(p.numel() for g in strategy.param_groups(task) for p in g["params"])

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from cl_bench import hardware
+from cl_bench.models.backbones import UNetEncoder, ViTEncoder
+from cl_bench.models.swin import SwinEncoder
 from cl_bench.runner import run
 
 
@@ -18,13 +20,17 @@ from cl_bench.runner import run
     ({"avx2", "avx512f"}, "32-true"),
     (set(), "32-true"),
 ])
-def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected):
+def test_auto_precision_follows_the_cpu_flags_for_a_checked_encoder(monkeypatch, flags, expected):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
-    assert hardware.resolve_precision("auto", "cpu") == expected
-    assert hardware.resolve_precision("auto", "gpu") == "bf16-mixed"
-    # an explicit choice is kept whatever the CPU
-    assert hardware.resolve_precision("32-true", "cpu") == "32-true"
-    assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert hardware.resolve_precision("auto", "cpu", SwinEncoder) == expected
+    assert hardware.resolve_precision("auto", "gpu", SwinEncoder) == "bf16-mixed"
+    # an encoder whose quality was not checked under bf16 stays fp32 on every CPU
+    for encoder in (ViTEncoder, UNetEncoder, None):
+        assert hardware.resolve_precision("auto", "cpu", encoder) == "32-true"
+        assert hardware.resolve_precision("auto", "gpu", encoder) == "32-true"
+    # an explicit choice is kept whatever the CPU and encoder
+    assert hardware.resolve_precision("32-true", "cpu", SwinEncoder) == "32-true"
+    assert hardware.resolve_precision("bf16-mixed", "cpu", ViTEncoder) == "bf16-mixed"
 
 
 def test_cpu_flags_are_read_from_this_machine():

@@ -124,6 +124,9 @@ class SwinEncoder(nn.Module):
     patch_size = 2
     #: default peft LoRA targets: the attention projections of every block
     lora_targets = ("attn.qkv", "attn.proj")
+    #: hardware.precision=auto may pick bf16 autocast: the main job's validation Dice and age MAE
+    #: under it match fp32 over 3 seeds (results/reference/bench/issue25/README.md)
+    AUTO_BF16 = True
 
     def __init__(self, in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
                  depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),

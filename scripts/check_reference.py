@@ -35,6 +35,9 @@ import pandas as pd
 MACHINE_KEYS = ("results_dir", "tasks.cache_dir", "hardware.slurm", "experiment", "resume",
                 "logger._target_", "strategy.name", "tasks.name", "backbone.name",
                 "train.progress_bar")
+#: keys added to the config after a reference table was made: the value that reproduces the old
+#: behaviour, and a key the row must have set for the new one to exist (same config group)
+ADDED_KEYS = {"backbone.fused_attention": ("false", "backbone.window_size")}  # issue 25 (Swin)
 NOT_RESULTS = ("run", "tasks", "strategy", "backbone", "seed", "complete", "tasks_completed",
                "num_tasks", "wall time (s)", "peak RSS (MB)", "peak GPU (MB)")
 
@@ -68,6 +71,10 @@ def overrides(row: pd.Series) -> list[str]:
         value = _value(v)
         if value is not None:
             out.append(f"{key}={value}")
+    for key, (old, witness) in ADDED_KEYS.items():
+        if _value(row.get(f"cfg:{key}", float("nan"))) is None and \
+                _value(row.get(f"cfg:{witness}", float("nan"))) is not None:
+            out.append(f"{key}={old}")
     return out + ["logger=none", "train.progress_bar=false"]
 
 

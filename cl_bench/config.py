@@ -80,7 +80,7 @@ class TrainConfig:
     #: (0 = none; cl_bench.models.lit.LitTask)
     warmup_steps: int = field(default=0, metadata=_range(_non_negative, "an int >= 0 (steps)"))
     #: segmentation class weights of the task loss: none, or median_frequency (Eigen & Fergus
-    #: 2015, arXiv 1411.4734) from the task's training labels (cl_bench.models.lit.TaskLoss)
+    #: 2015, arXiv 1411.4734) from the task's training labels (cl_bench.models.losses.TaskLoss)
     class_weights: str = field(default="median_frequency", metadata=_range(
         lambda v: v in ("none", "median_frequency"), "none or median_frequency"))
     #: Lightning's EarlyStopping on each task's validation loss (tasks.n_val > 0): stop a task

@@ -79,7 +79,7 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     import cl_bench.config  # noqa: F401  (the schema)
     from cl_bench.config import build, build_stream
     from cl_bench.evaluation import _answer, _Scorer
-    from cl_bench.models.lit import TaskLoss
+    from cl_bench.models.losses import TaskLoss
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)

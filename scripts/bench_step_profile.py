@@ -69,7 +69,7 @@ class StepBench:
 
         import cl_bench.config  # noqa: F401  (the schema)
         from cl_bench.config import build, build_stream
-        from cl_bench.models.lit import TaskLoss
+        from cl_bench.models.losses import TaskLoss
         from cl_bench.models.swin import SwinDecoder
 
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -117,7 +117,7 @@ class Strategy:
 
     def task_loss(self, batch: dict, out: torch.Tensor, t: int, loss_fn) -> torch.Tensor:
         """The current task's own loss (0-d). Default: ``loss_fn(out, label)``, the task's
-        :class:`~cl_bench.models.lit.TaskLoss`.
+        :class:`~cl_bench.models.losses.TaskLoss`.
         A strategy that changes the task loss itself (STAR's rebalanced BCE) overrides this."""
         return loss_fn(out, batch["label"])
 

@@ -37,7 +37,7 @@ import torch
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.feature_cache import take
-from cl_bench.models.lit import TaskLoss
+from cl_bench.models.losses import TaskLoss
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.models.heads import TaskView
-from cl_bench.models.lit import TaskLoss
+from cl_bench.models.losses import TaskLoss
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveFraction, PositiveInt
 from cl_bench.strategies.base import Strategy
 

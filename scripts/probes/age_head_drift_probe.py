@@ -35,7 +35,7 @@ def main() -> None:
     import cl_bench.config  # noqa: F401
     from cl_bench.config import build, build_stream
     from cl_bench.evaluation import evaluate_task
-    from cl_bench.models.lit import TaskLoss
+    from cl_bench.models.losses import TaskLoss
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"seed={a.seed}", *a.overrides])

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from cl_bench.config import build, build_stream
     from cl_bench.evaluation import _answer, _Scorer
     from cl_bench.hardware import cpu_name
-    from cl_bench.models.lit import median_frequency_weights
+    from cl_bench.models.losses import median_frequency_weights
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"seed={args.seed}", *args.overrides])

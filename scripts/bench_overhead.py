@@ -5,7 +5,10 @@ Each round runs a workload twice, each time as a fresh process: through ``clbenc
 Lightning's fit loop, result files, checkpoints) and through :func:`plain_loop` below, a loop a
 researcher would write by hand on the *same* cl_bench model, stream, strategy hooks, seeds,
 batches, AdamW groups, init row and per-task evaluation metrics (MONAI Dice, torchmetrics MAE and
-accuracy), writing ``matrix.csv`` after every row. Both must end with the same weights (a sha256
+accuracy), writing ``matrix.csv`` after every row. The plain loop imports what that work needs
+(torch; the model's, stream's and losses' modules, which bring MONAI; torchmetrics; Hydra only to
+compose the same config) and not Lightning, so ``process`` counts Lightning's start-up against
+clbench. Both must end with the same weights (a sha256
 of the state dict) and the same R matrix; the script stops with an error if they do not, since a
 ratio between different work means nothing.
 

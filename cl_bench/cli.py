@@ -14,10 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
-from cl_bench.errors import ClBenchError, Interrupted, RunDirBusy
+from cl_bench.errors import ClBenchError, ConfigError, Interrupted, RunDirBusy
 
 log = logging.getLogger("cl_bench")
 #: the repository's conf/ (source checkout, editable install) or, in an installed wheel, the copy
@@ -28,8 +28,31 @@ CONF_DIR = str(_REPO_CONF if (_REPO_CONF / "config.yaml").is_file()
 
 
 def _run_dir(resume: str | None, default: str) -> str:
-    """``hydra.run.dir``: the directory given by ``resume=``, else ``default``."""
-    return default if resume in (None, "", "None", "null") else str(resume)
+    """``hydra.run.dir``: the directory given by ``resume=``, else ``default``.
+
+    Raises:
+        ConfigError: ``default`` (``results_dir``/...) cannot be created or written: a regular
+            file where a directory must be, or a directory without write permission (checked
+            here, before Hydra creates the run directory and would fail with a traceback).
+    """
+    if resume not in (None, "", "None", "null"):
+        return str(resume)
+    _check_creatable(Path(default), "results_dir")
+    return default
+
+
+def _check_creatable(path: Path, key: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` if directory ``path`` cannot be made: its
+    nearest existing ancestor is not a directory, or is not writable."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == path and path.is_dir():
+        return
+    if not ancestor.is_dir():
+        raise ConfigError(f"{key}: cannot create {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot create {path}: no write permission in {ancestor}")
 
 
 def _output_subdir(resume: str | None) -> str:
@@ -37,7 +60,15 @@ def _output_subdir(resume: str | None) -> str:
     return ".hydra" if resume in (None, "", "None", "null") else ".hydra/resumed"
 
 
+def _dir(path: str) -> str:
+    """``${clbench_dir:${results_dir}}`` in the sweep directories: ``results_dir`` itself,
+    after :func:`_check_creatable`."""
+    _check_creatable(Path(str(path)), "results_dir")
+    return str(path)
+
+
 OmegaConf.register_new_resolver("clbench_run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("clbench_dir", _dir, replace=True)
 OmegaConf.register_new_resolver("clbench_output_subdir", _output_subdir, replace=True)
 
 
@@ -148,9 +179,27 @@ def main() -> None:
             raise
         print(f"clbench: error: {ex}", file=sys.stderr)
         sys.exit(ex.exit_code if isinstance(ex, Interrupted) else 2)
+    except OmegaConfBaseException as ex:  # our resolvers' errors (e.g. clbench_run_dir's)
+        cause = _clbench_cause(ex)
+        if cause is None or user_asked_full:
+            raise
+        print(f"clbench: error: {cause}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:  # before a run started (imports, composition): nothing written
         print("clbench: stopped by Ctrl-C", file=sys.stderr)
         sys.exit(130)
+
+
+def _clbench_cause(ex: BaseException) -> ClBenchError | None:
+    """The :class:`ClBenchError` that ``ex`` wraps (its ``__cause__`` / ``__context__``
+    chain), or ``None``."""
+    seen = set()
+    while ex is not None and id(ex) not in seen:
+        if isinstance(ex, ClBenchError):
+            return ex
+        seen.add(id(ex))
+        ex = ex.__cause__ or ex.__context__
+    return None
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

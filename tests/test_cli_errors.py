@@ -84,3 +84,18 @@ def test_diverging_run_from_the_command_line(tmp_path):
     assert "INCOMPLETE: 0/2 tasks" in proc.stdout and re.search(r"^init\s+[\d.]+\s+[\d.]+$",
                                                                  proc.stdout, re.M)
     assert f"files: {matrix.parent}/" in proc.stdout
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_results_dir_below_a_regular_file_is_one_line_naming_the_key(tmp_path, multirun):
+    """Hydra would make the run (or sweep) directory and fail with a NotADirectoryError trace;
+    the check before it names ``results_dir`` and creates nothing."""
+    (tmp_path / "afile").write_text("not a directory")
+    cmd = [sys.executable, "-m", "cl_bench.cli", *(["-m"] if multirun else []),
+           f"results_dir={tmp_path}/afile/sub", "experiment=split_mnist", "train.max_steps=1",
+           "logger=none"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLBENCH_CACHE": str(tmp_path / "c")}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert_clear_error(proc, "results_dir", f"{tmp_path}/afile is a file, not a directory")
+    assert (tmp_path / "afile").read_text() == "not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 ARGS ?= strategy=lora tasks=brain_seg_age
 
-.PHONY: install run test clean
+.PHONY: install run test lint clean
 
 # setuptools prints an informational "Editable installation." block for every editable install
 # that needs a meta-path finder (ours does: conf/ ships as cl_bench.conf); it is no problem, so
@@ -27,6 +27,9 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check cl_bench scripts tests
 
 clean:
 	rm -rf $(VENV)

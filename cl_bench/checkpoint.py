@@ -74,7 +74,7 @@ def check_mid_task(run_dir: Path, path: Path) -> None:
     if not bad:
         try:  # memory-mapped: the keys are read, the tensors are not
             keys = set(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             keys, bad = set(), (str(e).strip().splitlines() or [type(e).__name__])[0]
         if not bad and not {"cl_bench", "pytorch-lightning_version", "state_dict"} <= keys:
             bad = "not written by cl_bench: no 'cl_bench' / Lightning entries"
@@ -124,7 +124,7 @@ def saved_config(run_dir: Path) -> DictConfig | None:
         return None
     try:
         return OmegaConf.load(path)
-    except Exception as e:  # noqa: BLE001  (any parse error is the file's fault)
+    except Exception as e:  # any parse error is the file's fault
         raise ConfigError(f"resume: cannot read {path}: {e}") from None
 
 
@@ -198,7 +198,7 @@ def load_boundary(run_dir: Path) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"resume: cannot read {path} ({reason}); nothing was changed. It is "
                           "truncated or not a cl_bench state file: restore it, or start the "

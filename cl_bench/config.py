@@ -63,7 +63,8 @@ def _range(check, expected: str) -> dict:
 class TrainConfig:
     """Per-task training loop settings (a new Lightning Trainer per task)."""
 
-    max_steps: int = field(default=600, metadata=_range(_positive, "a positive int (optimiser steps per task)"))
+    max_steps: int = field(default=600, metadata=_range(
+        _positive, "a positive int (optimiser steps per task)"))
     batch_size: int = field(default=2, metadata=_range(_positive, "a positive int"))
     eval_batch_size: int = field(default=4, metadata=_range(_positive, "a positive int"))
     log_every_n_steps: int = field(default=10, metadata=_range(_positive, "a positive int"))
@@ -287,7 +288,7 @@ def type_hints(fn) -> dict[str, Any]:
     unresolvable ones are left out."""
     try:
         return typing.get_type_hints(fn, include_extras=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     out = {}
     namespace = dict(getattr(fn, "__globals__", {}))
@@ -296,8 +297,8 @@ def type_hints(fn) -> dict[str, Any]:
         if ann is inspect.Parameter.empty:
             continue
         try:
-            out[name] = eval(ann, namespace) if isinstance(ann, str) else ann  # noqa: S307
-        except Exception:  # noqa: BLE001
+            out[name] = eval(ann, namespace) if isinstance(ann, str) else ann
+        except Exception:
             continue
     return out
 

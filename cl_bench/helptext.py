@@ -1,7 +1,8 @@
 """``clbench --help``: Hydra's help template filled in from ``conf/`` itself, so it cannot go stale.
 
 Every config group (a folder of ``conf/``) is listed with its options (the YAML files) and, for
-each option, the first sentence of the file's leading comment (cut to one line); the default option of each group
+each option, the first sentence of the file's leading comment (cut to one line); the default option
+of each group
 (``conf/config.yaml``'s defaults list) is marked ``*``. Hydra substitutes ``$FLAGS_HELP`` (its
 flags) if the template names them; this one points to ``clbench --hydra-help`` instead.
 Wired as ``hydra.help.template: ${clbench_help:}`` (the resolver is registered in :mod:`cl_bench.cli`).

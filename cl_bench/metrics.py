@@ -182,7 +182,7 @@ def _forgetting_max_j(R: np.ndarray, s: np.ndarray, j: int) -> float:
     T = R.shape[0]
     if j >= T - 1:
         return 0.0
-    best = max(s[j] * R[l, j] for l in range(j, T - 1))
+    best = max(s[j] * R[k, j] for k in range(j, T - 1))
     return float(best - s[j] * R[-1, j])
 
 

@@ -31,13 +31,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
 
-from cl_bench.errors import ClBenchError  # noqa: E402
-from cl_bench.reference import PAPERS  # noqa: E402
+from cl_bench.errors import ClBenchError
+from cl_bench.reference import PAPERS
 
 #: config keys never used for grouping (they do not define an experiment)
 IGNORED = ("seed", "results_dir", "resume", "train.progress_bar", "hardware.num_threads",
@@ -66,7 +66,6 @@ def _flatten(d, prefix: str = "") -> dict:
 
 
 def _ignored(key: str) -> bool:
-    leaf = key.rsplit(".", 1)[-1]
     return (key in IGNORED or key.startswith(("hydra.", "logger.")) or key.endswith(
         ("_dir", "dir", "path", "root", "table", "weights", "_target_")))
 
@@ -658,7 +657,7 @@ def write_claims(runs: pd.DataFrame, paper: str, out: Path, dirs: list[Path]) ->
         "is on the holding side (≤, ≥ hold at ≥ 0; = holds only at exactly 0, as "
         "-|value - threshold|)",
         f"Source: {PAPERS[paper]['citation']}."]
-    md = (f"## The paper's claims on our runs\n\n"
+    md = ("## The paper's claims on our runs\n\n"
           + claims[shown].fillna("").to_markdown(index=False) + "\n\n"
           + "".join(f"- {n}\n" for n in notes))
     (out / "claims.md").write_text(md)

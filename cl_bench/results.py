@@ -20,13 +20,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from cl_bench.data.base import CISS, Task  # noqa: E402
-from cl_bench.errors import StorageError  # noqa: E402
-from cl_bench.metrics import cl_metrics  # noqa: E402
+from cl_bench.data.base import CISS, Task
+from cl_bench.errors import StorageError
+from cl_bench.metrics import cl_metrics
 
 
 def atomic_write(path: Path, write) -> None:

@@ -429,7 +429,7 @@ class _StreamRun:
             return
         try:
             self.write_row(None, figures=True)
-        except Exception as e:  # noqa: BLE001 - the run's own error matters more
+        except Exception as e:  # the run's own error matters more
             log.warning("figures not drawn after the error: %s", e)
 
     def train_task(self, t: int) -> dict:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import COMMON, _run_clbench  # noqa: E402  (same fresh-process harness)
+from bench_overhead import COMMON, _run_clbench  # the same fresh-process harness
 
 RUNS = [("seq_ft", None), ("seq_lp", True), ("seq_lp", False), ("lwf", True), ("lwf", False)]
 

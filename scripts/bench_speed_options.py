@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_step_profile import StepBench, cpu_name  # noqa: E402
+from bench_step_profile import StepBench, cpu_name
 
 FP32, BF16 = "hardware.precision=32-true", "hardware.precision=bf16-mixed"
 UNFUSED = "backbone.fused_attention=false"

@@ -19,7 +19,8 @@ Project-MONAI/research-contributions ``SwinUNETR/Pretrain``), reconstructed on o
 Deviations from MONAI's code: the rotation and contrastive heads read the *average* of the deepest
 stage (MONAI's take its first and second token); the decoder has an instance norm + LeakyReLU
 between its transposed convolutions and stops at 1/2 resolution (the target is pooled 2x: a
-third of the CPU cost of a full-resolution decoder); our windows are 4 voxels (``backbone.window_size``) and the
+third of the CPU cost of a full-resolution decoder); our windows are 4 voxels
+(``backbone.window_size``) and the
 volumes 64³ whole brains (MONAI: 96³ random crops of CT/MRI).
 
 Data: synthetic brains of :func:`cl_bench.data.brain_synth.pretraining_volumes`, data seeds

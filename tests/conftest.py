@@ -16,7 +16,8 @@ torch.set_num_threads(2)
 
 def tiny_overrides(cache_dir: Path) -> list[str]:
     """A 32^3, 4-subject, 3-step version of the default job."""
-    return ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2", f"tasks.cache_dir={cache_dir}",
+    return ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+            f"tasks.cache_dir={cache_dir}",
             "backbone=vit3d_tiny", "backbone.weights=null", "backbone.num_layers=4", "train.max_steps=3",
             "train.progress_bar=false", "logger=csv",
             "hardware.precision=32-true"]  # the same numbers on every CPU (auto: bf16 on some)

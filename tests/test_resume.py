@@ -20,7 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 #: a 2-task stream small enough for CI; task 2 (brain_age) long enough to be killed in
-TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2", "backbone=vit3d_tiny", "backbone.weights=null",
+TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+        "backbone=vit3d_tiny", "backbone.weights=null",
         "backbone.num_layers=4", "train.progress_bar=false", "train.checkpoint_every_n_epochs=1",
         "train.checkpoint_min_interval_s=0", "train.max_steps=120", "strategy=lora"]
 

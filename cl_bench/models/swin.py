@@ -112,7 +112,8 @@ class SwinEncoder(nn.Module):
             speed differ (the lora step of the main job: ``scripts/bench_step_profile.py``).
 
     Shapes:
-        input ``(B, C, S, S, S)``; output ``(deepest, stages)``: ``stages`` the five stage outputs ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, and ``deepest``
+        input ``(B, C, S, S, S)``; output ``(deepest, stages)``: ``stages`` the five stage outputs
+        ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, and ``deepest``
         ``stages[-1]``.
 
     Raises:

@@ -58,7 +58,9 @@ def sgd_head(xtr, ytr, xte, steps, lr, standardise, mlp, layernorm, seed=0, eps=
     for _ in range(steps):
         idx = torch.randint(0, n, (2,), generator=g)
         loss = torch.nn.functional.mse_loss(net(xtr[idx]).squeeze(-1), y[idx])
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     with torch.no_grad():
         ptr = net(xtr).squeeze(-1).numpy() * sd + mu
         pte = net(xte).squeeze(-1).numpy() * sd + mu

@@ -16,7 +16,8 @@ from cl_bench.models.swin import SwinDecoder, SwinEncoder
 from cl_bench.runner import run
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
-TINY_SWIN = ["backbone=swin_unetr", "backbone.weights=null", "backbone.feature_size=12", "backbone.depths=[1,1,1,1]",
+TINY_SWIN = ["backbone=swin_unetr", "backbone.weights=null", "backbone.feature_size=12",
+             "backbone.depths=[1,1,1,1]",
              "backbone.num_heads=[3,3,3,3]", "backbone.decoder_feature_size=4"]
 
 

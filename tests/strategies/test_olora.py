@@ -103,12 +103,13 @@ def test_training_loss_is_lambda1_times_orthogonality_plus_lambda2_times_norms()
     s.after_task(0, stream[0])
     s.before_task(1, stream[1])
     ortho, norms = s.orthogonality(), s.new_adapter_norm()
-    manual = sum(orthogonality_loss([l.lora_A[stream[0].name].weight],
-                                    l.lora_A[stream[1].name].weight)
-                 for l in lora_layers(model.encoder).values())
+    manual = sum(orthogonality_loss([layer.lora_A[stream[0].name].weight],
+                                    layer.lora_A[stream[1].name].weight)
+                 for layer in lora_layers(model.encoder).values())
     assert ortho.item() == pytest.approx(manual.item(), rel=1e-5) and ortho.item() > 0
     manual_norm = sum(torch.linalg.norm(f[stream[1].name].weight)
-                      for l in lora_layers(model.encoder).values() for f in (l.lora_A, l.lora_B))
+                      for layer in lora_layers(model.encoder).values()
+                      for f in (layer.lora_A, layer.lora_B))
     assert norms.item() == pytest.approx(manual_norm.item(), rel=1e-5)
     loss = s.training_loss({}, None, 1)
     assert loss.item() == pytest.approx(0.5 * ortho.item() + 0.1 * norms.item(), rel=1e-5)

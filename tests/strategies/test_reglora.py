@@ -97,8 +97,8 @@ def test_regularizer_is_zero_iff_the_update_vanishes_on_the_mask():
         torch.nn.init.normal_(layer.lora_B[new].weight)
         with torch.no_grad():
             layer.lora_A[new].weight[:, 0] = 0.0  # B A = 0 on column 0, non-zero elsewhere
-    assert all((l.lora_B[new].weight @ l.lora_A[new].weight).abs().sum() > 0
-               for l in layers.values())
+    assert all((layer.lora_B[new].weight @ layer.lora_A[new].weight).abs().sum() > 0
+               for layer in layers.values())
     assert s.regularizer().item() == 0.0
     with torch.no_grad():
         qkv.lora_A[new].weight[:, 0] = 1.0  # now one matrix changes a protected position

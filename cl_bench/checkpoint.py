@@ -1,6 +1,6 @@
 """Resumable runs: task-boundary state, Lightning's mid-task checkpoints, config identity.
 
-A run directory holds (DESIGN §1)::
+A run directory holds (docs/architecture.md §1)::
 
     checkpoints/config.yaml        the run's config (without run-local keys), written at start
     checkpoints/state.pt           after the last finished task: model + strategy state, R rows,

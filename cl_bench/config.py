@@ -78,7 +78,7 @@ class TrainConfig:
     #: outputs (cl_bench.models.feature_cache); false recomputes them every step
     cache_frozen_features: bool = True
     #: linear learning-rate warm-up over the first steps of every task, every parameter group
-    #: (0 = none; cl_bench.models.lit.LitTask)
+    #: (0 = none; cl_bench.training.LitTask)
     warmup_steps: int = field(default=0, metadata=_range(_non_negative, "an int >= 0 (steps)"))
     #: segmentation class weights of the task loss: none, or median_frequency (Eigen & Fergus
     #: 2015, arXiv 1411.4734) from the task's training labels (cl_bench.models.losses.TaskLoss)

@@ -2,7 +2,7 @@
 
 ``conf/logger``: ``csv`` (Lightning ``CSVLogger``, default), ``wandb`` (Lightning ``WandbLogger``,
 offline unless the user sets ``WANDB_MODE``), ``none``. Training curves are logged by
-:class:`~cl_bench.models.lit.LitTask` under ``<task>/...`` names, so one logger serves all tasks.
+:class:`~cl_bench.training.LitTask` under ``<task>/...`` names, so one logger serves all tasks.
 After every row of R the runner calls :func:`log_row`: the row's values as ``R/<task>`` metrics
 (x-axis: rows done), and, where the logger supports them (W&B), the matrix as a table and the
 heatmap as an image.

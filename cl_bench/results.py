@@ -1,12 +1,13 @@
 """Writing a run's result files atomically (tmp file + rename) after every row of R.
 
-Files (DESIGN §1): ``matrix.csv`` (rows ``init`` and ``after_<task>``, one column per task, native
-units; ``pd.read_csv(path, index_col=0)`` gives the matrix), ``metrics.json``, ``heatmap.png``,
-``params.json``, ``timing.json``; for a class-incremental segmentation stream also ``ciss.csv``
-(after each step: ``miou_base`` = background + step-0 classes, ``miou_new`` = classes of later
-steps, ``miou_all``; STAR's "old / new / all"). An interrupted run keeps every completed row:
-the text files are rewritten after every row, the figures (matplotlib, the slow part) are drawn at
-the end of the run or when it stops on an error (``clbench-report`` redraws from the files).
+Files (docs/architecture.md §1): ``matrix.csv`` (rows ``init`` and ``after_<task>``, one column
+per task, native units; ``pd.read_csv(path, index_col=0)`` gives the matrix), ``metrics.json``,
+``heatmap.png``, ``params.json``, ``timing.json``; for a class-incremental segmentation stream
+also ``ciss.csv`` (after each step: ``miou_base`` = background + step-0 classes, ``miou_new`` =
+classes of later steps, ``miou_all``; STAR's "old / new / all"). An interrupted run keeps every
+completed row: the text files are rewritten after every row, the figures (matplotlib, the slow
+part) are drawn at the end of the run or when it stops on an error (``clbench-report`` redraws
+from the files).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The task-stream loop (DESIGN §3): one model, a new Lightning Trainer per task, every task
+"""The task-stream loop (docs/architecture.md §3): one model, a new Lightning Trainer per task, every task
 evaluated after every task, results written atomically after each row."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cl_bench.evaluation import evaluate_task
 from cl_bench.hardware import cpu_name, resolve_precision
 from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache, IndexedDataset
-from cl_bench.models.lit import LitTask, ValidatedLitTask
+from cl_bench.training import LitTask, ValidatedLitTask
 from cl_bench.progress import TaskProgressBar, progress_callback, row_line
 from cl_bench.loggers import close_logger, log_row, make_logger
 from cl_bench.results import (atomic_write, matrix_frame, write_json, write_probes,

@@ -46,7 +46,7 @@ def report(stats: pstats.Stats, total: float, overrides: list[str], cfg) -> str:
     builder and the strategy class whose hooks are timed)."""
     from hydra.utils import get_class, get_method
 
-    from cl_bench.models.lit import LitTask
+    from cl_bench.training import LitTask
     from cl_bench.runner import _StreamRun, run
 
     def cum(fn) -> float:

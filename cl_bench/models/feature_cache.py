@@ -1,4 +1,4 @@
-"""Frozen work done once (DESIGN §9): backbone outputs of a frozen backbone, computed once per
+"""Frozen work done once (docs/architecture.md §8): backbone outputs of a frozen backbone, computed once per
 training sample and reused for every later epoch of the task.
 
 With a frozen backbone and inputs that are not augmented (``seq_lp``; any strategy whose

@@ -14,7 +14,7 @@ pushed to 0: the background shift that makes plain fine-tuning forget), summed o
 averaged over the pixels that are not :data:`~cl_bench.data.base.IGNORE_INDEX`.
 
 This module imports neither Lightning nor the strategies: strategies (ER, EWC, STAR) and the
-training loop (:mod:`cl_bench.models.lit`) both read their losses from here.
+training loop (:mod:`cl_bench.training`) both read their losses from here.
 """
 
 from __future__ import annotations

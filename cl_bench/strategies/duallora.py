@@ -3,7 +3,7 @@ dynamic memory that weights the residual branches and retrieves the task.
 
 Chen, Li, Zhuang, Chen & Lyu 2024, "Dual Low-Rank Adaptation for Continual Learning with
 Pre-Trained Models", arXiv 2411.00623 (later "Replay-Free Continual Low-Rank Adaptation with
-Dynamic Memory"). No public code: a reconstruction from the paper and summaries (DESIGN §7).
+Dynamic Memory"). No public code: a reconstruction from the paper and summaries (docs/architecture.md §7).
 
 Per adapted ``nn.Linear`` ``y = W x`` (default targets: attention ``qkv`` and ``out_proj``, the
 same layers as our ``lora`` strategy) the layer becomes :class:`DualLoRALinear`::

@@ -1,7 +1,7 @@
 """PROTEUS: composed low-rank modules + parameter-free task retrieval by per-task signatures.
 
 Source: "PROTEUS" (arXiv 2603.13235). No public code; this is a reconstruction from reviews
-(DESIGN.md §7, mark [review]) — every choice below is a config value.
+(docs/architecture.md §7; built from the paper's reviews) — every choice below is a config value.
 
 (a) Module composition. Per adapted ``nn.Linear`` ``W`` (``out x in``) of the frozen backbone,
 task k owns a low-rank component ``(A_k: (r, in), B_k: (out, r))`` and, per layer, a vector of

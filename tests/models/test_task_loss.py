@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cl_bench.data.base import ArrayDataset, Task
-from cl_bench.models.lit import LitTask
+from cl_bench.training import LitTask
 from cl_bench.models.losses import TaskLoss, median_frequency_weights
 from cl_bench.strategies.seq_ft import SeqFT
 

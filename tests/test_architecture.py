@@ -1,0 +1,88 @@
+"""The package's floors (docs/architecture.md): a module imports only from its own floor or the
+floors below, and no import cycle exists. Read from the source, every import statement
+(module level and inside functions)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cl_bench"
+
+#: floor of each module (a package prefix covers its modules); docs/architecture.md draws them
+FLOORS = {
+    # 0: no cl_bench imports (errors, value ranges, CPU facts, pure metrics, paper data)
+    "cl_bench": 0, "cl_bench.errors": 0, "cl_bench.ranges": 0, "cl_bench.hardware": 0,
+    "cl_bench.metrics": 0, "cl_bench.reference": 0, "cl_bench.summary": 0, "cl_bench.slurm": 0,
+    # 1: tasks and streams, the config schema, files of a run directory
+    "cl_bench.data": 1, "cl_bench.config": 1, "cl_bench.results": 1, "cl_bench.lock": 1,
+    "cl_bench.checkpoint": 1,
+    # 2: networks, heads, losses
+    "cl_bench.models": 2,
+    # 3: strategies (hooks over a model)
+    "cl_bench.strategies": 3,
+    # 4: what trains and measures one task: Lightning module, evaluation, probes, progress, loggers
+    "cl_bench.training": 4, "cl_bench.evaluation": 4, "cl_bench.probes": 4,
+    "cl_bench.progress": 4, "cl_bench.loggers": 4,
+    # 5: the stream loop
+    "cl_bench.runner": 5,
+    # 6: entry points
+    "cl_bench.cli": 6, "cl_bench.report": 6, "cl_bench.helptext": 6,
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def floor(module: str) -> int:
+    best = max((k for k in FLOORS if module == k or module.startswith(k + ".")), key=len)
+    return FLOORS[best]
+
+
+def imports() -> dict[str, set[str]]:
+    """cl_bench module -> the cl_bench modules it imports."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    out = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {t for t in targets if t in modules and t != name}
+        out[name] = deps
+    return out
+
+
+def test_every_module_has_a_floor():
+    for name in imports():
+        floor(name)  # raises ValueError (max of nothing) for a module outside FLOORS
+
+
+def test_no_module_imports_from_a_floor_above_its_own():
+    upward = sorted(f"{m} (floor {floor(m)}) imports {d} (floor {floor(d)})"
+                    for m, deps in imports().items() for d in deps if floor(d) > floor(m))
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycle():
+    graph = imports()
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [node, dep]))
+            if dep not in state:
+                visit(dep, path + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])

@@ -32,13 +32,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bench.config import RUN_LOCAL_KEYS
 from cl_bench.errors import ConfigError, DataError
 from cl_bench.results import atomic_write
 
 #: bump when the layout of state.pt changes
 STATE_VERSION = 1
-#: config keys that may differ between a run and its resumption (they do not change results)
-RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger")
 
 
 def ckpt_dir(run_dir: Path) -> Path:

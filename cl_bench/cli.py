@@ -84,7 +84,8 @@ OmegaConf.register_new_resolver("clbench_help", _help, replace=True)
 
 def _adopt_saved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
     """``clbench resume=<dir>`` alone: continue with the config the run was started with."""
-    from cl_bench.checkpoint import RUN_LOCAL_KEYS, saved_config
+    from cl_bench.checkpoint import saved_config
+    from cl_bench.config import RUN_LOCAL_KEYS
 
     overrides = HydraConfig.get().overrides.task
     if any(o.split("=", 1)[0].lstrip("+~") not in RUN_LOCAL_KEYS for o in overrides):

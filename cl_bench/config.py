@@ -27,6 +27,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cl_bench.errors import ClBenchError, ConfigError
 from cl_bench.ranges import NonNegativeInt, PositiveInt
 
+#: config keys that do not change a run's results: they may differ between a run and its
+#: resumption (cl_bench.checkpoint, cl_bench.cli) and never split runs into groups in a report
+#: (cl_bench.report)
+RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger")
+
 
 def _positive(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0

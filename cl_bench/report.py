@@ -36,12 +36,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from cl_bench.config import RUN_LOCAL_KEYS
 from cl_bench.errors import ClBenchError
 from cl_bench.reference import PAPERS
 
-#: config keys never used for grouping (they do not define an experiment)
-IGNORED = ("seed", "results_dir", "resume", "train.progress_bar", "hardware.num_threads",
-           "run_dir")
+#: config keys never used for grouping (they do not define an experiment): the run-local keys
+#: (``logger`` as its ``logger.*`` leaves, below), the seed and the run's directory
+IGNORED = RUN_LOCAL_KEYS + ("seed", "run_dir")
 #: per metric group, the stream-level quantities reported (metrics.json "groups")
 GROUP_KEYS = ("final_average", "mft", "maa", "bwt_gem", "bwt_sefe", "forgetting_max")
 ARROW = {True: "↑", False: "↓"}

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.config import RUN_LOCAL_KEYS
 from cl_bench.errors import ConfigError, DataError
-from cl_bench.results import atomic_write
+from cl_bench.files import atomic_write
 
 #: bump when the layout of state.pt changes
 STATE_VERSION = 1

@@ -12,9 +12,6 @@ from the files).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,42 +23,8 @@ import numpy as np
 import pandas as pd
 
 from cl_bench.data.base import CISS, Task
-from cl_bench.errors import StorageError
+from cl_bench.files import atomic_write, write_json
 from cl_bench.metrics import cl_metrics
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path`` (same directory, so the rename is
-    atomic): a reader, or a run killed mid-write, sees the old file or the new one, never a part.
-
-    Raises:
-        StorageError: the write failed (disk full, file-size limit, permissions), naming
-        ``path``; the old ``path`` is untouched and the temporary file removed.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        previous = "its previous version is unchanged" if path.exists() else "it did not exist"
-        raise StorageError(f"cannot write {path}: {e.strerror or e} ({previous}); free space or "
-                           "fix the permissions, then resume the run") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=float)
-            f.write("\n")
-    atomic_write(path, w)
 
 
 def matrix_frame(rows: dict[str, list[float]], stream: list[Task]) -> pd.DataFrame:

@@ -36,8 +36,8 @@ from cl_bench.models.feature_cache import FeatureCache, IndexedDataset
 from cl_bench.training import LitTask, ValidatedLitTask
 from cl_bench.progress import TaskProgressBar, progress_callback, row_line
 from cl_bench.loggers import close_logger, log_row, make_logger
-from cl_bench.results import (atomic_write, matrix_frame, write_json, write_probes,
-                              write_results, write_task_agnostic)
+from cl_bench.files import atomic_write, write_json
+from cl_bench.results import matrix_frame, write_probes, write_results, write_task_agnostic
 
 log = logging.getLogger(__name__)
 # Lightning's banner lines ("GPU available: False", tips) are noise in a stream of many Trainers
@@ -139,7 +139,7 @@ class _EpochEndCheckpoint(ModelCheckpoint):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO, but each ``.ckpt`` is written to a temporary file and
-    renamed over the old one (:func:`~cl_bench.results.atomic_write`): a full disk or a kill
+    renamed over the old one (:func:`~cl_bench.files.atomic_write`): a full disk or a kill
     during the write leaves the previous mid-task checkpoint readable (Lightning writes in place),
     and the failure is a :class:`~cl_bench.errors.StorageError` naming the file."""
 

@@ -51,6 +51,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cl_bench.data.brain_synth import pretraining_volumes
+from cl_bench.files import atomic_write, write_text
 from cl_bench.models.backbones import ASSETS
 from cl_bench.models.swin import SwinEncoder
 
@@ -119,10 +120,7 @@ def save_encoder(encoder: SwinEncoder, out: Path) -> None:
     """The encoder as ``swinViT.*`` safetensors (float tensors in float16)."""
     sd = {f"swinViT.{k}": (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
           for k, v in encoder.swinViT.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file(sd, str(tmp))
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: save_file(sd, str(tmp)))
 
 
 def main() -> None:
@@ -198,7 +196,7 @@ def main() -> None:
             "seconds": round(time.time() - start, 1), "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "monai": __import__("monai").__version__,
             "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size}
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_text(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     print(json.dumps({k: v for k, v in meta.items() if k != "loss_curve"}, indent=2))
 
 

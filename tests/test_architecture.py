@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cl_bench"
 #: floor of each module (a package prefix covers its modules); docs/architecture.md draws them
 FLOORS = {
     # 0: no cl_bench imports (errors, value ranges, CPU facts, pure metrics, paper data)
-    "cl_bench": 0, "cl_bench.errors": 0, "cl_bench.ranges": 0, "cl_bench.hardware": 0,
+    "cl_bench": 0, "cl_bench.errors": 0, "cl_bench.files": 0, "cl_bench.ranges": 0, "cl_bench.hardware": 0,
     "cl_bench.metrics": 0, "cl_bench.reference": 0, "cl_bench.summary": 0, "cl_bench.slurm": 0,
     # 1: tasks and streams, the config schema, files of a run directory
     "cl_bench.data": 1, "cl_bench.config": 1, "cl_bench.results": 1, "cl_bench.lock": 1,

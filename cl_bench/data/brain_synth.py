@@ -38,8 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -51,6 +49,7 @@ from tqdm.auto import tqdm
 
 from cl_bench.data.base import ArrayDataset, Task, regression_scale
 from cl_bench.errors import ConfigError
+from cl_bench.files import atomic_write
 from cl_bench.ranges import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
@@ -255,11 +254,7 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(1
     if arrays is None:
         arrays = _generate(size, n_train, n_test, seed)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-            os.close(fd)
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     tr = slice(0, n_train)
     te = slice(n_train, n_train + n_test)
     ages_train = arrays["age_y"][tr].copy()

@@ -78,6 +78,7 @@ from torch.nn import functional as F
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.files import atomic_write
 from cl_bench.ranges import (NonNegativeFloat, PositiveFloat, PositiveFraction,
                              PositiveInt)
 from cl_bench.strategies.base import Strategy
@@ -370,7 +371,7 @@ class DualLoRA(Strategy):
             tensors[f"{name}.orth.delta_weight"] = (
                 layer.scale * layer.lora_orth_B @ layer.orth_A()).detach().cpu().contiguous()
         tensors["retrieval_basis"] = self.retrieval[t].contiguous()
-        save_file(tensors, str(out / "duallora.safetensors"))
+        atomic_write(out / "duallora.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
     def state_dict(self) -> dict:
         return {"tasks": list(self.tasks), "memory": {n: m.clone() for n, m in self.memory.items()},

@@ -28,6 +28,7 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.files import atomic_dir
 from cl_bench.ranges import NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 
@@ -166,8 +167,16 @@ class LoRA(Strategy):
             backbone.base_model.disable_adapter_layers()
 
     def save(self, run_dir: Path, t: int, task: Task) -> None:
-        self.model.backbone.save_pretrained(str(Path(run_dir) / "adapters"),
-                                            selected_adapters=[task.name])
+        """``adapters/<task>/`` in peft's layout (``adapter_model.safetensors``,
+        ``adapter_config.json``), written in a temporary directory and renamed into place."""
+        def write(out: Path) -> None:
+            # peft puts an adapter that is not named "default" in <directory>/<name>/
+            self.model.backbone.save_pretrained(str(out), selected_adapters=[task.name])
+            for f in (out / task.name).iterdir():
+                f.rename(out / f.name)
+            (out / task.name).rmdir()
+
+        atomic_dir(Path(run_dir) / "adapters" / task.name, write)
 
     def state_dict(self) -> dict:
         return {"adapters": list(self.adapters)}

@@ -81,6 +81,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.files import atomic_write, write_text
 from cl_bench.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import check_target_modules
@@ -552,11 +553,11 @@ class Proteus(Strategy):
         out.mkdir(parents=True, exist_ok=True)
         tensors = {f"{name}.{p}": getattr(layer.lora_adapters[key], p).detach().cpu().contiguous()
                    for name, layer in self.layers.items() for p in ("A", "B", "coef")}
-        save_file(tensors, str(out / "adapter_model.safetensors"))
+        atomic_write(out / "adapter_model.safetensors", lambda tmp: save_file(tensors, str(tmp)))
         rdir = Path(run_dir) / "retrieval"
         rdir.mkdir(parents=True, exist_ok=True)
         info = self.separation(t)
-        (rdir / f"separation_after_{task.name}.json").write_text(json.dumps(info, indent=2))
+        write_text(rdir / f"separation_after_{task.name}.json", json.dumps(info, indent=2))
         self._plot_separation(info, rdir / f"separation_after_{task.name}.png", task.name)
 
     @staticmethod
@@ -589,7 +590,7 @@ class Proteus(Strategy):
             axes[1].text(i, m, f"acc {a:.2f}", ha="center", va="bottom", fontsize=7)
         fig.suptitle(f"PROTEUS signatures ({info['retrieval']}) after {after}", fontsize=10)
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
         plt.close(fig)
 
     # ------------------------------------------------------------------ state

@@ -66,6 +66,7 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.files import atomic_dir
 from cl_bench.ranges import NonNegativeFloat, OpenFraction, Percent, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import add_adapter, check_target_modules
@@ -269,16 +270,18 @@ class RegLoRA(Strategy):
     def save(self, run_dir: Path, t: int, task: Task) -> None:
         """``adapters/<task>/``: the task's LoRA before its merge, in peft's layout (it applies
         to the weights as they were before task t), plus ``masks.json`` with the mask sizes."""
-        out = Path(run_dir) / "adapters" / task.name
-        out.mkdir(parents=True, exist_ok=True)
         state = self._to_save.pop(task.name, None)
-        if state is not None:
-            save_file({k: v.contiguous() for k, v in state.items()},
-                      str(out / "adapter_model.safetensors"))
-            self.model.backbone.peft_config[task.name].save_pretrained(str(out))
-        (out / "masks.json").write_text(json.dumps(
-            {"top_p": self.top_p, "task_mask_counts": self.task_mask_counts.get(task.name, {}),
-             "union_counts": {k: int(m.sum()) for k, m in self.masks.items()}}, indent=1))
+        masks = {"top_p": self.top_p, "task_mask_counts": self.task_mask_counts.get(task.name, {}),
+                 "union_counts": {k: int(m.sum()) for k, m in self.masks.items()}}
+
+        def write(out: Path) -> None:  # a temporary directory, renamed to adapters/<task>/
+            if state is not None:
+                save_file({k: v.contiguous() for k, v in state.items()},
+                          str(out / "adapter_model.safetensors"))
+                self.model.backbone.peft_config[task.name].save_pretrained(str(out))
+            (out / "masks.json").write_text(json.dumps(masks, indent=1))
+
+        atomic_dir(Path(run_dir) / "adapters" / task.name, write)
 
     def state_dict(self) -> dict:
         return {"adapters": list(self.adapters),

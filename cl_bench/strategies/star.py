@@ -124,7 +124,7 @@ from cl_bench.errors import ConfigError
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.models.heads import CISSHead, TaskView
 from cl_bench.models.losses import bce_per_class
-from cl_bench.results import write_json
+from cl_bench.files import write_json
 from cl_bench.strategies.base import Strategy
 
 log = logging.getLogger(__name__)

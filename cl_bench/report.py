@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from cl_bench.config import RUN_LOCAL_KEYS
 from cl_bench.errors import ClBenchError
 from cl_bench.reference import PAPERS
+from cl_bench.summary import decimals, fmt_value
 
 #: config keys never used for grouping (they do not define an experiment): the run-local keys
 #: (``logger`` as its ``logger.*`` leaves, below), the seed and the run's directory
@@ -218,7 +219,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 def _fmt(mean, std) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    digits = 3 if abs(mean) < 10 else 1
+    digits = decimals(mean)
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -275,7 +276,7 @@ def plot_heatmaps(runs: pd.DataFrame, keys: list[str], path: Path) -> None:
             shade[:, j] = frac if units.get(task, {}).get("higher_is_better", True) else 1 - frac
         ax.imshow(shade, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         for (i, j), v in np.ndenumerate(mean.to_numpy(float)):
-            ax.text(j, i, "–" if np.isnan(v) else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"),
+            ax.text(j, i, "–" if np.isnan(v) else fmt_value(v),
                     ha="center", va="center", fontsize=8,
                     color="white" if shade[i, j] < 0.5 else "black")
         labels = [f"{t}\n{units.get(t, {}).get('metric', '')} "

@@ -25,6 +25,7 @@ import pandas as pd
 from cl_bench.data.base import CISS, Task
 from cl_bench.files import atomic_write, write_json
 from cl_bench.metrics import cl_metrics
+from cl_bench.summary import fmt_value
 
 
 def matrix_frame(rows: dict[str, list[float]], stream: list[Task]) -> pd.DataFrame:
@@ -195,7 +196,7 @@ def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
         im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1,
                        aspect="auto")
         for (i, j), v in np.ndenumerate(sub):
-            txt = "–" if not np.isfinite(v) else (f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
+            txt = "–" if not np.isfinite(v) else fmt_value(v)
             frac = 0.5 if vmax == vmin or not np.isfinite(v) else (v - vmin) / (vmax - vmin)
             dark = frac < 0.5 if task0.higher_is_better else frac > 0.5
             ax.text(j, i, txt, ha="center", va="center", fontsize=9,

@@ -79,8 +79,20 @@ def _cpu_counting(device: torch.device):
         torch.use_deterministic_algorithms(True, warn_only=warn_only)
 
 
-class _Scorer:
-    """Accumulates one task's metric over batches of outputs in the task's own terms."""
+class Scorer:
+    """Accumulates one task's metric over batches of predictions in the task's own terms:
+    MONAI's Dice (segmentation, foreground classes), torchmetrics' MAE (regression, native
+    units, e.g. years), accuracy (classification) or mIoU from a confusion matrix
+    (class-incremental segmentation, over the classes learned so far).
+
+    Args:
+        task: the task scored; stream: the whole stream (the class-incremental tables need it);
+        active: for class-incremental segmentation, the foreground classes the model can
+            answer now, in learning order.
+
+    Feed it :meth:`update` with :func:`answer`'s predictions; :meth:`result` gives
+    ``{task.metric: value, ...}``.
+    """
 
     def __init__(self, task: Task, stream: list[Task] | None = None,
                  active: list[int] | None = None):
@@ -159,8 +171,18 @@ def test_batches(dataset, batch_size: int):
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def _answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
-    """``task``'s head on ``x``, as a prediction in the terms of :meth:`_Scorer.update`."""
+def answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
+    """``task``'s head on ``x``, as a prediction in the terms of :meth:`Scorer.update`.
+
+    Args:
+        model: the stream's ``ContinualModel``; x: ``(B, C, *spatial)`` images;
+        autocast: the context to run the forward pass in (a ``torch.autocast`` or a null one).
+
+    Returns:
+        on the CPU: segmentation ``(B, *spatial)`` class map; regression ``(B,)`` in native
+        units (``task.target_std`` and ``target_mean`` undone); classification ``(B,)`` global
+        class ids; class-incremental segmentation ``(B, *spatial)`` global class ids.
+    """
     with autocast:
         out = model(x, task.name).float().cpu()
     if task.kind == CISS:
@@ -172,7 +194,7 @@ def _answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
     return global_classes(task, out.argmax(1))
 
 
-def _no_answer(task: Task, x: torch.Tensor, scorer: _Scorer) -> torch.Tensor:
+def _no_answer(task: Task, x: torch.Tensor, scorer: Scorer) -> torch.Tensor:
     """What a sample sent to an incompatible task gets (see module docstring)."""
     b = x.shape[0]
     if task.kind == "segmentation":
@@ -226,7 +248,7 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
     if task.kind == CISS:
         view = model.heads[task.name]
         active = view.shared.active_classes(view.task_index)
-    scorer = _Scorer(task, stream, active)
+    scorer = Scorer(task, stream, active)
     j = stream.index(task) if predicted else None
     hits, n, predict_s = 0, 0, 0.0
     key = None
@@ -241,7 +263,7 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
     for batch in loader:
         x, label = batch["image"].to(device), batch["label"]
         if not predicted:
-            scorer.update(_answer(model, task, x, autocast), label)
+            scorer.update(answer(model, task, x, autocast), label)
             continue
         start = time.perf_counter()
         with autocast:
@@ -257,7 +279,7 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
             other = stream[i]
             if _compatible(other, task):
                 strategy.activate(other)
-                pred[sel] = _answer(model, other, x[sel.to(x.device)], autocast).to(pred.dtype)
+                pred[sel] = answer(model, other, x[sel.to(x.device)], autocast).to(pred.dtype)
         scorer.update(pred, label)
         hits += int((ids == j).sum())
         n += len(ids)

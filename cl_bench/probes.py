@@ -122,7 +122,7 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     Raises:
         ValueError: a task that is not a segmentation task, or an encoder without stages.
     """
-    from cl_bench.evaluation import _Scorer
+    from cl_bench.evaluation import Scorer
 
     if task.kind != "segmentation" or not hasattr(model.encoder, "stage_channels"):
         raise ValueError(f"reliance probe: task {task.name!r} is not a segmentation task on a "
@@ -147,7 +147,7 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     means = [s / n for s in sums]
     image_mean = image_sum / n
     split, data = ("val", task.val) if task.val is not None else ("test", task.test)
-    scorers = {k: _Scorer(task) for k in ["none", *inputs]}
+    scorers = {k: Scorer(task) for k in ["none", *inputs]}
     for i in range(0, len(data), batch_size):
         x, label = _stack(data, i, min(i + batch_size, len(data)))
         x = x.to(device)

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import COMMON, _run_clbench  # the same fresh-process harness
+from bench_overhead import COMMON, run_clbench  # the same fresh-process harness
 
 RUNS = [("seq_ft", None), ("seq_lp", True), ("seq_lp", False), ("lwf", True), ("lwf", False)]
 
@@ -52,7 +52,7 @@ def main() -> None:
                 overrides.append(f"train.cache_frozen_features={str(cache).lower()}")
             run_tmp = Path(tmp) / f"{strategy}_{cache}"
             run_tmp.mkdir()
-            got = _run_clbench(overrides, run_tmp)
+            got = run_clbench(overrides, run_tmp)
             tasks = got["timing"]["tasks"]
             row = {"strategy": strategy, "cache": cache,
                    "train_s": sum(v["train_s"] for v in tasks.values()),

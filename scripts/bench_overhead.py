@@ -81,7 +81,7 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
 
     import cl_bench.config  # noqa: F401  (the schema)
     from cl_bench.config import build, build_stream
-    from cl_bench.evaluation import _answer, _Scorer
+    from cl_bench.evaluation import answer, Scorer
     from cl_bench.models.losses import TaskLoss
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -114,10 +114,10 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
                                         torch.stack([torch.as_tensor(d["label"]) for d in items]))
                 x, y = tests[task.name]
                 strategy.activate(task)
-                scorer = _Scorer(task, stream)
+                scorer = Scorer(task, stream)
                 nullctx = torch.autocast("cpu", enabled=False)
                 for i in range(0, len(x), cfg.train.eval_batch_size):
-                    scorer.update(_answer(model, task, x[i:i + cfg.train.eval_batch_size], nullctx),
+                    scorer.update(answer(model, task, x[i:i + cfg.train.eval_batch_size], nullctx),
                                   y[i:i + cfg.train.eval_batch_size])
                 row.append(scorer.result()[task.metric])
         return row
@@ -176,7 +176,9 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
 CLBENCH_SRC: Path | None = None
 
 
-def _run_clbench(overrides: list[str], tmp: Path) -> dict:
+def run_clbench(overrides: list[str], tmp: Path) -> dict:
+    """Run ``clbench <overrides>`` as a fresh process in ``tmp``; its times (s, the fields of
+    :data:`FIELDS`), weights fingerprint, ``timing.json`` and R."""
     import pandas as pd
     import torch
 
@@ -225,7 +227,7 @@ def bench(name: str, rounds: int) -> dict:
     times = {"clbench": {f: [] for f in FIELDS}, "plain": {f: [] for f in FIELDS}}
     for r in range(rounds):
         got = {}
-        for who, fn in (("plain", _run_plain), ("clbench", _run_clbench)):
+        for who, fn in (("plain", _run_plain), ("clbench", run_clbench)):
             with tempfile.TemporaryDirectory() as tmp:
                 got[who] = fn(overrides, Path(tmp))
             for f in FIELDS:

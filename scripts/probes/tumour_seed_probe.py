@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import cl_bench.config  # noqa: F401  (the schema)
     from cl_bench.config import build, build_stream
-    from cl_bench.evaluation import _answer, _Scorer
+    from cl_bench.evaluation import answer, Scorer
     from cl_bench.hardware import cpu_name
     from cl_bench.models.losses import median_frequency_weights
 
@@ -82,13 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     def dice(dataset) -> list[float]:
         model.eval()
         strategy.activate(task)
-        scorer = _Scorer(task)
+        scorer = Scorer(task)
         with torch.inference_mode():
             for i in range(0, len(dataset), 4):
                 items = [dataset[j] for j in range(i, min(i + 4, len(dataset)))]
                 x = torch.stack([d["image"] for d in items])
                 y = torch.stack([d["label"] for d in items])
-                scorer.update(_answer(model, task, x, torch.autocast("cpu", enabled=False)), y)
+                scorer.update(answer(model, task, x, torch.autocast("cpu", enabled=False)), y)
         model.train()
         r = scorer.result()
         return [round(r[f"dice_{k}"], 4) for k in range(1, task.num_classes)]

@@ -15,6 +15,7 @@ from monai.networks.nets import ViT
 from torch import nn
 
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.models.weights import WRAPPER_PREFIXES, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors",
               "swin_brain_ssl": ASSETS / "swin_brain_ssl.safetensors"}
 
 # prefixes under which other codebases store a MONAI ViT state dict
-_PREFIXES = ("module.", "model.", "state_dict.", "backbone.", "encoder.", "vit.", "swinViT.")
+_PREFIXES = WRAPPER_PREFIXES + ("state_dict.", "encoder.", "vit.", "swinViT.")
 # UNETR decoder modules: present in a UNETR checkpoint, not part of the encoder
 _UNETR_DECODER = ("encoder1.", "encoder2.", "encoder3.", "encoder4.", "decoder2.", "decoder3.",
                   "decoder4.", "decoder5.", "out.")
@@ -118,29 +119,6 @@ def resolve_weights(weights: str) -> Path:
         raise DataError(f"backbone.weights: no checkpoint file at {path} (expected a .safetensors, "
                         f".pt, .pth or .ckpt file, or one of {sorted(PRETRAINED)})")
     return path
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a torch pickle (``weights_only=True``).
-
-    Lightning/MONAI wrappers (``{"state_dict": ...}``, ``{"model": ...}``, ``{"net": ...}``) are
-    unwrapped. Raises :class:`DataError` naming the file when it cannot be read.
-    """
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, not a checkpoint, pickle with code
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"backbone.weights: cannot read checkpoint {path}: {first}") from None
-    for key in ("state_dict", "model", "net", "model_state_dict"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise DataError(f"backbone.weights: {path} does not hold a state dict of tensors")
-    return sd
 
 
 def map_vit_keys(sd: dict[str, torch.Tensor], target_keys: set[str]) -> tuple[dict, list[str]]:

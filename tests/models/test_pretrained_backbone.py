@@ -30,7 +30,7 @@ def test_shipped_checkpoint_is_small_and_loads_strictly():
 def test_corrupt_copy_names_the_file(tmp_path):
     bad = tmp_path / "vit.safetensors"
     bad.write_bytes(CKPT.read_bytes()[:1000])
-    with pytest.raises(DataError, match=f"cannot read checkpoint {bad}"):
+    with pytest.raises(DataError, match=f"cannot read safetensors checkpoint {bad}"):
         ViTEncoder(weights=str(bad))
 
 

@@ -1,16 +1,17 @@
 """``clbench --help``: Hydra's help template filled in from ``conf/`` itself, so it cannot go stale.
 
 Every config group (a folder of ``conf/``) is listed with its options (the YAML files) and, for
-each option, the first sentence of the file's leading comment (cut to one line); the default option
-of each group
-(``conf/config.yaml``'s defaults list) is marked ``*``. Hydra substitutes ``$FLAGS_HELP`` (its
-flags) if the template names them; this one points to ``clbench --hydra-help`` instead.
-Wired as ``hydra.help.template: ${clbench_help:}`` (the resolver is registered in :mod:`cl_bench.cli`).
+each option, the first sentence of the file's leading comment (cut to one line); the default
+option of each group (``conf/config.yaml``'s defaults list) is marked ``*``. Hydra substitutes
+``$FLAGS_HELP`` (its flags) if the template names them; this one points to
+``clbench --hydra-help`` instead. The keys are listed from the schema's dataclasses
+(:class:`~cl_bench.config.ClBenchConfig`). Wired as ``hydra.help.template: ${clbench_help:}``
+(the resolver is registered in :mod:`cl_bench.cli`).
 """
 
 from __future__ import annotations
 
-import re
+from typing import Any
 from pathlib import Path
 
 USAGE = """\
@@ -57,12 +58,31 @@ def _meaning(path: Path, width: int = 78) -> str:
 
 
 def _defaults(conf_dir: Path) -> dict[str, str]:
+    """The default option of each group: ``config.yaml``'s defaults list, read as YAML."""
+    from omegaconf import OmegaConf
+
     out = {}
-    for line in (conf_dir / "config.yaml").read_text().splitlines():
-        m = re.match(r"\s*-\s*(\w+)\s*:\s*([\w.-]+)", line)
-        if m:
-            out[m.group(1)] = m.group(2)
+    for item in OmegaConf.load(conf_dir / "config.yaml").get("defaults", []):
+        if not isinstance(item, str):
+            out.update({str(k): v for k, v in item.items() if isinstance(v, str)})
     return out
+
+
+def _schema_keys() -> str:
+    """The keys of the top-level schema (:class:`~cl_bench.config.ClBenchConfig`), a nested
+    dataclass as ``name.{field, ...}``; the groups without a schema (``Any``) left out."""
+    import dataclasses
+
+    from cl_bench.config import ClBenchConfig
+
+    out = []
+    for f in dataclasses.fields(ClBenchConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            out.append(f"{f.name}.{{{', '.join(g.name for g in dataclasses.fields(default))}}}")
+        elif f.type not in ("Any", Any):
+            out.append(f.name)
+    return ", ".join(out)
 
 
 def groups_text(conf_dir: str | Path) -> str:
@@ -84,14 +104,12 @@ def groups_text(conf_dir: str | Path) -> str:
 
 def help_template(conf_dir: str | Path) -> str:
     """The whole ``--help`` text (a :class:`string.Template`: ``$$`` for a literal ``$``)."""
-    import dataclasses
     import textwrap
 
-    from cl_bench.config import STREAM_KEYS, TrainConfig
+    from cl_bench.config import STREAM_KEYS
 
-    train = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
     stream = ", ".join(f"tasks.{k}" for k in STREAM_KEYS)
-    keys = (f"Keys: seed, results_dir, resume, train.{{{train}}}, eval.task_id, {stream} (every "
+    keys = (f"Keys: {_schema_keys()}, {stream} (every "
             "stream: validation samples per task, the first k tasks only), and every key of the "
             "chosen group options (clbench <overrides> --cfg job prints the composed config).")
     body = "\n".join([

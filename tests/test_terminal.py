@@ -45,6 +45,15 @@ def test_help_lists_every_group_option_of_conf_with_its_meaning(tmp_path):
     assert "clbench -m experiment=brain_mri_fm" in out and "clbench-report" in out
     assert 'eval "$(clbench -sc install=bash)"' in out
     assert "Sequential full fine-tuning (lower bound): backbone + current head train." in out
+    # every key of the schema's dataclasses is named (generated, not typed by hand)
+    import dataclasses
+
+    from cl_bench.config import EvalConfig, HardwareConfig, TrainConfig
+    flat = " ".join(out.split())
+    for prefix, schema in (("train", TrainConfig), ("hardware", HardwareConfig),
+                           ("eval", EvalConfig)):
+        names = ", ".join(f.name for f in dataclasses.fields(schema))
+        assert f"{prefix}.{{{names}}}" in flat, prefix
     # Hydra's own --help path (taken when overrides are given) prints the same text
     hydra_path = _clbench(tmp_path, "seed=1", "--help", timeout=120)
     assert hydra_path.returncode == 0 and hydra_path.stdout.strip() == out.strip()

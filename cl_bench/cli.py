@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -203,6 +204,24 @@ def _clbench_cause(ex: BaseException) -> ClBenchError | None:
     return None
 
 
+def quiet_libraries() -> None:
+    """The library messages a clbench run does not show (set by the command line, in every
+    process a launcher starts, never by importing the runner), each for the reason given."""
+    # Lightning's banner lines ("GPU available: False", tips) are noise in a stream of many Trainers
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resumed mid-task
+    # Lightning's ModelCheckpoint under manual optimisation (lora & co.) warns at every mid-task save
+    # that the checkpoint holds the weights *after* the step's optimiser update, with a 12-line code
+    # sample. That is the state we want: the checkpoint's global_step counts that update, and resume
+    # continues from the next batch bit-identically (tests/test_resume.py).
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _main(cfg: DictConfig) -> None:
     """Run one experiment; user errors print one line and exit with code 2.
@@ -212,6 +231,8 @@ def _main(cfg: DictConfig) -> None:
     """
     from cl_bench.runner import run
     from cl_bench.summary import job_line, run_summary
+
+    quiet_libraries()
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir

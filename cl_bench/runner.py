@@ -10,7 +10,6 @@ import shutil
 import signal
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,19 +39,6 @@ from cl_bench.files import atomic_write, write_json
 from cl_bench.results import matrix_frame, write_probes, write_results, write_task_agnostic
 
 log = logging.getLogger(__name__)
-# Lightning's banner lines ("GPU available: False", tips) are noise in a stream of many Trainers
-logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-logging.getLogger("lightning.pytorch.accelerators.cuda").setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
-warnings.filterwarnings("ignore", message=".*treespec.*")
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
-warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resumed mid-task
-# Lightning's ModelCheckpoint under manual optimisation (lora & co.) warns at every mid-task save
-# that the checkpoint holds the weights *after* the step's optimiser update, with a 12-line code
-# sample. That is the state we want: the checkpoint's global_step counts that update, and resume
-# continues from the next batch bit-identically (tests/test_resume.py).
-warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 @dataclass

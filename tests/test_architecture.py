@@ -86,3 +86,21 @@ def test_no_import_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node, [])
+
+
+def test_importing_the_runner_leaves_warning_filters_and_log_levels_alone():
+    """A library import changes no global state: the command line quiets the libraries
+    (cl_bench.cli.quiet_libraries), not ``import cl_bench.runner``."""
+    import subprocess
+    import sys
+
+    code = ("import logging, warnings\n"
+            "level = logging.getLogger('lightning.pytorch.utilities.rank_zero').level\n"
+            "import cl_bench.runner\n"
+            "ours = ('logging interval', 'manual optimization', 'srun', 'many workers')\n"
+            "print(any(f[1] is not None and any(o in f[1].pattern for o in ours) "
+            "for f in warnings.filters), "
+            "logging.getLogger('lightning.pytorch.utilities.rank_zero').level == level)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]  # none of cl_bench's filters; level kept

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
-from cl_bench.errors import ClBenchError, ConfigError, Interrupted, RunDirBusy
+from cl_bench.config import check_creatable
+from cl_bench.errors import ClBenchError, Interrupted, RunDirBusy
 
 log = logging.getLogger("cl_bench")
 #: the repository's conf/ (source checkout, editable install) or, in an installed wheel, the copy
@@ -32,28 +33,14 @@ def _run_dir(resume: str | None, default: str) -> str:
     """``hydra.run.dir``: the directory given by ``resume=``, else ``default``.
 
     Raises:
-        ConfigError: ``default`` (``results_dir``/...) cannot be created or written: a regular
-            file where a directory must be, or a directory without write permission (checked
-            here, before Hydra creates the run directory and would fail with a traceback).
+        ConfigError: ``default`` (``results_dir``/...) cannot be created or written
+            (:func:`~cl_bench.config.check_creatable`, before Hydra creates the run directory
+            and would fail with a traceback).
     """
     if resume not in (None, "", "None", "null"):
         return str(resume)
-    _check_creatable(Path(default), "results_dir")
+    check_creatable(Path(default), "results_dir")
     return default
-
-
-def _check_creatable(path: Path, key: str) -> None:
-    """Raise :class:`ConfigError` naming ``key`` if directory ``path`` cannot be made: its
-    nearest existing ancestor is not a directory, or is not writable."""
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if ancestor == path and path.is_dir():
-        return
-    if not ancestor.is_dir():
-        raise ConfigError(f"{key}: cannot create {path}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: cannot create {path}: no write permission in {ancestor}")
 
 
 def _output_subdir(resume: str | None) -> str:
@@ -61,15 +48,7 @@ def _output_subdir(resume: str | None) -> str:
     return ".hydra" if resume in (None, "", "None", "null") else ".hydra/resumed"
 
 
-def _dir(path: str) -> str:
-    """``${clbench_dir:${results_dir}}`` in the sweep directories: ``results_dir`` itself,
-    after :func:`_check_creatable`."""
-    _check_creatable(Path(str(path)), "results_dir")
-    return str(path)
-
-
 OmegaConf.register_new_resolver("clbench_run_dir", _run_dir, replace=True)
-OmegaConf.register_new_resolver("clbench_dir", _dir, replace=True)
 OmegaConf.register_new_resolver("clbench_output_subdir", _output_subdir, replace=True)
 
 

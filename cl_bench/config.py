@@ -12,9 +12,11 @@ import dataclasses
 import importlib
 import inspect
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import annotated_types as at
@@ -156,6 +158,31 @@ class ClBenchConfig:
 
 
 ConfigStore.instance().store(name="clbench_schema", node=ClBenchConfig)
+
+
+def check_creatable(path: Path, key: str) -> None:
+    """Raise :class:`ConfigError` naming ``key`` if directory ``path`` cannot be made: its
+    nearest existing ancestor is not a directory, or is not writable."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == path and path.is_dir():
+        return
+    if not ancestor.is_dir():
+        raise ConfigError(f"{key}: cannot create {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: cannot create {path}: no write permission in {ancestor}")
+
+
+def _results_dir(path: str) -> str:
+    """``${clbench_dir:${results_dir}}`` in the sweep directories: ``results_dir`` itself,
+    after :func:`check_creatable`."""
+    check_creatable(Path(str(path)), "results_dir")
+    return str(path)
+
+
+# here, not in cl_bench.cli: composing through Hydra's compose API (tests, notebooks) needs it too
+OmegaConf.register_new_resolver("clbench_dir", _results_dir, replace=True)
 
 
 def _check_accelerator(hardware) -> None:

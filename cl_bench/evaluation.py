@@ -1,7 +1,9 @@
 """Evaluation of one task: Dice (segmentation), MAE in native units (regression), accuracy.
 
 A plain ``torch.inference_mode`` loop (no Lightning overhead per call; the R matrix needs
-O(T^2) of these).
+O(T^2) of these). What differs between task kinds (the scorer, how a head's output becomes a
+prediction, what an unanswerable sample gets) is looked up in :data:`cl_bench.kinds.KINDS`;
+this module holds the loop. The metrics (their code: :mod:`cl_bench.kinds`' scorers):
 
 * Dice: MONAI ``DiceMetric`` (Dice 1945; as used for BraTS, Menze et al. 2015) on argmax
   one-hot predictions, background excluded, subjects whose ground truth lacks a label are ignored
@@ -26,138 +28,32 @@ evaluated with predicted ids is scored like class-IL.
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
-from monai.metrics import DiceMetric
 from torch.utils.data import DataLoader
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-from torchmetrics.regression import MeanAbsoluteError
 
-from cl_bench.data.base import CISS, IGNORE_INDEX, Task
+from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
-from cl_bench.metrics import iou_from_confusion, mean_iou
+# re-exported: scripts and tests import these names from here
+from cl_bench.kinds import TaskScorer, cpu_counting, global_classes, kind_spec  # noqa: F401
 from cl_bench.strategies.base import Strategy
 
+#: the scorer of a task: ``Scorer(task, stream, active)`` builds its kind's
+#: :class:`~cl_bench.kinds.TaskScorer` (Dice, MAE, accuracy or mIoU; see
+#: :attr:`cl_bench.kinds.KindSpec.scorer`); ``update(answer(...), label)``, then ``result()``
+Scorer = TaskScorer
 
-def global_classes(task: Task, pred: torch.Tensor) -> torch.Tensor:
-    """Map a classification head's output indices ``(B,)`` to stream-wide class ids.
-
-    Task-IL heads answer in the task's local indices (``task.classes`` gives the global ids);
-    the class-IL head already answers in the stream's class space.
-    """
-    if task.scenario == "class_il":
-        return pred
-    return torch.as_tensor(task.classes, dtype=torch.long)[pred]
+#: the old private name of :func:`cl_bench.kinds.cpu_counting` (tests import it)
+_cpu_counting = cpu_counting
 
 
 def _compatible(a: Task, b: Task) -> bool:
-    """Can ``a``'s head answer a sample of ``b`` in ``b``'s terms?"""
+    """Can ``a``'s head answer a sample of ``b`` in ``b``'s terms? (same kind, and the kind's
+    :attr:`~cl_bench.kinds.KindSpec.compatible`)"""
     if a.kind != b.kind:
         return False
-    return a.kind != "segmentation" or a.num_classes == b.num_classes
-
-
-@contextlib.contextmanager
-def _cpu_counting(device: torch.device):
-    """Let torchmetrics count with ``torch.bincount`` on the CPU in deterministic mode.
-
-    With ``torch.use_deterministic_algorithms(True)`` (``hardware.deterministic``) torchmetrics
-    replaces ``torch.bincount`` by an ``(N, K^2)`` comparison mesh, because bincount is
-    nondeterministic on CUDA; on the CPU it is an exact integer count either way, and the mesh
-    made a CISS confusion matrix ~100x slower than the model's forward pass. The flag is
-    restored on exit; on other devices nothing changes."""
-    if device.type != "cpu" or not torch.are_deterministic_algorithms_enabled():
-        yield
-        return
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(False)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(True, warn_only=warn_only)
-
-
-class Scorer:
-    """Accumulates one task's metric over batches of predictions in the task's own terms:
-    MONAI's Dice (segmentation, foreground classes), torchmetrics' MAE (regression, native
-    units, e.g. years), accuracy (classification) or mIoU from a confusion matrix
-    (class-incremental segmentation, over the classes learned so far).
-
-    Args:
-        task: the task scored; stream: the whole stream (the class-incremental tables need it);
-        active: for class-incremental segmentation, the foreground classes the model can
-            answer now, in learning order.
-
-    Feed it :meth:`update` with :func:`answer`'s predictions; :meth:`result` gives
-    ``{task.metric: value, ...}``.
-    """
-
-    def __init__(self, task: Task, stream: list[Task] | None = None,
-                 active: list[int] | None = None):
-        self.task = task
-        if task.kind == CISS:
-            # active: the foreground classes the model can answer now, in learning order
-            self.active = list(active or [])
-            self.metric = MulticlassConfusionMatrix(num_classes=task.num_classes,
-                                                    ignore_index=IGNORE_INDEX)
-            lut = torch.full((max(task.num_classes, IGNORE_INDEX + 1),), IGNORE_INDEX)
-            lut[[0] + self.active] = torch.as_tensor([0] + self.active)
-            self.lut = lut  # ground truth id -> itself if answerable, else ignored
-        elif task.kind == "segmentation":
-            self.metric = DiceMetric(include_background=False, reduction="mean_batch",
-                                     ignore_empty=True)
-        elif task.kind == "regression":
-            self.metric = MeanAbsoluteError()
-            self.baseline = MeanAbsoluteError()  # the mean predictor: always target_mean
-        else:
-            # every global class id a head of the stream can answer
-            n = max([task.num_classes] + [max(t.classes) + 1 for t in (stream or [task])
-                                          if t.kind == "classification" and t.classes])
-            self.none_class = n  # the answer of a sample no compatible head could take
-            self.metric = MulticlassAccuracy(num_classes=n + 1, average="micro")
-
-    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
-        """``pred``: segmentation ``(B, *spatial)`` class map, regression ``(B,)`` native units,
-        classification ``(B,)`` global class ids; ``label`` as stored in the dataset."""
-        task = self.task
-        if task.kind == CISS:
-            with _cpu_counting(pred.device):
-                self.metric.update(pred.long(), self.lut[label[:, 0].long()])
-        elif task.kind == "segmentation":
-            k = task.num_classes
-            self.metric(torch.nn.functional.one_hot(pred.long(), k).movedim(-1, 1),
-                        torch.nn.functional.one_hot(label[:, 0].long(), k).movedim(-1, 1))
-        elif task.kind == "regression":
-            self.metric.update(pred, label.float())
-            self.baseline.update(torch.full_like(label.float(), task.target_mean), label.float())
-        else:
-            with _cpu_counting(pred.device):
-                self.metric.update(pred, global_classes(task, label.long()))
-
-    def result(self) -> dict[str, float]:
-        task = self.task
-        if task.kind == CISS:
-            iou = iou_from_confusion(self.metric.compute().numpy())
-            own = ([0] if task.info["step"] == 0 else []) + list(task.classes)
-            base = [0] + task.stream_classes[:task.info["n_base"]]
-            new = [c for c in self.active if c not in base]
-            out = {"miou": mean_iou(iou, own), "miou_base": mean_iou(iou, base),
-                   "miou_new": mean_iou(iou, new), "miou_all": mean_iou(iou, [0] + self.active)}
-            out.update({f"iou_{c}": float(iou[c]) for c in [0] + self.active})
-            return out
-        if task.kind == "segmentation":
-            per_label = self.metric.aggregate()  # (K-1,), NaN where no subject had the label
-            valid = per_label[~torch.isnan(per_label)]
-            out = {"dice": float(valid.mean()) if len(valid) else float("nan")}
-            out.update({f"dice_{i}": v for i, v in enumerate(per_label.tolist(), start=1)})
-            return out
-        if task.kind == "regression":
-            mae = float(self.metric.compute())
-            return {"mae": mae, "mae_normalised": mae / task.target_std,
-                    "mae_mean_predictor": float(self.baseline.compute())}
-        return {"accuracy": float(self.metric.compute())}
+    return kind_spec(a.kind).compatible(a, b)
 
 
 def test_batches(dataset, batch_size: int):
@@ -185,23 +81,13 @@ def answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
     """
     with autocast:
         out = model(x, task.name).float().cpu()
-    if task.kind == CISS:
-        return model.heads[task.name].shared.predict(out)
-    if task.kind == "segmentation":
-        return out.argmax(1)
-    if task.kind == "regression":
-        return out * task.target_std + task.target_mean
-    return global_classes(task, out.argmax(1))
+    return kind_spec(task.kind).answer(model, task, out)
 
 
 def _no_answer(task: Task, x: torch.Tensor, scorer: Scorer) -> torch.Tensor:
-    """What a sample sent to an incompatible task gets (see module docstring)."""
-    b = x.shape[0]
-    if task.kind == "segmentation":
-        return torch.zeros((b,) + tuple(x.shape[2:]), dtype=torch.long)
-    if task.kind == "regression":
-        return torch.full((b,), float(task.target_mean))
-    return torch.full((b,), scorer.none_class, dtype=torch.long)  # no class: always wrong
+    """What a sample sent to an incompatible task gets (see module docstring;
+    :attr:`~cl_bench.kinds.KindSpec.no_answer`)."""
+    return kind_spec(task.kind).no_answer(task, x, scorer)
 
 
 @torch.inference_mode()
@@ -244,16 +130,17 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
         model.to(device)
     loader = test_batches(dataset, batch_size)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+    spec = kind_spec(task.kind)
     active = None
-    if task.kind == CISS:
+    if spec.active_classes:
         view = model.heads[task.name]
         active = view.shared.active_classes(view.task_index)
     scorer = Scorer(task, stream, active)
     j = stream.index(task) if predicted else None
     hits, n, predict_s = 0, 0, 0.0
     key = None
-    if task.kind == CISS and not predicted and cache is not None:
-        key = ("ciss", id(dataset), tuple(active))
+    if spec.active_classes and not predicted and cache is not None:
+        key = (task.kind, id(dataset), tuple(active))
         if key in cache:
             scorer.metric = cache[key]
             model.train(was_training)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cl_bench.data.base import Task
+from cl_bench.kinds import kind_spec
 
 
 def stage_of(name: str) -> str:
@@ -124,7 +125,7 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     """
     from cl_bench.evaluation import Scorer
 
-    if task.kind != "segmentation" or not hasattr(model.encoder, "stage_channels"):
+    if kind_spec(task.kind).head != "decoder" or not hasattr(model.encoder, "stage_channels"):
         raise ValueError(f"reliance probe: task {task.name!r} is not a segmentation task on a "
                          "staged (Swin) encoder")
     was = model.training

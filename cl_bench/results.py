@@ -22,8 +22,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from cl_bench.data.base import CISS, Task
+from cl_bench.data.base import Task
 from cl_bench.files import atomic_write, write_json
+from cl_bench.kinds import kind_spec
 from cl_bench.metrics import cl_metrics
 from cl_bench.summary import fmt_value
 
@@ -123,8 +124,9 @@ def ciss_summary(stream: list[Task], details: dict) -> pd.DataFrame | None:
     """Per trained step of a CISS stream: ``miou_base``, ``miou_new``, ``miou_all`` (0..1).
 
     Rows ``after_<step>``, read from step i's own evaluation after step i (the classes seen so
-    far). ``None`` if the stream has no class-incremental segmentation step."""
-    if all(t.kind != CISS for t in stream):
+    far). ``None`` if the stream has no class-incremental segmentation step (no step of a kind
+    whose scorer reads the active classes: :attr:`cl_bench.kinds.KindSpec.active_classes`)."""
+    if not any(kind_spec(t.kind).active_classes for t in stream):
         return None
     rows = {}
     for t in stream:

@@ -23,22 +23,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+# CISS (the kind of a class-incremental segmentation step) and IGNORE_INDEX (the label of
+# unlabelled pixels) live with the kinds table; streams import them from here
+from cl_bench.kinds import CISS, IGNORE_INDEX, KINDS, kind_spec  # noqa: F401
+
 TaskKind = Literal["segmentation", "regression", "classification",
                    "class_incremental_segmentation"]
 
-#: the task kind of a class-incremental semantic segmentation step
-CISS = "class_incremental_segmentation"
-
-#: metric name and whether higher is better, per task kind
-METRICS: dict[str, tuple[str, bool]] = {
-    "segmentation": ("dice", True),
-    "regression": ("mae", False),
-    "classification": ("accuracy", True),
-    CISS: ("miou", True),
-}
-
-#: label of unlabelled pixels (PASCAL VOC's object boundaries); ignored by losses and metrics
-IGNORE_INDEX = 255
+#: metric name and whether higher is better, per task kind (read from :data:`~cl_bench.kinds.KINDS`)
+METRICS: dict[str, tuple[str, bool]] = {k: (s.metric, s.higher_is_better) for k, s in KINDS.items()}
 
 #: continual-learning scenarios of a classification stream (van de Ven et al. 2022,
 #: "Three types of incremental learning", Nature Machine Intelligence; arXiv 1904.07734)
@@ -95,14 +88,21 @@ class Task:
 
     @property
     def metric(self) -> str:
-        """Metric name: ``"dice"`` (segmentation), ``"mae"`` (regression), ``"accuracy"``,
-        ``"miou"`` (CISS: mean IoU over the step's classes)."""
-        return METRICS[self.kind][0]
+        """Metric name (:attr:`cl_bench.kinds.KindSpec.metric`): ``"dice"`` (segmentation),
+        ``"mae"`` (regression), ``"accuracy"``, ``"miou"`` (CISS: mean IoU over the step's
+        classes).
+
+        Raises:
+            UnknownKindError: ``kind`` is not in :data:`cl_bench.kinds.KINDS`."""
+        return kind_spec(self.kind).metric
 
     @property
     def higher_is_better(self) -> bool:
-        """Direction of :attr:`metric`."""
-        return METRICS[self.kind][1]
+        """Direction of :attr:`metric` (:attr:`cl_bench.kinds.KindSpec.higher_is_better`).
+
+        Raises:
+            UnknownKindError: ``kind`` is not in :data:`cl_bench.kinds.KINDS`."""
+        return kind_spec(self.kind).higher_is_better
 
 
 class ArrayDataset(Dataset):
@@ -203,7 +203,7 @@ def carve_validation(stream: list[Task], n_val: int, seed: int) -> list[Task]:
         task.val = subset(task.train, np.sort(order[:n_val]))
         task.train = subset(task.train, np.sort(order[n_val:]))
         task.info = {**task.info, "n_val": n_val, "n_train_after_val": n - n_val}
-        if task.kind == "regression":
+        if kind_spec(task.kind).normalised_target:
             targets = np.asarray([float(task.train[i]["label"]) for i in range(len(task.train))])
             task.target_mean = float(targets.mean())
             task.target_std = regression_scale(targets, task.target_scale)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import annotated_types as at
 import torch
 from torch import nn
 
-from cl_bench.data.base import CISS, Task
+from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.kinds import KINDS, kind_spec
 from cl_bench.models.backbones import UNetEncoder, ViTEncoder
 from cl_bench.models.swin import (LinearSegmentationHead, PooledClassificationHead,
                                   PooledRegressionHead, SwinDecoder, SwinEncoder)
@@ -74,70 +75,45 @@ class ContinualModel(nn.Module):
         return enc.get_base_model() if hasattr(enc, "get_base_model") else enc
 
     def add_head(self, task: Task) -> nn.Module:
-        """Create the head for ``task`` (segmentation decoder, regression MLP, classifier)."""
-        enc = self.encoder
-        if task.kind == CISS:
-            raise ValueError(f"task {task.name!r}: CISS steps share one head (add_heads)")
-        if isinstance(enc, SwinEncoder):
-            return self._add_swin_head(task, enc)
-        if task.kind == "segmentation":
-            head = SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers,
-                                       enc.patch_size, task.num_classes, self.decoder_feature_size,
-                                       enc.spatial_dims, self.decoder_image_skip)
-        elif task.kind == "regression":
-            head = RegressionHead(enc.hidden_size, self.regression_width)
-        elif task.kind == "classification":
-            head = ClassificationHead(enc.hidden_size, task.num_classes)
-        else:
-            raise ValueError(f"task {task.name!r}: unsupported kind {task.kind!r}")
-        self.heads[task.name] = head
-        return head
+        """Create the head of ``task``: the builder of its kind's head family
+        (:attr:`cl_bench.kinds.KindSpec.head`) for this encoder family (:data:`HEAD_BUILDERS`):
+        segmentation decoder, regression MLP or pooled head, classifier.
 
-    def _add_swin_head(self, task: Task, enc: SwinEncoder) -> nn.Module:
-        """Swin UNETR's decoder (segmentation) or a pooled-stage MLP (regression), see
-        :mod:`cl_bench.models.swin`. A checkpoint decoder kept by ``backbone.decoder_weights=keep``
-        initialises every segmentation decoder (strictly: same widths and image skip)."""
-        if task.kind == "segmentation" and self.decoder == "linear":
-            head = LinearSegmentationHead(enc.stage_channels, task.num_classes)
-        elif task.kind == "segmentation":
-            head = SwinDecoder(enc.in_channels, enc.stage_channels, self.decoder_feature_size,
-                               task.num_classes, self.decoder_image_skip)
-            if enc.pretrained_decoder:
-                from cl_bench.models.backbones import load_strict
-                load_strict(head, enc.pretrained_decoder, enc.weights, "segmentation decoder",
-                            "backbone.decoder_feature_size (= the checkpoint's feature_size), "
-                            "backbone.decoder_image_skip=true and the task's classes, or "
-                            "backbone.decoder_weights=drop")
-        elif task.kind == "regression":
-            head = PooledRegressionHead(enc.stage_channels, self.regression_width,
-                                        self.regression_stages, self.regression_rectify,
-                                        norm=self.regression_norm)
-        elif task.kind == "classification" and task.scenario != "class_il":
-            head = PooledClassificationHead(enc.stage_channels, task.num_classes)
-        else:
-            raise ConfigError(f"backbone=swin_unetr: task {task.name!r} of kind {task.kind!r} "
-                              f"({task.scenario}) is not supported on a Swin backbone; use a ViT "
-                              "or UNet backbone for class-incremental streams")
+        Raises:
+            UnknownKindError: ``task.kind`` is not in :data:`cl_bench.kinds.KINDS`.
+            ValueError: a CISS step (they share one head: :meth:`add_heads`).
+            ConfigError: a head the encoder family cannot build (a class-IL head on Swin).
+        """
+        enc = self.encoder
+        family = "swin" if isinstance(enc, SwinEncoder) else "vit"
+        head = HEAD_BUILDERS[family][kind_spec(task.kind).head](self, task, enc)
         self.heads[task.name] = head
         return head
 
     def add_heads(self, stream: list[Task]) -> None:
-        """Create the heads of every task of ``stream`` (one shared head for class-IL tasks)."""
-        class_il = [t for t in stream if t.kind == "classification" and t.scenario == "class_il"]
+        """Create the heads of every task of ``stream``: one shared head per kind for the tasks
+        whose kind shares one (:attr:`cl_bench.kinds.KindSpec.shared_head`: class-IL
+        classification, CISS steps; built in :data:`~cl_bench.kinds.KINDS` order, from
+        :data:`SHARED_HEAD_BUILDERS`), one head each for the others. On a Swin encoder every
+        task gets its own head (shared heads are refused by :meth:`add_head`).
+
+        Raises:
+            UnknownKindError, ValueError, ConfigError: as :meth:`add_head`.
+        """
         if isinstance(self.encoder, SwinEncoder):
             for task in stream:
                 self.add_head(task)
             return
-        shared = (ClassILHead(self.encoder.hidden_size, [len(t.classes) for t in class_il])
-                  if class_il else None)
-        ciss = [t for t in stream if t.kind == CISS]
-        ciss_head = (CISSHead(self.encoder.hidden_size, [t.classes for t in ciss],
-                              self.encoder.spatial_dims) if ciss else None)
+        sharing: dict[str, list[Task]] = {}  # kind -> its tasks that share one head
         for task in stream:
-            if task in class_il:
-                self.heads[task.name] = TaskView(shared, class_il.index(task))
-            elif task in ciss:
-                self.heads[task.name] = TaskView(ciss_head, ciss.index(task))
+            if kind_spec(task.kind).shared_head(task):
+                sharing.setdefault(task.kind, []).append(task)
+        shared = {kind: SHARED_HEAD_BUILDERS[KINDS[kind].head](self.encoder, sharing[kind])
+                  for kind in KINDS if kind in sharing}  # table order: the seeded init order
+        for task in stream:
+            members = sharing.get(task.kind, [])
+            if task in members:
+                self.heads[task.name] = TaskView(shared[task.kind], members.index(task))
             else:
                 self.add_head(task)
 
@@ -194,6 +170,75 @@ class ContinualModel(nn.Module):
         (a frozen backbone's cached outputs, :mod:`cl_bench.models.feature_cache`)."""
         tokens, hidden = self.backbone(x) if features is None else features
         return self.heads[task_name](self.encoder.tokens_to_grid, tokens, hidden, x)
+
+
+def _shared_only(model: ContinualModel, task: Task, enc) -> nn.Module:
+    raise ValueError(f"task {task.name!r}: CISS steps share one head (add_heads)")
+
+
+def _vit_decoder(model: ContinualModel, task: Task, enc) -> nn.Module:
+    return SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers, enc.patch_size,
+                               task.num_classes, model.decoder_feature_size, enc.spatial_dims,
+                               model.decoder_image_skip)
+
+
+def _vit_regressor(model: ContinualModel, task: Task, enc) -> nn.Module:
+    return RegressionHead(enc.hidden_size, model.regression_width)
+
+
+def _vit_classifier(model: ContinualModel, task: Task, enc) -> nn.Module:
+    return ClassificationHead(enc.hidden_size, task.num_classes)
+
+
+def _swin_decoder(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
+    """Swin UNETR's decoder or the linear head, see :mod:`cl_bench.models.swin`. A checkpoint
+    decoder kept by ``backbone.decoder_weights=keep`` initialises every segmentation decoder
+    (strictly: same widths and image skip)."""
+    if model.decoder == "linear":
+        return LinearSegmentationHead(enc.stage_channels, task.num_classes)
+    head = SwinDecoder(enc.in_channels, enc.stage_channels, model.decoder_feature_size,
+                       task.num_classes, model.decoder_image_skip)
+    if enc.pretrained_decoder:
+        from cl_bench.models.backbones import load_strict
+        load_strict(head, enc.pretrained_decoder, enc.weights, "segmentation decoder",
+                    "backbone.decoder_feature_size (= the checkpoint's feature_size), "
+                    "backbone.decoder_image_skip=true and the task's classes, or "
+                    "backbone.decoder_weights=drop")
+    return head
+
+
+def _swin_regressor(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
+    return PooledRegressionHead(enc.stage_channels, model.regression_width,
+                                model.regression_stages, model.regression_rectify,
+                                norm=model.regression_norm)
+
+
+def _swin_classifier(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
+    if kind_spec(task.kind).shared_head(task):
+        raise ConfigError(f"backbone=swin_unetr: task {task.name!r} of kind {task.kind!r} "
+                          f"({task.scenario}) is not supported on a Swin backbone; use a ViT "
+                          "or UNet backbone for class-incremental streams")
+    return PooledClassificationHead(enc.stage_channels, task.num_classes)
+
+
+#: the head builders per encoder family (``vit``: :class:`ViTEncoder` and :class:`UNetEncoder`,
+#: ``swin``: :class:`SwinEncoder`) and head family (:attr:`cl_bench.kinds.KindSpec.head`):
+#: ``builder(model, task, encoder) -> nn.Module``; a new kind's head family needs an entry in each
+HEAD_BUILDERS: dict[str, dict[str, Callable[..., nn.Module]]] = {
+    "vit": {"decoder": _vit_decoder, "regressor": _vit_regressor,
+            "classifier": _vit_classifier, "ciss": _shared_only},
+    "swin": {"decoder": _swin_decoder, "regressor": _swin_regressor,
+             "classifier": _swin_classifier, "ciss": _shared_only},
+}
+
+#: the builders of a head shared by a stream's tasks of one kind (ViT and UNet encoders), per
+#: head family: ``builder(encoder, tasks) -> nn.Module``; each task's entry in
+#: ``ContinualModel.heads`` is a :class:`TaskView` of it
+SHARED_HEAD_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "classifier": lambda enc, tasks: ClassILHead(enc.hidden_size, [len(t.classes) for t in tasks]),
+    "ciss": lambda enc, tasks: CISSHead(enc.hidden_size, [t.classes for t in tasks],
+                                        enc.spatial_dims),
+}
 
 
 def make_model(in_channels: PositiveInt = 1, img_size: PositiveInt = 64,

@@ -77,7 +77,11 @@ def answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
     Returns:
         on the CPU: segmentation ``(B, *spatial)`` class map; regression ``(B,)`` in native
         units (``task.target_std`` and ``target_mean`` undone); classification ``(B,)`` global
-        class ids; class-incremental segmentation ``(B, *spatial)`` global class ids.
+        class ids; class-incremental segmentation ``(B, *spatial)`` global class ids
+        (:attr:`cl_bench.kinds.KindSpec.answer`).
+
+    Raises:
+        UnknownKindError: ``task.kind`` is not in :data:`cl_bench.kinds.KINDS`.
     """
     with autocast:
         out = model(x, task.name).float().cpu()
@@ -117,8 +121,10 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
         ``retrieval_ms_per_sample`` (wall time of the task-id prediction).
 
     Raises:
-        ConfigError: ``predicted`` with a strategy that predicts no task id; ``split="val"`` on
-        a task without a validation set.
+        ConfigError: ``predicted`` with a strategy that predicts no task id, or on a
+        class-incremental segmentation step (no per-sample task id); ``split="val"`` on a task
+        without a validation set.
+        UnknownKindError: ``task.kind`` is not in :data:`cl_bench.kinds.KINDS`.
     """
     dataset = task.test if split == "test" else task.val
     if dataset is None:

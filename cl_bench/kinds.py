@@ -11,7 +11,9 @@ Floor 1 (docs/architecture.md §2): this module imports only floor-0 modules (``
 ``metrics``) and third-party libraries (torch; MONAI and torchmetrics inside the factories, so
 importing :mod:`cl_bench.data` stays light). Heads are built from encoder-specific classes on
 floor 2, so a row names its head *family* (:attr:`KindSpec.head`) and each backbone family has a
-builder per head family (:mod:`cl_bench.models.continual`, ``HEAD_BUILDERS``).
+builder per head family (:mod:`cl_bench.models.continual`, ``HEAD_BUILDERS``). A task is
+duck-typed here (``task.kind``, ``task.num_classes``, ...): :mod:`cl_bench.data.base` imports
+this module, not the reverse.
 
 Metrics (what :class:`TaskScorer` computes):
 
@@ -122,10 +124,10 @@ class TaskScorer:
         UnknownKindError: ``task.kind`` is not in :data:`KINDS`.
     """
 
-    def __new__(cls, task, stream=None, active=None):
+    def __new__(cls, task=None, stream=None, active=None):
         if cls is TaskScorer:  # the base class dispatches on the task's kind
-            cls = kind_spec(task.kind).scorer
-        return super().__new__(cls)
+            cls = kind_spec(getattr(task, "kind", None)).scorer
+        return super().__new__(cls)  # (no arguments: copy and pickle build instances this way)
 
     def __init__(self, task, stream: list | None = None, active: list[int] | None = None):
         self.task = task

@@ -138,3 +138,21 @@ def test_compatibility():
     assert not _compatible(a, Task("r", "regression", None, None))
     r = Task("r", "regression", None, None)
     assert _compatible(r, dataclasses.replace(r, target_mean=3.0))
+
+
+def test_the_task_kind_literal_names_the_table():
+    from typing import get_args
+
+    from cl_bench.data.base import TaskKind
+
+    assert set(get_args(TaskKind)) == set(KINDS)
+
+
+def test_a_scorer_copies():
+    import copy
+
+    task = Task("age", "regression", None, None, target_mean=50.0)
+    scorer = Scorer(task)
+    scorer.update(torch.tensor([40.0]), torch.tensor([42.0]))
+    twin = copy.deepcopy(scorer)
+    assert type(twin) is MAEScorer and twin.result() == scorer.result()

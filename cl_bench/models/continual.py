@@ -173,20 +173,24 @@ class ContinualModel(nn.Module):
 
 
 def _shared_only(model: ContinualModel, task: Task, enc) -> nn.Module:
+    """A CISS step has no head of its own: they share one (:meth:`ContinualModel.add_heads`)."""
     raise ValueError(f"task {task.name!r}: CISS steps share one head (add_heads)")
 
 
 def _vit_decoder(model: ContinualModel, task: Task, enc) -> nn.Module:
+    """UNETR's decoder (:class:`SegmentationDecoder`) on a ViT's hidden states."""
     return SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers, enc.patch_size,
                                task.num_classes, model.decoder_feature_size, enc.spatial_dims,
                                model.decoder_image_skip)
 
 
 def _vit_regressor(model: ContinualModel, task: Task, enc) -> nn.Module:
+    """Pooled tokens -> MLP -> one scalar (:class:`RegressionHead`)."""
     return RegressionHead(enc.hidden_size, model.regression_width)
 
 
 def _vit_classifier(model: ContinualModel, task: Task, enc) -> nn.Module:
+    """A task-IL task's own linear classifier (:class:`ClassificationHead`)."""
     return ClassificationHead(enc.hidden_size, task.num_classes)
 
 
@@ -208,12 +212,14 @@ def _swin_decoder(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Mod
 
 
 def _swin_regressor(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
+    """A pooled-stage regression head (:class:`PooledRegressionHead`)."""
     return PooledRegressionHead(enc.stage_channels, model.regression_width,
                                 model.regression_stages, model.regression_rectify,
                                 norm=model.regression_norm)
 
 
 def _swin_classifier(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
+    """A pooled-stage classifier; a shared (class-IL) head is refused."""
     if kind_spec(task.kind).shared_head(task):
         raise ConfigError(f"backbone=swin_unetr: task {task.name!r} of kind {task.kind!r} "
                           f"({task.scenario}) is not supported on a Swin backbone; use a ViT "

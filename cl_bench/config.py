@@ -11,15 +11,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
-
-import annotated_types as at
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
@@ -27,7 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_bench.errors import ClBenchError, ConfigError
-from cl_bench.ranges import NonNegativeInt, PositiveInt
+# the type and range checks live with the range aliases (one way to declare and check a range);
+# re-exported here for the callers that know them as cl_bench.config's
+from cl_bench.ranges import (_BOUNDS, _constraints, _describe, _type_ok,  # noqa: F401
+                             NonNegativeInt, PositiveInt, check_value, type_hints)
 
 #: config keys that do not change a run's results: they may differ between a run and its
 #: resumption (cl_bench.checkpoint, cl_bench.cli) and never split runs into groups in a report
@@ -240,103 +238,6 @@ def locate(path: str) -> Any:
     return getattr(obj, attr)
 
 
-#: annotated-types constraints -> (test, how a message states it)
-_BOUNDS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
-           "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
-
-
-def _constraints(meta: tuple) -> list[tuple[str, Any]]:
-    """``Annotated`` metadata -> ``[(bound name, bound value)]`` (Gt, Ge, Lt, Le, Interval)."""
-    out = []
-    for m in meta:
-        for attr in _BOUNDS:
-            if isinstance(m, (at.Gt, at.Ge, at.Lt, at.Le, at.Interval)) and \
-                    getattr(m, attr, None) is not None:
-                out.append((attr, getattr(m, attr)))
-    return out
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a plain config value fits a (simple) type annotation, including the ranges of
-    ``Annotated[..., annotated_types.Gt(0)]`` (:mod:`cl_bench.ranges`) and ``Literal`` choices.
-    A float is never NaN or infinite."""
-    if hint is inspect.Parameter.empty or hint is Any:
-        return True
-    origin = typing.get_origin(hint)
-    if origin is Annotated:
-        base, *meta = typing.get_args(hint)
-        return _type_ok(value, base) and all(
-            _BOUNDS[name][0](value, bound) for name, bound in _constraints(tuple(meta)))
-    if origin is Literal:
-        return any(value == c and type(value) is type(c) for c in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and math.isfinite(value))
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple, ListConfig)):
-            return False
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return not args or all(_type_ok(v, args[0]) for v in value)
-    return True
-
-
-_ARTICLES = {float: "a finite float", int: "an int", str: "a string", bool: "a bool"}
-
-
-def _describe(hint: Any) -> str:
-    """How an error message states a type annotation: ``float > 0``, ``one of 'sum', 'mean'``,
-    ``int >= 1 or None``."""
-    origin = typing.get_origin(hint)
-    if origin is Annotated:
-        base, *meta = typing.get_args(hint)
-        bounds = " and ".join(f"{_BOUNDS[n][1]} {b}" for n, b in _constraints(tuple(meta)))
-        return f"{_describe(base)} {bounds}".strip()
-    if origin is Literal:
-        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "None"
-    if hint in _ARTICLES:
-        return _ARTICLES[hint]
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def type_hints(fn) -> dict[str, Any]:
-    """The resolved annotations of ``fn``'s parameters, with their ``Annotated`` ranges. Where
-    the whole set cannot be resolved (a third-party signature naming a type only imported under
-    ``TYPE_CHECKING``, e.g. wandb's ``Run``), each parameter is resolved on its own and the
-    unresolvable ones are left out."""
-    try:
-        return typing.get_type_hints(fn, include_extras=True)
-    except Exception:
-        pass
-    out = {}
-    namespace = dict(getattr(fn, "__globals__", {}))
-    for name, p in inspect.signature(fn).parameters.items():
-        ann = p.annotation
-        if ann is inspect.Parameter.empty:
-            continue
-        try:
-            out[name] = eval(ann, namespace) if isinstance(ann, str) else ann
-        except Exception:
-            continue
-    return out
-
-
 #: keys every ``tasks`` node may carry besides its factory's arguments, with their types:
 #: applied to the built stream by :func:`build_stream`, not passed to the factory
 STREAM_KEYS: dict[str, Any] = {"n_val": NonNegativeInt, "max_tasks": Optional[PositiveInt]}
@@ -368,9 +269,7 @@ def check_node(node: DictConfig, key: str) -> None:
             continue
         if key == "tasks" and name in STREAM_KEYS:
             hint, value = STREAM_KEYS[name], OmegaConf.to_container(node, resolve=True)[name]
-            if not _type_ok(value, hint):
-                raise ConfigError(f"{key}.{name}: expected {_describe(hint)}, got {value!r} "
-                                  f"({type(value).__name__})")
+            check_value(f"{key}.{name}", value, hint)
             continue
         if name not in sig.parameters:
             if takes_kwargs:
@@ -378,10 +277,7 @@ def check_node(node: DictConfig, key: str) -> None:
             raise ConfigError(f"{key}.{name}: unknown key for {node._target_}; valid keys: "
                               f"{', '.join(valid)}")
         value = OmegaConf.to_container(node, resolve=True)[name]
-        hint = hints.get(name, sig.parameters[name].annotation)
-        if not _type_ok(value, hint):
-            raise ConfigError(f"{key}.{name}: expected {_describe(hint)}, got {value!r} "
-                              f"({type(value).__name__})")
+        check_value(f"{key}.{name}", value, hints.get(name, sig.parameters[name].annotation))
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:

@@ -48,9 +48,8 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from cl_bench.data.base import ArrayDataset, Task, regression_scale
-from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_write
-from cl_bench.ranges import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
+from cl_bench.ranges import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, checked
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +180,6 @@ def age_subject(size: int, age: float, rng: np.random.Generator) -> np.ndarray:
     return _normalise(_image(maps, rng, bias=0.05), maps["mask"])[None]
 
 
-def _check(name: str, ok: bool, expected: str, value) -> None:
-    if not ok:
-        raise ConfigError(f"tasks.{name}: expected {expected}, got {value!r}")
-
-
 def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.ndarray]:
     out: dict[str, list] = {k: [] for k in ("seg_x", "seg_y", "age_x", "age_y")}
     total = 2 * (n_train + n_test)
@@ -207,6 +201,7 @@ def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.n
     return {k: np.stack(v).astype(np.float32 if k != "seg_y" else np.int8) for k, v in out.items()}
 
 
+@checked("tasks")
 def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(16)] = 64,
                        n_train: PositiveInt = 24, n_test: PositiveInt = 16,
                        seed: NonNegativeInt = 0, missing_age_fraction: Fraction = 0.0,
@@ -233,13 +228,6 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(1
     Raises:
         ConfigError: an argument out of range, naming ``tasks.<argument>``.
     """
-    _check("size", isinstance(size, int) and size >= 16, "an int >= 16", size)
-    _check("n_train", isinstance(n_train, int) and n_train >= 1, "an int >= 1", n_train)
-    _check("n_test", isinstance(n_test, int) and n_test >= 1, "an int >= 1", n_test)
-    _check("missing_age_fraction", 0 <= missing_age_fraction <= 1, "a value in [0, 1]",
-           missing_age_fraction)
-    _check("age_scale", age_scale is None or age_scale > 0, "a positive number or null",
-           age_scale)
     settings = {"version": GENERATOR_VERSION, "size": size, "n_train": n_train,
                 "n_test": n_test, "seed": seed}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

@@ -27,6 +27,8 @@ total (background included).
 from __future__ import annotations
 
 import re
+import typing
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,8 +36,11 @@ from torch.utils.data import Dataset
 
 from cl_bench.data.base import CISS, IGNORE_INDEX, Task
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import PositiveFloat, checked
 
-SETTINGS = ("overlapped", "disjoint")
+#: which images a step trains on (:func:`step_images`)
+Setting = Literal["overlapped", "disjoint"]
+SETTINGS = typing.get_args(Setting)
 
 
 def protocol_steps(protocol: str, n_classes: int, class_order: list[int] | None = None,
@@ -72,8 +77,9 @@ def protocol_steps(protocol: str, n_classes: int, class_order: list[int] | None 
     return steps
 
 
+@checked("tasks")
 def step_images(present: list[set[int]], steps: list[list[int]], t: int,
-                setting: str) -> np.ndarray:
+                setting: Setting) -> np.ndarray:
     """Indices of the images step ``t`` trains on.
 
     Args:
@@ -85,10 +91,8 @@ def step_images(present: list[set[int]], steps: list[list[int]], t: int,
         ``(n,)`` int64 indices, ascending.
 
     Raises:
-        ConfigError: an unknown setting.
+        ConfigError: an unknown setting (``tasks.setting``).
     """
-    if setting not in SETTINGS:
-        raise ConfigError(f"tasks.setting: expected one of {SETTINGS}, got {setting!r}")
     current = set(steps[t])
     future = {c for s in steps[t + 1:] for c in s}
     keep = [i for i, cls in enumerate(present)
@@ -150,10 +154,11 @@ def present_classes(masks: torch.Tensor) -> list[set[int]]:
     return out
 
 
+@checked("tasks")
 def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
                 test_images: torch.Tensor, test_masks: torch.Tensor, n_classes: int,
-                protocol: str, setting: str, name: str, class_order: list[int] | None = None,
-                info: dict | None = None, pos_weight: float = 4.0,
+                protocol: str, setting: Setting, name: str, class_order: list[int] | None = None,
+                info: dict | None = None, pos_weight: PositiveFloat = 4.0,
                 dataset: type[SegStepDataset] = SegStepDataset) -> list[Task]:
     """Cut a labelled segmentation dataset into the steps of a CISS protocol.
 
@@ -174,8 +179,6 @@ def ciss_stream(train_images: torch.Tensor, train_masks: torch.Tensor,
         ConfigError: bad protocol / setting / order, a non-positive pos_weight, or a step left
         without training images.
     """
-    if not pos_weight > 0:
-        raise ConfigError(f"tasks.pos_weight: expected > 0, got {pos_weight}")
     steps = protocol_steps(protocol, n_classes, class_order)
     present = present_classes(train_masks)
     test = dataset(test_images, test_masks)

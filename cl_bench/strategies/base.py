@@ -25,7 +25,7 @@ from torch import nn
 
 from cl_bench.data.base import CISS, Task
 from cl_bench.errors import ConfigError
-from cl_bench.ranges import NonNegativeFloat, PositiveFloat
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat, checked
 
 
 class Strategy:
@@ -37,9 +37,15 @@ class Strategy:
             needs a larger one than a pretrained backbone).
         weight_decay: AdamW weight decay.
 
+    Ranges: every constructor argument's type and range is its annotation
+    (:mod:`cl_bench.ranges`), the only place it is written. ``__init__`` here and in every
+    subclass is wrapped by :func:`cl_bench.ranges.checked` (:meth:`__init_subclass__`), so a
+    direct call such as ``LoRA(rank=0)`` is refused as a config node with ``strategy.rank=0`` is.
+
     Raises:
         ConfigError: a non-positive learning rate or negative weight decay
-        (keys ``strategy.lr``, ``strategy.head_lr``, ``strategy.weight_decay``).
+        (keys ``strategy.lr``, ``strategy.head_lr``, ``strategy.weight_decay``); in a subclass,
+        any argument outside its annotation, naming ``strategy.<argument>``.
     """
 
     #: short name used in result paths and tables
@@ -61,13 +67,17 @@ class Strategy:
     #: loss, the current task's and any a strategy builds itself (replay, Fisher)
     class_weights = "none"
 
+    def __init_subclass__(cls, **kwargs):
+        """Wrap a subclass's own ``__init__`` in :func:`~cl_bench.ranges.checked` (group
+        ``strategy``), unless it is wrapped already."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "__checked__", None):
+            cls.__init__ = checked("strategy")(init)
+
+    @checked("strategy")
     def __init__(self, lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
-        for key, value in (("lr", lr), ("head_lr", head_lr)):
-            if not value > 0:
-                raise ConfigError(f"strategy.{key}: expected a positive float, got {value}")
-        if weight_decay < 0:
-            raise ConfigError(f"strategy.weight_decay: expected >= 0, got {weight_decay}")
         self.lr, self.head_lr, self.weight_decay = float(lr), float(head_lr), float(weight_decay)
         self.model: nn.Module | None = None
         self.stream: list[Task] = []

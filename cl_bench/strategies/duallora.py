@@ -68,6 +68,7 @@ confidence-based output calibration is not implemented (it does not change the a
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -79,14 +80,16 @@ from torch.nn import functional as F
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_write
-from cl_bench.ranges import (NonNegativeFloat, PositiveFloat, PositiveFraction,
+from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, PositiveFloat, PositiveFraction,
                              PositiveInt)
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import check_target_modules
 from cl_bench.strategies.subspace import (energy_basis, gpm_update, projector,
                                           relative_overlap, task_layer_inputs)
 
-RESIDUAL_WEIGHTS = ("task", "dynamic")
+#: how the residual branches are weighted (module docstring)
+ResidualWeights = Literal["task", "dynamic"]
+RESIDUAL_WEIGHTS = typing.get_args(ResidualWeights)
 
 
 def memory_weights(x_mean: torch.Tensor, bases: list[torch.Tensor]) -> torch.Tensor:
@@ -207,28 +210,12 @@ class DualLoRA(Strategy):
 
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 8.0,
                  residual_rank: PositiveInt = 16, threshold: PositiveFraction = 0.97,
-                 target_modules: list[str] = ("qkv", "out_proj"),
-                 residual_weights: Literal["task", "dynamic"] = "task",
+                 target_modules: NonEmptyStrList = ("qkv", "out_proj"),
+                 residual_weights: ResidualWeights = "task",
                  stat_batch_size: PositiveInt = 16, stat_max_samples: PositiveInt | None = None,
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        for key, value in (("rank", rank), ("residual_rank", residual_rank),
-                           ("stat_batch_size", stat_batch_size)):
-            if value <= 0:
-                raise ConfigError(f"strategy.{key}: expected a positive int, got {value}")
-        if alpha <= 0:
-            raise ConfigError(f"strategy.alpha: expected a positive number, got {alpha}")
-        if not 0 < threshold <= 1:
-            raise ConfigError(f"strategy.threshold: expected a value in (0, 1], got {threshold}")
-        if not target_modules:
-            raise ConfigError("strategy.target_modules: expected a non-empty list of module names")
-        if residual_weights not in RESIDUAL_WEIGHTS:
-            raise ConfigError(f"strategy.residual_weights: expected one of {list(RESIDUAL_WEIGHTS)}"
-                              f", got {residual_weights!r}")
-        if stat_max_samples is not None and stat_max_samples <= 0:
-            raise ConfigError(f"strategy.stat_max_samples: expected a positive int or null, got "
-                              f"{stat_max_samples}")
         self.rank, self.alpha, self.residual_rank = int(rank), float(alpha), int(residual_rank)
         self.threshold, self.target_modules = float(threshold), list(target_modules)
         self.residual_weights = residual_weights

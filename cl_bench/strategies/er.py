@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 
 from cl_bench.data.base import Task
-from cl_bench.errors import ConfigError
 from cl_bench.models.feature_cache import take
 from cl_bench.models.losses import TaskLoss
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
@@ -65,11 +64,6 @@ class ER(Strategy):
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        for key, value in (("buffer_size", buffer_size), ("replay_batch_size", replay_batch_size)):
-            if value is not None and value <= 0:
-                raise ConfigError(f"strategy.{key}: expected a positive int, got {value}")
-        if alpha < 0:
-            raise ConfigError(f"strategy.alpha: expected >= 0, got {alpha}")
         self.buffer_size = int(buffer_size)
         self.replay_batch_size = None if replay_batch_size is None else int(replay_batch_size)
         self.alpha = float(alpha)

@@ -31,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from cl_bench.data.base import Task
-from cl_bench.errors import ConfigError
 from cl_bench.models.heads import TaskView
 from cl_bench.models.losses import TaskLoss
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveFraction, PositiveInt
@@ -60,12 +59,6 @@ class EWC(Strategy):
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        if ewc_lambda < 0:
-            raise ConfigError(f"strategy.ewc_lambda: expected >= 0, got {ewc_lambda}")
-        if not 0 < gamma <= 1:
-            raise ConfigError(f"strategy.gamma: expected a value in (0, 1], got {gamma}")
-        if fisher_max_samples <= 0:
-            raise ConfigError(f"strategy.fisher_max_samples: expected > 0, got {fisher_max_samples}")
         self.ewc_lambda, self.online, self.gamma = float(ewc_lambda), bool(online), float(gamma)
         self.fisher_max_samples = int(fisher_max_samples)
         #: per consolidated task (one entry in online mode): {"fisher": {name: F}, "anchor": {...}}

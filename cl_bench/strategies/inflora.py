@@ -101,17 +101,6 @@ class InfLoRA(Strategy):
                  stat_max_samples: PositiveInt | None = None, lr: PositiveFloat = 5e-4,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        if rank <= 0:
-            raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")
-        for key, value in (("eps_start", eps_start), ("eps_end", eps_end)):
-            if not 0 < value <= 1:
-                raise ConfigError(f"strategy.{key}: expected a value in (0, 1], got {value}")
-        if stat_batch_size <= 0:
-            raise ConfigError(f"strategy.stat_batch_size: expected a positive int, got "
-                              f"{stat_batch_size}")
-        if stat_max_samples is not None and stat_max_samples <= 0:
-            raise ConfigError(f"strategy.stat_max_samples: expected a positive int or null, got "
-                              f"{stat_max_samples}")
         self.rank, self.eps_start, self.eps_end = int(rank), float(eps_start), float(eps_end)
         self.stat_batch_size, self.stat_max_samples = int(stat_batch_size), stat_max_samples
         #: task names with a branch, in stream order

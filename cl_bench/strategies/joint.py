@@ -47,9 +47,7 @@ class Joint(ER):
 
     def __init__(self, batch_size: PositiveInt | None = None, lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
-        if batch_size is not None and batch_size <= 0:  # named as this strategy's key, not ER's
-            from cl_bench.errors import ConfigError
-            raise ConfigError(f"strategy.batch_size: expected a positive int, got {batch_size}")
+        # batch_size is checked (as strategy.batch_size, not ER's key) before ER's __init__ runs
         super().__init__(buffer_size=1, replay_batch_size=batch_size, alpha=1.0, lr=lr,
                          head_lr=head_lr, weight_decay=weight_decay)
         self.union = None  # CISS: the fully labelled union of the steps so far

@@ -29,7 +29,8 @@ from torch import nn
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_dir
-from cl_bench.ranges import NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt
+from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, OpenFraction, PositiveFloat,
+                             PositiveInt)
 from cl_bench.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -103,27 +104,19 @@ class LoRA(Strategy):
         lr, head_lr, weight_decay: optimiser settings (adapters at ``lr``, head at ``head_lr``).
 
     Raises:
-        ConfigError: rank/alpha not positive, dropout out of range, or a target module the
-            backbone does not have (raised at ``setup``, naming ``strategy.target_modules``).
+        ConfigError: an argument outside its annotation (rank/alpha not positive, dropout out
+            of range, an empty target list), or a target module the backbone does not have
+            (raised at ``setup``, naming ``strategy.target_modules``).
     """
 
     name = "lora"
     needs_task_id = True
 
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
-                 dropout: OpenFraction = 0.0, target_modules: list[str] | None = None,
+                 dropout: OpenFraction = 0.0, target_modules: NonEmptyStrList | None = None,
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        if rank <= 0:
-            raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")
-        if alpha <= 0:
-            raise ConfigError(f"strategy.alpha: expected a positive number, got {alpha}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"strategy.dropout: expected a value in [0, 1), got {dropout}")
-        if target_modules is not None and not target_modules:
-            raise ConfigError("strategy.target_modules: expected a non-empty list of module names"
-                              " or null (the backbone's attention projections)")
         self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
         self.target_modules = None if target_modules is None else list(target_modules)
         self.adapters: list[str] = []

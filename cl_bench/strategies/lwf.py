@@ -41,7 +41,6 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.data.base import CISS, Task
-from cl_bench.errors import ConfigError
 from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.models.heads import TaskView
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat
@@ -97,12 +96,6 @@ class LwF(Strategy):
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        if alpha < 0:
-            raise ConfigError(f"strategy.alpha: expected >= 0, got {alpha}")
-        if not temperature > 0:
-            raise ConfigError(f"strategy.temperature: expected > 0, got {temperature}")
-        if reduction not in ("sum", "mean"):
-            raise ConfigError(f"strategy.reduction: expected sum or mean, got {reduction!r}")
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.t_squared, self.reduction = bool(t_squared), reduction
         self.old_model: torch.nn.Module | None = None

@@ -49,8 +49,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from cl_bench.data.base import Task
-from cl_bench.errors import ConfigError
-from cl_bench.ranges import NonNegativeFloat, OpenFraction, PositiveFloat, PositiveInt
+from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, OpenFraction, PositiveFloat,
+                             PositiveInt)
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import add_adapter, check_target_modules
 
@@ -116,20 +116,9 @@ class OLoRA(Strategy):
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 32.0,
                  dropout: OpenFraction = 0.0, lambda1: NonNegativeFloat = 0.5,
                  lambda2: NonNegativeFloat = 0.0,
-                 target_modules: list[str] = ("qkv", "out_proj"), lr: PositiveFloat = 1e-3,
+                 target_modules: NonEmptyStrList = ("qkv", "out_proj"), lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        if rank <= 0:
-            raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")
-        if alpha <= 0:
-            raise ConfigError(f"strategy.alpha: expected a positive number, got {alpha}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"strategy.dropout: expected a value in [0, 1), got {dropout}")
-        for key, value in (("lambda1", lambda1), ("lambda2", lambda2)):
-            if not value >= 0:
-                raise ConfigError(f"strategy.{key}: expected >= 0, got {value}")
-        if not target_modules:
-            raise ConfigError("strategy.target_modules: expected a non-empty list of module names")
         self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
         self.target_modules = list(target_modules)

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -80,14 +81,18 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from cl_bench.data.base import Task
-from cl_bench.errors import ConfigError, DataError
+from cl_bench.errors import DataError
 from cl_bench.files import atomic_write, write_text
-from cl_bench.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                             PositiveInt)
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import check_target_modules
 
-RETRIEVAL_MODES = ("adapted", "frozen")
-COVARIANCE_TYPES = ("diag", "full", "spherical", "tied")
+Retrieval = Literal["adapted", "frozen"]
+RETRIEVAL_MODES = typing.get_args(Retrieval)
+#: sklearn's covariance types
+CovarianceType = Literal["diag", "full", "spherical", "tied"]
+COVARIANCE_TYPES = typing.get_args(CovarianceType)
 
 
 def _key(task_name: str) -> str:
@@ -296,12 +301,12 @@ class Proteus(Strategy):
     task_agnostic = True
 
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
-                 target_modules: list[str] = ("qkv", "out_proj"), coef_init: float = 0.0,
+                 target_modules: NonEmptyStrList = ("qkv", "out_proj"), coef_init: float = 0.0,
                  coef_l1: NonNegativeFloat = 1e-3, orth_lambda: NonNegativeFloat = 0.5,
                  update_l1: NonNegativeFloat = 0.0, update_l2: NonNegativeFloat = 1e-4,
-                 orthogonal_init: bool = True, retrieval: Literal["adapted", "frozen"] = "adapted",
+                 orthogonal_init: bool = True, retrieval: Retrieval = "adapted",
                  n_components: PositiveInt = 5,
-                 covariance_type: Literal["diag", "full", "spherical", "tied"] = "diag",
+                 covariance_type: CovarianceType = "diag",
                  reg_covar: PositiveFloat = 1e-4,
                  weight_concentration_prior: PositiveFloat | None = None, normalize: bool = False,
                  max_fit_samples: PositiveInt = 2000, gmm_max_iter: PositiveInt = 200,
@@ -309,44 +314,6 @@ class Proteus(Strategy):
                  separation_max_samples: PositiveInt = 256, lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-
-        def positive_int(key, v):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"strategy.{key}: expected a positive int, got {v!r}")
-
-        def non_negative(key, v):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
-                    or not math.isfinite(v):
-                raise ConfigError(f"strategy.{key}: expected a finite number >= 0, got {v!r}")
-
-        for key, v in (("rank", rank), ("n_components", n_components),
-                       ("max_fit_samples", max_fit_samples), ("gmm_max_iter", gmm_max_iter),
-                       ("embed_batch_size", embed_batch_size),
-                       ("separation_max_samples", separation_max_samples)):
-            positive_int(key, v)
-        for key, v in (("coef_l1", coef_l1), ("orth_lambda", orth_lambda),
-                       ("update_l1", update_l1), ("update_l2", update_l2)):
-            non_negative(key, v)
-        if not (isinstance(alpha, (int, float)) and alpha > 0):
-            raise ConfigError(f"strategy.alpha: expected a positive number, got {alpha!r}")
-        if not (isinstance(coef_init, (int, float)) and math.isfinite(coef_init)):
-            raise ConfigError(f"strategy.coef_init: expected a finite number, got {coef_init!r}")
-        if not (isinstance(reg_covar, (int, float)) and reg_covar > 0):
-            raise ConfigError(f"strategy.reg_covar: expected a positive number, got {reg_covar!r}")
-        if weight_concentration_prior is not None and not weight_concentration_prior > 0:
-            raise ConfigError("strategy.weight_concentration_prior: expected a positive number "
-                              f"or null, got {weight_concentration_prior!r}")
-        if retrieval not in RETRIEVAL_MODES:
-            raise ConfigError(f"strategy.retrieval: expected one of {list(RETRIEVAL_MODES)}, "
-                              f"got {retrieval!r}")
-        if covariance_type not in COVARIANCE_TYPES:
-            raise ConfigError(f"strategy.covariance_type: expected one of "
-                              f"{list(COVARIANCE_TYPES)}, got {covariance_type!r}")
-        if isinstance(random_state, bool) or not isinstance(random_state, int) or random_state < 0:
-            raise ConfigError(f"strategy.random_state: expected an int >= 0, got {random_state!r}")
-        if isinstance(target_modules, str) or not target_modules:
-            raise ConfigError("strategy.target_modules: expected a non-empty list of module names,"
-                              f" got {target_modules!r}")
         self.rank, self.alpha, self.scale = int(rank), float(alpha), float(alpha) / int(rank)
         self.target_modules = list(target_modules)
         self.coef_init, self.coef_l1, self.orth_lambda = float(coef_init), float(coef_l1), \

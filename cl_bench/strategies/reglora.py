@@ -67,7 +67,8 @@ from torch import nn
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_dir
-from cl_bench.ranges import NonNegativeFloat, OpenFraction, Percent, PositiveFloat, PositiveInt
+from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, OpenFraction, Percent,
+                             PositiveFloat, PositiveInt)
 from cl_bench.strategies.base import Strategy
 from cl_bench.strategies.lora import add_adapter, check_target_modules
 
@@ -154,22 +155,10 @@ class RegLoRA(Strategy):
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
                  dropout: OpenFraction = 0.0, top_p: Percent = 2.0,
                  reg_lambda: NonNegativeFloat = 2500.0,
-                 target_modules: list[str] = ("qkv", "out_proj", "linear1", "linear2"),
+                 target_modules: NonEmptyStrList = ("qkv", "out_proj", "linear1", "linear2"),
                  data_transform: Optional[str] = None, lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        if rank <= 0:
-            raise ConfigError(f"strategy.rank: expected a positive int, got {rank}")
-        if not alpha > 0:
-            raise ConfigError(f"strategy.alpha: expected a positive number, got {alpha}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"strategy.dropout: expected a value in [0, 1), got {dropout}")
-        if not 0 < top_p <= 100:
-            raise ConfigError(f"strategy.top_p: expected a percentage in (0, 100], got {top_p}")
-        if not reg_lambda >= 0:
-            raise ConfigError(f"strategy.reg_lambda: expected >= 0, got {reg_lambda}")
-        if not target_modules:
-            raise ConfigError("strategy.target_modules: expected a non-empty list of module names")
         self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
         self.top_p, self.reg_lambda = float(top_p), float(reg_lambda)
         self.target_modules = list(target_modules)

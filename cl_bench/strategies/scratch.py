@@ -19,6 +19,9 @@ their tasks share one label space, which "a fresh model per task" cannot score.
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import annotated_types as at
 import torch
 from torch import nn
 
@@ -26,6 +29,9 @@ from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
+
+#: the six widths of MONAI's ``BasicUNet``
+UNetWidths = Annotated[list[PositiveInt], at.Len(6, 6)]
 
 
 class NoBackbone(nn.Module):
@@ -114,14 +120,11 @@ class Scratch(Strategy):
 
     name = "scratch"
 
-    def __init__(self, features: list[PositiveInt] = (16, 16, 32, 64, 128, 16),
+    def __init__(self, features: UNetWidths = (16, 16, 32, 64, 128, 16),
                  regression_width: PositiveInt = 64, lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         features = tuple(features)
-        if len(features) != 6 or not all(isinstance(f, int) and f > 0 for f in features):
-            raise ConfigError(f"strategy.features: expected 6 positive ints (BasicUNet widths), "
-                              f"got {list(features)}")
         self.features, self.regression_width = features, int(regression_width)
 
     def setup(self, model: nn.Module, stream: list[Task]) -> None:

@@ -119,9 +119,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cl_bench.data.base import CISS, IGNORE_INDEX, Task
-from cl_bench.data.ciss import SETTINGS
+from cl_bench.data.ciss import SETTINGS, Setting
 from cl_bench.errors import ConfigError
-from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
+from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt, check_value
 from cl_bench.models.heads import CISSHead, TaskView
 from cl_bench.models.losses import bce_per_class
 from cl_bench.files import write_json
@@ -195,8 +195,8 @@ def prototype_statistics(features: torch.Tensor, label: torch.Tensor,
 
 # --------------------------------------------------------------------- replay bookkeeping
 def _check_setting(setting: str) -> None:
-    if setting not in SETTINGS:
-        raise ConfigError(f"tasks.setting: expected one of {SETTINGS}, got {setting!r}")
+    """Raises ConfigError (``tasks.setting``) for a setting other than overlapped / disjoint."""
+    check_value("tasks.setting", setting, Setting)
 
 
 def replay_counts(n_prev: torch.Tensor, n_pred: torch.Tensor, iters_per_epoch: int,
@@ -493,20 +493,6 @@ class STAR(Strategy):
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        if variant not in VARIANTS:
-            raise ConfigError(f"strategy.variant: expected basic or lite, got {variant!r}")
-        if pos_weight is not None and not pos_weight > 0:
-            raise ConfigError(f"strategy.pos_weight: expected > 0, got {pos_weight}")
-        for key, value in (("ocfm_weight", ocfm_weight), ("sad_weight", sad_weight),
-                           ("lite_weight_decay", lite_weight_decay),
-                           ("old_negative_weight", old_negative_weight)):
-            if not value >= 0:
-                raise ConfigError(f"strategy.{key}: expected >= 0, got {value}")
-        if not lite_lr > 0:
-            raise ConfigError(f"strategy.lite_lr: expected > 0, got {lite_lr}")
-        for key, value in (("lite_iters", lite_iters), ("stats_batch_size", stats_batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"strategy.{key}: expected a positive int, got {value!r}")
         self.variant = variant
         self.name = "star" if variant == "basic" else "star_lite"
         self.pos_weight, self.ocfm_weight, self.sad_weight = (

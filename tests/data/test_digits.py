@@ -53,7 +53,7 @@ def test_class_order_and_task_shift():
     ({"scenario": "domain_il"}, "tasks.scenario"),
     ({"n_tasks": 3}, "tasks.n_tasks x tasks.classes_per_task: 3 tasks"),
     ({"class_order": [0, 0, 1, 2]}, "tasks.class_order"),
-    ({"classes_per_task": 1}, "tasks.n_tasks / tasks.classes_per_task"),
+    ({"classes_per_task": 1}, "tasks.classes_per_task"),
 ])
 def test_bad_split_names_the_key(kwargs, key):
     images, labels = toy()

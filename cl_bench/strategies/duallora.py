@@ -82,8 +82,7 @@ from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_write
 from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, PositiveFloat, PositiveFraction,
                              PositiveInt)
-from cl_bench.strategies.base import Strategy
-from cl_bench.strategies.lora import check_target_modules
+from cl_bench.strategies.lora import LoRAFamily
 from cl_bench.strategies.subspace import (energy_basis, gpm_update, projector,
                                           relative_overlap, task_layer_inputs)
 
@@ -186,7 +185,7 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the retrieval layer's input is read."""
 
 
-class DualLoRA(Strategy):
+class DualLoRA(LoRAFamily):
     """DualLoRA on the backbone's ``target_modules`` (see module docstring).
 
     Args:
@@ -207,6 +206,8 @@ class DualLoRA(Strategy):
     name = "duallora"
     needs_task_id = True
     task_agnostic = True
+    #: the adapter list's key in state.pt (runs saved before LoRAFamily used it)
+    adapters_key = "tasks"
 
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 8.0,
                  residual_rank: PositiveInt = 16, threshold: PositiveFraction = 0.97,
@@ -215,13 +216,11 @@ class DualLoRA(Strategy):
                  stat_batch_size: PositiveInt = 16, stat_max_samples: PositiveInt | None = None,
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
                  weight_decay: NonNegativeFloat = 0.0):
-        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        self.rank, self.alpha, self.residual_rank = int(rank), float(alpha), int(residual_rank)
-        self.threshold, self.target_modules = float(threshold), list(target_modules)
+        super().__init__(rank=rank, alpha=alpha, dropout=0.0, target_modules=target_modules,
+                         lr=lr, head_lr=head_lr, weight_decay=weight_decay)
+        self.residual_rank, self.threshold = int(residual_rank), float(threshold)
         self.residual_weights = residual_weights
         self.stat_batch_size, self.stat_max_samples = int(stat_batch_size), stat_max_samples
-        #: task names with a residual branch, in stream order
-        self.tasks: list[str] = []
         #: per layer: basis M of the earlier tasks' inputs (in, k), float64
         self.memory: dict[str, torch.Tensor] = {}
         #: per trained task: retrieval basis (in, k) at the first adapted layer
@@ -232,11 +231,22 @@ class DualLoRA(Strategy):
         self.orth_residuals: list[float] = []
 
     # ------------------------------------------------------------------ wiring
+    @property
+    def tasks(self) -> list[str]:
+        """Task names with a residual branch, in stream order (:attr:`adapters`)."""
+        return self.adapters
+
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
+        """Check the targets (LoRAFamily) and the rank against their widths; replace every
+        targeted ``nn.Linear`` by a :class:`DualLoRALinear`.
+
+        Raises:
+            ConfigError: a target module the backbone does not have, or a rank above a
+                target's output width (``strategy.rank``).
+        """
         super().setup(model, stream)
         encoder = model.encoder
         linear = {n: m for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
-        check_target_modules(model, self.target_modules)
         targets = {n: m for n, m in linear.items() if n.rsplit(".", 1)[-1] in self.target_modules}
         too_narrow = sorted({n.rsplit(".", 1)[-1] for n, m in targets.items()
                              if m.out_features < self.rank})
@@ -279,8 +289,8 @@ class DualLoRA(Strategy):
             if task.name not in layer.lora_res:
                 layer.add_residual(task.name, energy_basis(reps[name], self.threshold,
                                                            self.residual_rank))
-        if task.name not in self.tasks:
-            self.tasks.append(task.name)
+        if task.name not in self.adapters:
+            self.adapters.append(task.name)
         self.retrieval = self.retrieval[:t] + [
             energy_basis(reps[self.retrieval_layer], self.threshold).float()]
         self.model.requires_grad_(False)
@@ -361,13 +371,13 @@ class DualLoRA(Strategy):
         atomic_write(out / "duallora.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
     def state_dict(self) -> dict:
-        return {"tasks": list(self.tasks), "memory": {n: m.clone() for n, m in self.memory.items()},
+        return {**super().state_dict(), "memory": {n: m.clone() for n, m in self.memory.items()},
                 "retrieval": [r.clone() for r in self.retrieval],
                 "retrieval_layer": self.retrieval_layer,
                 "orth_residuals": list(self.orth_residuals)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.tasks = list(state.get("tasks", []))
+        super().load_state_dict(state)
         self.memory = {n: m.to(torch.float64) for n, m in state.get("memory", {}).items()}
         self.retrieval = list(state.get("retrieval", []))
         self.retrieval_layer = state.get("retrieval_layer", self.retrieval_layer)

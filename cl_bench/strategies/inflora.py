@@ -60,10 +60,9 @@ k-means task keys (cluster centres of each task's features) are not reproduced.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import PeftModel
 from torch import nn
 from torch.nn import functional as F
 
@@ -72,13 +71,12 @@ from cl_bench.errors import ConfigError
 from cl_bench.ranges import (NonNegativeFloat, PositiveFloat, PositiveFraction,
                              PositiveInt)
 from cl_bench.models.heads import TaskView
-from cl_bench.strategies.base import Strategy
-from cl_bench.strategies.lora import add_adapter
+from cl_bench.strategies.lora import LoRAFamily
 from cl_bench.strategies.subspace import (gpm_update, principal_directions, relative_overlap,
                                           task_layer_inputs)
 
 
-class InfLoRA(Strategy):
+class InfLoRA(LoRAFamily):
     """InfLoRA on the keys and values of every attention block (see module docstring).
 
     Args:
@@ -100,11 +98,12 @@ class InfLoRA(Strategy):
                  eps_end: PositiveFraction = 1.0, stat_batch_size: PositiveInt = 16,
                  stat_max_samples: PositiveInt | None = None, lr: PositiveFloat = 5e-4,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
-        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        self.rank, self.eps_start, self.eps_end = int(rank), float(eps_start), float(eps_end)
+        # one branch per task on the fused qkv, no dropout, scale 1 (lora_alpha = r, as an int)
+        super().__init__(rank=rank, alpha=rank, dropout=0.0, target_modules=["qkv"], lr=lr,
+                         head_lr=head_lr, weight_decay=weight_decay)
+        self.alpha = self.rank
+        self.eps_start, self.eps_end = float(eps_start), float(eps_end)
         self.stat_batch_size, self.stat_max_samples = int(stat_batch_size), stat_max_samples
-        #: task names with a branch, in stream order
-        self.adapters: list[str] = []
         #: per block ("blocks.<i>"): basis M of the earlier tasks' attention inputs, (D, k) float64
         self.bases: dict[str, torch.Tensor] = {}
         #: per task t: {block: k}, the size of M when A_t was designed (M_{<t} = M[:, :k])
@@ -115,12 +114,18 @@ class InfLoRA(Strategy):
 
     # ------------------------------------------------------------------ wiring
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
-        super().setup(model, stream)
+        """Check the backbone's fused attention (before LoRAFamily's check of the ``qkv``
+        target, so a backbone without it is named as such) and attach.
+
+        Raises:
+            ConfigError: a backbone without ViT blocks with a fused ``qkv`` Linear.
+        """
         blocks = getattr(getattr(model.encoder, "vit", None), "blocks", None)
         if not blocks or not all(isinstance(getattr(getattr(b, "attn", None), "qkv", None),
                                             nn.Linear) for b in blocks):
             raise ConfigError("strategy=inflora: the backbone needs ViT blocks with a fused "
                               "attention 'qkv' Linear (MONAI ViT/UNETR encoders)")
+        super().setup(model, stream)
         self.dim = blocks[0].attn.qkv.in_features
 
     def _blocks(self) -> dict[str, nn.Module]:
@@ -134,10 +139,6 @@ class InfLoRA(Strategy):
         return task_layer_inputs(self.model, {n: b.attn for n, b in self._blocks().items()},
                                  task.train, self.stat_batch_size, self.stat_max_samples,
                                  "covariance")
-
-    def _config(self) -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, bias="none",
-                          target_modules=["qkv"])
 
     def _set_active(self) -> None:
         """All branches on (peft's set_adapter flips requires_grad: keep ours)."""
@@ -155,9 +156,7 @@ class InfLoRA(Strategy):
     def before_task(self, t: int, task: Task) -> None:
         covariances = self._attention_covariances(task)
         new = task.name not in self.adapters
-        add_adapter(self.model, task.name, self._config())
-        if new:
-            self.adapters.append(task.name)
+        self.add_task_adapter(task)
         sizes = {}
         for name, layer in self.qkv_layers().items():
             basis = self.bases.get(name)
@@ -234,17 +233,12 @@ class InfLoRA(Strategy):
             worst = max(worst, relative_overlap(layer.lora_A[name].weight, basis[:, :k]))
         return worst
 
-    def save(self, run_dir: Path, t: int, task: Task) -> None:
-        self.model.backbone.save_pretrained(str(Path(run_dir) / "adapters"),
-                                            selected_adapters=[task.name])
-
     def state_dict(self) -> dict:
-        return {"adapters": list(self.adapters),
-                "bases": {n: b.clone() for n, b in self.bases.items()},
+        return {**super().state_dict(), "bases": {n: b.clone() for n, b in self.bases.items()},
                 "basis_sizes": [dict(s) for s in self.basis_sizes]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.adapters = list(state.get("adapters", []))
+        super().load_state_dict(state)
         self.bases = {n: b.to(torch.float64) for n, b in state.get("bases", {}).items()}
         self.basis_sizes = [dict(s) for s in state.get("basis_sizes", [])]
 

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from cl_bench.data.base import Task
@@ -91,7 +92,95 @@ def add_adapter(model: nn.Module, name: str, config: LoraConfig) -> PeftModel:
     return model.backbone
 
 
-class LoRA(Strategy):
+def lora_layers(encoder: nn.Module) -> dict[str, LoraLayer]:
+    """``{module name: LoraLayer}`` of the peft-injected layers of ``encoder`` (stable names
+    relative to the encoder, e.g. ``vit.blocks.0.attn.qkv``)."""
+    return {n: m for n, m in encoder.named_modules() if isinstance(m, LoraLayer)}
+
+
+class LoRAFamily(Strategy):
+    """What the low-rank adapter strategies share (``lora``, ``olora``, ``reglora``,
+    ``inflora``, ``duallora``): the adapter settings, the list of adapters (one per task, in
+    stream order), the peft adapter of a task, ``setup``'s check of the target modules, the
+    saved adapters and the resumable state. A method's own file overrides only what differs.
+
+    Args:
+        rank: adapter rank r.
+        alpha: scale numerator (peft's ``lora_alpha``; scale ``alpha / rank``).
+        dropout: dropout on the adapter input, in [0, 1).
+        target_modules: the backbone's ``nn.Linear`` modules to adapt (names as in
+            :func:`check_target_modules`); ``None``: the backbone's ``lora_targets``.
+        lr, head_lr, weight_decay: optimiser settings (adapters at ``lr``, head at ``head_lr``).
+
+    Attributes:
+        adapters: adapter (= task) names in the order they were added.
+
+    Raises:
+        ConfigError: an argument outside its annotation (``strategy.<key>``); at ``setup``, a
+            target module the backbone does not have (``strategy.target_modules``).
+    """
+
+    #: the key of :attr:`adapters` in :meth:`state_dict` (``state.pt``)
+    adapters_key = "adapters"
+
+    def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
+                 dropout: OpenFraction = 0.0, target_modules: NonEmptyStrList | None = None,
+                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
+                 weight_decay: NonNegativeFloat = 0.0):
+        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
+        self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
+        self.target_modules = None if target_modules is None else list(target_modules)
+        self.adapters: list[str] = []
+
+    def setup(self, model: nn.Module, stream: list[Task]) -> None:
+        """Attach to the model; resolve and check the target modules (:func:`check_target_modules`).
+
+        Raises:
+            ConfigError: as :meth:`Strategy.setup`; a target module the backbone does not have.
+        """
+        super().setup(model, stream)
+        self.target_modules = check_target_modules(model, self.target_modules)
+
+    def _config(self) -> LoraConfig:
+        """The peft ``LoraConfig`` of every adapter (rank, alpha, dropout, targets, no bias)."""
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, bias="none")
+
+    def add_task_adapter(self, task: Task) -> PeftModel:
+        """Give the backbone ``task``'s peft adapter (kept if it exists, e.g. when resuming)
+        and list it in :attr:`adapters`; returns the PeftModel (:func:`add_adapter`)."""
+        backbone = add_adapter(self.model, task.name, self._config())
+        if task.name not in self.adapters:
+            self.adapters.append(task.name)
+        return backbone
+
+    def lora_layers(self) -> dict[str, LoraLayer]:
+        """``{matrix name: peft LoraLayer}`` of the adapted layers (names relative to the
+        encoder, e.g. ``vit.blocks.0.attn.qkv``)."""
+        return lora_layers(self.model.encoder)
+
+    def save(self, run_dir: Path, t: int, task: Task) -> None:
+        """``adapters/<task>/`` in peft's layout (``adapter_model.safetensors``,
+        ``adapter_config.json``), written in a temporary directory and renamed into place."""
+        def write(out: Path) -> None:
+            # peft puts an adapter that is not named "default" in <directory>/<name>/
+            self.model.backbone.save_pretrained(str(out), selected_adapters=[task.name])
+            for f in (out / task.name).iterdir():
+                f.rename(out / f.name)
+            (out / task.name).rmdir()
+
+        atomic_dir(Path(run_dir) / "adapters" / task.name, write)
+
+    def state_dict(self) -> dict:
+        """What resuming needs: the adapter names (a subclass adds its own state)."""
+        return {self.adapters_key: list(self.adapters)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s adapter names (kept as they are if absent)."""
+        self.adapters = list(state.get(self.adapters_key, self.adapters))
+
+
+class LoRA(LoRAFamily):
     """Per-task peft LoRA adapters on a frozen backbone.
 
     Args:
@@ -112,14 +201,8 @@ class LoRA(Strategy):
     name = "lora"
     needs_task_id = True
 
-    def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
-                 dropout: OpenFraction = 0.0, target_modules: NonEmptyStrList | None = None,
-                 lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
-                 weight_decay: NonNegativeFloat = 0.0):
-        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
-        self.target_modules = None if target_modules is None else list(target_modules)
-        self.adapters: list[str] = []
+    # __init__: LoRAFamily's (its defaults are LoRA's: r=8, alpha=16, no dropout, the
+    # backbone's attention projections)
 
     def check_model(self, model: nn.Module) -> None:
         """The rank against the targeted layers' widths, before any data are made (unknown
@@ -131,17 +214,10 @@ class LoRA(Strategy):
 
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
         super().setup(model, stream)
-        self.target_modules = check_target_modules(model, self.target_modules)
         check_rank(model, self.target_modules, self.rank)
 
-    def _config(self) -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, bias="none")
-
     def before_task(self, t: int, task: Task) -> None:
-        add_adapter(self.model, task.name, self._config())
-        if task.name not in self.adapters:
-            self.adapters.append(task.name)
+        self.add_task_adapter(task)
         self.activate(task)
         self.model.requires_grad_(False)
         for n, p in self.model.backbone.named_parameters():
@@ -158,21 +234,3 @@ class LoRA(Strategy):
             backbone.set_adapter(task.name)
         else:  # an unseen task: the frozen foundation model without any adapter
             backbone.base_model.disable_adapter_layers()
-
-    def save(self, run_dir: Path, t: int, task: Task) -> None:
-        """``adapters/<task>/`` in peft's layout (``adapter_model.safetensors``,
-        ``adapter_config.json``), written in a temporary directory and renamed into place."""
-        def write(out: Path) -> None:
-            # peft puts an adapter that is not named "default" in <directory>/<name>/
-            self.model.backbone.save_pretrained(str(out), selected_adapters=[task.name])
-            for f in (out / task.name).iterdir():
-                f.rename(out / f.name)
-            (out / task.name).rmdir()
-
-        atomic_dir(Path(run_dir) / "adapters" / task.name, write)
-
-    def state_dict(self) -> dict:
-        return {"adapters": list(self.adapters)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.adapters = list(state.get("adapters", []))

@@ -41,18 +41,14 @@ Deviations:
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel
-from peft.tuners.lora import LoraLayer
-from torch import nn
+from peft import PeftModel
 
 from cl_bench.data.base import Task
 from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, OpenFraction, PositiveFloat,
                              PositiveInt)
-from cl_bench.strategies.base import Strategy
-from cl_bench.strategies.lora import add_adapter, check_target_modules
+from cl_bench.strategies.lora import LoRAFamily, lora_layers
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +78,7 @@ def orthogonality_loss(old_As: list[torch.Tensor], new_A: torch.Tensor) -> torch
     return (old @ new_A.T).abs().sum()
 
 
-def lora_layers(encoder: nn.Module) -> dict[str, LoraLayer]:
-    """``{module name: LoraLayer}`` of the peft-injected layers of ``encoder`` (stable names
-    relative to the encoder, e.g. ``vit.blocks.0.attn.qkv``)."""
-    return {n: m for n, m in encoder.named_modules() if isinstance(m, LoraLayer)}
-
-
-class OLoRA(Strategy):
+class OLoRA(LoRAFamily):
     """O-LoRA: per-task peft LoRA adapters, all summed, new ones kept orthogonal to the old.
 
     Args:
@@ -118,27 +108,15 @@ class OLoRA(Strategy):
                  lambda2: NonNegativeFloat = 0.0,
                  target_modules: NonEmptyStrList = ("qkv", "out_proj"), lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
-        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
+        super().__init__(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                         lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
-        self.target_modules = list(target_modules)
-        self.adapters: list[str] = []
         self.current: str | None = None
-
-    def setup(self, model: nn.Module, stream: list[Task]) -> None:
-        super().setup(model, stream)
-        check_target_modules(model, self.target_modules)
-
-    def _config(self) -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, bias="none")
 
     # ------------------------------------------------------------------ hooks
     def before_task(self, t: int, task: Task) -> None:
         """Add task ``t``'s adapter; it and the task's head are the only trainable parameters."""
-        add_adapter(self.model, task.name, self._config())
-        if task.name not in self.adapters:
-            self.adapters.append(task.name)
+        self.add_task_adapter(task)
         self.current = task.name
         self.model.requires_grad_(False)
         self.activate(task)  # sets requires_grad of the adapters
@@ -198,13 +176,3 @@ class OLoRA(Strategy):
         self.current = None
         self.model.requires_grad_(False)
         self.activate(task)
-
-    def save(self, run_dir: Path, t: int, task: Task) -> None:
-        self.model.backbone.save_pretrained(str(Path(run_dir) / "adapters"),
-                                            selected_adapters=[task.name])
-
-    def state_dict(self) -> dict:
-        return {"adapters": list(self.adapters)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.adapters = list(state.get("adapters", self.adapters))

@@ -58,19 +58,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from peft import LoraConfig
-from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
-from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_dir
 from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, OpenFraction, Percent,
                              PositiveFloat, PositiveInt)
-from cl_bench.strategies.base import Strategy
-from cl_bench.strategies.lora import add_adapter, check_target_modules
+from cl_bench.strategies.lora import LoRAFamily
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +117,7 @@ def resolve_transform(path: str | None) -> Callable | None:
     return fn
 
 
-class RegLoRA(Strategy):
+class RegLoRA(LoRAFamily):
     """SEFE's RegLoRA: a merged LoRA per task, key positions of earlier updates regularised.
 
     Args:
@@ -158,30 +154,15 @@ class RegLoRA(Strategy):
                  target_modules: NonEmptyStrList = ("qkv", "out_proj", "linear1", "linear2"),
                  data_transform: Optional[str] = None, lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
-        super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
-        self.rank, self.alpha, self.dropout = int(rank), float(alpha), float(dropout)
+        super().__init__(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                         lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         self.top_p, self.reg_lambda = float(top_p), float(reg_lambda)
-        self.target_modules = list(target_modules)
         self.data_transform = data_transform
         self._transform = resolve_transform(data_transform)
         self._untransformed: dict[str, object] = {}  # task -> its original training set
         self.masks: dict[str, torch.Tensor] = {}
         self.task_mask_counts: dict[str, dict[str, int]] = {}
-        self.adapters: list[str] = []
         self._to_save: dict[str, dict[str, torch.Tensor]] = {}  # task -> pre-merge adapter
-
-    def setup(self, model: nn.Module, stream: list[Task]) -> None:
-        super().setup(model, stream)
-        check_target_modules(model, self.target_modules)
-
-    def _config(self) -> LoraConfig:
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, bias="none")
-
-    def lora_layers(self) -> dict[str, LoraLayer]:
-        """``{matrix name: peft LoraLayer}`` of the adapted layers (names relative to the
-        encoder, e.g. ``vit.blocks.0.attn.qkv``)."""
-        return {n: m for n, m in self.model.encoder.named_modules() if isinstance(m, LoraLayer)}
 
     @property
     def current(self) -> str | None:
@@ -195,15 +176,13 @@ class RegLoRA(Strategy):
         if self._transform is not None:
             original = self._untransformed.setdefault(task.name, task.train)
             task.train = self._transform(task, original)
-        backbone = add_adapter(self.model, task.name, self._config())
+        backbone = self.add_task_adapter(task)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft warns about custom (non-transformers) models
             backbone.base_model.set_adapter(task.name)
             for old in [n for n in backbone.peft_config if n != task.name]:
                 backbone.delete_adapter(old)  # merged into the weights and zeroed already
             backbone.base_model.set_adapter(task.name)
-        if task.name not in self.adapters:
-            self.adapters.append(task.name)
         self.model.requires_grad_(False)
         for layer in self.lora_layers().values():
             layer.lora_A[task.name].requires_grad_(True)
@@ -273,11 +252,11 @@ class RegLoRA(Strategy):
         atomic_dir(Path(run_dir) / "adapters" / task.name, write)
 
     def state_dict(self) -> dict:
-        return {"adapters": list(self.adapters),
+        return {**super().state_dict(),
                 "masks": {k: m.detach().cpu().clone() for k, m in self.masks.items()},
                 "task_mask_counts": {t: dict(c) for t, c in self.task_mask_counts.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.adapters = list(state.get("adapters", self.adapters))
+        super().load_state_dict(state)
         self.masks = {k: m.bool() for k, m in state.get("masks", {}).items()}
         self.task_mask_counts = {t: dict(c) for t, c in state.get("task_mask_counts", {}).items()}

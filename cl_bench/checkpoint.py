@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,59 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class RunState:
+    """A run's progress through its stream, kept between tasks in ``checkpoints/state.pt``
+    (with the weights, the strategy's state and the RNG states: :meth:`to_dict`).
+
+    Attributes:
+        task_names: the stream's task names, in order (a resume on another stream is refused);
+        tasks_done: the data cursor, the index of the next task to train;
+        rows: R on the test sets, ``{row label: [metric of task j]}`` (labels ``init``,
+            ``after_<task>``); details: per row, per task, every score of ``evaluate_task``;
+        val_rows, val_details: the same on the validation sets (empty without ``tasks.n_val``);
+        other_rows, retrieval: a task-agnostic strategy's R in the other task-id mode and its
+            task-retrieval accuracies, per row;
+        probes: ``probes.json`` (``movement`` and ``reliance`` per row);
+        timing: ``timing.json`` (seconds; ``tasks``, ``total_s``, ``peak_rss_mb`` ...);
+        params: ``params.json`` (parameter counts per task).
+    """
+
+    task_names: list[str]
+    tasks_done: int = 0
+    rows: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    val_rows: dict = field(default_factory=dict)
+    val_details: dict = field(default_factory=dict)
+    other_rows: dict = field(default_factory=dict)
+    retrieval: dict = field(default_factory=dict)
+    probes: dict = field(default_factory=lambda: {"movement": {}, "reliance": {}})
+    timing: dict = field(default_factory=lambda: {"tasks": {}})
+    params: dict = field(default_factory=lambda: {"tasks": {}})
+
+    def to_dict(self, model_state: dict, strategy_state: dict) -> dict:
+        """The ``state.pt`` payload (without ``version`` and ``rng``, which
+        :func:`save_boundary` adds): these fields plus the model's and the strategy's state."""
+        return {"tasks_done": self.tasks_done, "task_names": list(self.task_names),
+                "model": model_state, "strategy": strategy_state, "rows": self.rows,
+                "val_rows": self.val_rows, "val_details": self.val_details,
+                "probes": self.probes, "other_rows": self.other_rows,
+                "retrieval": self.retrieval, "details": self.details, "timing": self.timing,
+                "params": self.params}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> RunState:
+        """The fields of a loaded ``state.pt`` (:func:`load_boundary`); entries an older
+        state file lacks (``val_rows``, ``probes`` ...) start empty."""
+        out = cls(task_names=list(state["task_names"]), tasks_done=int(state["tasks_done"]),
+                  rows=state["rows"], details=state["details"], timing=state["timing"],
+                  params=state["params"])
+        for name in ("val_rows", "val_details", "other_rows", "retrieval", "probes"):
+            if name in state:
+                setattr(out, name, state[name])
+        return out
 
 
 def save_boundary(run_dir: Path, state: dict) -> None:

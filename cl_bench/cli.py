@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
-from cl_bench.config import check_creatable
 from cl_bench.errors import ClBenchError, Interrupted, RunDirBusy
 
 log = logging.getLogger("cl_bench")
@@ -27,29 +26,6 @@ log = logging.getLogger("cl_bench")
 _REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
 CONF_DIR = str(_REPO_CONF if (_REPO_CONF / "config.yaml").is_file()
                else Path(__file__).resolve().parent / "conf")
-
-
-def _run_dir(resume: str | None, default: str) -> str:
-    """``hydra.run.dir``: the directory given by ``resume=``, else ``default``.
-
-    Raises:
-        ConfigError: ``default`` (``results_dir``/...) cannot be created or written
-            (:func:`~cl_bench.config.check_creatable`, before Hydra creates the run directory
-            and would fail with a traceback).
-    """
-    if resume not in (None, "", "None", "null"):
-        return str(resume)
-    check_creatable(Path(default), "results_dir")
-    return default
-
-
-def _output_subdir(resume: str | None) -> str:
-    """``hydra.output_subdir``: a resumed run keeps its original ``.hydra/`` files."""
-    return ".hydra" if resume in (None, "", "None", "null") else ".hydra/resumed"
-
-
-OmegaConf.register_new_resolver("clbench_run_dir", _run_dir, replace=True)
-OmegaConf.register_new_resolver("clbench_output_subdir", _output_subdir, replace=True)
 
 
 def _help() -> str:

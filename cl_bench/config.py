@@ -181,8 +181,29 @@ def _results_dir(path: str) -> str:
     return str(path)
 
 
-# here, not in cl_bench.cli: composing through Hydra's compose API (tests, notebooks) needs it too
+def _run_dir(resume: str | None, default: str) -> str:
+    """``hydra.run.dir``: the directory given by ``resume=``, else ``default``.
+
+    Raises:
+        ConfigError: ``default`` (``results_dir``/...) cannot be created or written
+            (:func:`check_creatable`, before Hydra creates the run directory
+            and would fail with a traceback).
+    """
+    if resume not in (None, "", "None", "null"):
+        return str(resume)
+    check_creatable(Path(default), "results_dir")
+    return default
+
+
+def _output_subdir(resume: str | None) -> str:
+    """``hydra.output_subdir``: a resumed run keeps its original ``.hydra/`` files."""
+    return ".hydra" if resume in (None, "", "None", "null") else ".hydra/resumed"
+
+
+# here, not in cl_bench.cli: composing through Hydra's compose API (tests, notebooks) needs them too
 OmegaConf.register_new_resolver("clbench_dir", _results_dir, replace=True)
+OmegaConf.register_new_resolver("clbench_run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("clbench_output_subdir", _output_subdir, replace=True)
 
 
 def _check_accelerator(hardware) -> None:

@@ -1,17 +1,34 @@
-"""The LightningModule that trains one task of the stream (its losses:
-:mod:`cl_bench.models.losses`)."""
+"""Training one task of the stream: the LightningModule (:class:`LitTask`, its losses in
+:mod:`cl_bench.models.losses`), the Lightning Trainer the runner makes per task, and the
+atomic, interval-limited mid-task checkpoints (:mod:`cl_bench.checkpoint`)."""
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig
 from torch import nn
+from torch.utils.data import DataLoader
 
+from cl_bench import checkpoint as ckpt
 from cl_bench.checkpoint import rng_state, set_rng_state
 from cl_bench.data.base import Task
-from cl_bench.errors import DataError, TrainingError
+from cl_bench.errors import ConfigError, DataError, TrainingError
+from cl_bench.files import atomic_write
+from cl_bench.models.feature_cache import IndexedDataset
 from cl_bench.models.losses import TaskLoss
+from cl_bench.progress import TaskProgressBar, progress_callback
 from cl_bench.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
 
 
 class LitTask(L.LightningModule):
@@ -129,3 +146,141 @@ class ValidatedLitTask(LitTask):
         out = self.model(batch["image"], self.task.name)
         self.log(f"{self.task.name}/val_loss", self.loss_fn(out, batch["label"]),
                  batch_size=len(out), on_step=False, on_epoch=True, prog_bar=False)
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """``hardware.compile``: ``torch.compile`` the encoder and every head in place
+    (``nn.Module.compile``: state-dict keys, checkpoints and hooks are unchanged). The first step
+    of each task pays the compilation (minutes for the Swin backbone on 2 CPU cores; inductor
+    needs a C++ compiler), and a new adapter or head recompiles."""
+    model.encoder.compile()
+    for head in model.heads.values():
+        head.compile()
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch: int,
+                  logger, t: int = 0, num_tasks: int = 1, early_stop: bool = False,
+                  precision: str = "32-true") -> L.Trainer:
+    """The Lightning Trainer of task ``t`` (0-based) of ``num_tasks``: ``train.max_steps``
+    steps, the progress line, mid-task checkpoints every ``train.checkpoint_every_n_epochs``
+    epochs (``steps_per_epoch`` batches each), and with ``early_stop`` Lightning's
+    ``EarlyStopping`` on the task's validation loss.
+
+    Raises:
+        ConfigError: (``hardware``) Lightning refuses the accelerator, devices, strategy or
+            precision.
+    """
+    hw, train = cfg.hardware, cfg.train
+    progress = progress_callback(t, num_tasks, task_name, train.max_steps,
+                                 train.log_every_n_steps, bool(train.progress_bar))
+    callbacks = [progress]
+    validate = {}  # no validation loop unless early stopping needs one
+    if early_stop:  # Lightning's EarlyStopping on the task's validation loss (LitTask)
+        callbacks.append(EarlyStopping(monitor=f"{task_name}/val_loss", mode="min",
+                                       patience=train.early_stopping_patience))
+        validate = dict(val_check_interval=train.val_every_n_steps, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0)
+    if train.checkpoint_every_n_epochs > 0:
+        # after the last batch of an epoch: from there Lightning resumes exactly (a checkpoint
+        # taken in on_train_epoch_end replays one batch of that epoch on restore)
+        callbacks.append(EpochEndCheckpoint(
+            train.checkpoint_min_interval_s,
+            dirpath=str(ckpt.mid_task_dir(run_dir, task_name)), filename="mid_task",
+            every_n_train_steps=train.checkpoint_every_n_epochs * steps_per_epoch, save_top_k=1,
+            enable_version_counter=False))
+    try:
+        return L.Trainer(max_steps=train.max_steps, max_epochs=-1,  # max_steps decides
+                         accelerator=hw.accelerator, devices=hw.devices, strategy=hw.strategy,
+                         num_nodes=hw.num_nodes,
+                         precision=precision,
+                         deterministic=hw.deterministic, plugins=cluster_plugins(),
+                         logger=logger if logger is not None else False, callbacks=callbacks,
+                         enable_checkpointing=len(callbacks) > 1, enable_model_summary=False,
+                         enable_progress_bar=isinstance(progress, TaskProgressBar),
+                         default_root_dir=str(run_dir),
+                         log_every_n_steps=train.log_every_n_steps, **validate)
+    except (MisconfigurationException, ValueError, RuntimeError) as e:
+        raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
+                          f"devices={hw.devices!r}, strategy={hw.strategy!r}, "
+                          f"precision={hw.precision!r}: {e}") from None
+
+
+class EpochEndCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint at epoch ends (``every_n_train_steps`` a multiple of the
+    epoch's steps), skipping a save due less than ``min_interval_s`` seconds after the task
+    started or after the last save (a 4-second split_mnist stream wrote 15 checkpoints, now none);
+    a kill loses at most ``min_interval_s`` plus an epoch of a task."""
+
+    def __init__(self, min_interval_s: float, **kwargs):
+        super().__init__(**kwargs)
+        self.min_interval_s = float(min_interval_s)
+        self._since = time.monotonic()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._since = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if time.monotonic() - self._since < self.min_interval_s:
+            return
+        saved = self._last_global_step_saved
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._last_global_step_saved != saved:
+            self._since = time.monotonic()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, but each ``.ckpt`` is written to a temporary file and
+    renamed over the old one (:func:`~cl_bench.files.atomic_write`): a full disk or a kill
+    during the write leaves the previous mid-task checkpoint readable (Lightning writes in place),
+    and the failure is a :class:`~cl_bench.errors.StorageError` naming the file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_write(Path(path), lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(
+            checkpoint, tmp, storage_options))
+
+
+def cluster_plugins() -> list:
+    """Under SLURM, Lightning's cluster environment without its own requeue: submitit requeues
+    (``hardware=slurm``) and the runner resumes from ``checkpoints/``; atomic checkpoint files."""
+    if SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False), AtomicCheckpointIO()]
+    return [LightningEnvironment(), AtomicCheckpointIO()]
+
+
+def fit_task(cfg: DictConfig, run_dir: Path, model: nn.Module, strategy: Strategy, task: Task,
+             t: int, num_tasks: int, logger, precision: str, cache=None,
+             on_first_step=None) -> int:
+    """Train ``task`` (index ``t``) for ``train.max_steps`` steps with a new Trainer, continuing
+    its mid-task checkpoint (``checkpoints/<task>/mid_task.ckpt``) if one exists; with
+    ``train.early_stopping_patience > 0`` and a validation set, stop once its loss stops
+    improving. ``cache``: a :class:`~cl_bench.models.feature_cache.FeatureCache` or ``None``;
+    ``on_first_step``: called once at the first step. Returns the trainer's global step.
+
+    Raises:
+        ConfigError: Lightning refuses the hardware settings; DataError / TrainingError: an
+            unreadable mid-task checkpoint, a non-finite loss.
+    """
+    train = cfg.train
+    if train.batch_size > len(task.train):
+        log.warning("train.batch_size=%d exceeds task %s's %d training samples: every step "
+                    "uses the whole training set", train.batch_size, task.name, len(task.train))
+    # batches carry "index" (their positions in task.train): the key of per-sample caches
+    loader = DataLoader(IndexedDataset(task.train), batch_size=train.batch_size, shuffle=True)
+    early_stop = train.early_stopping_patience > 0 and task.val is not None
+    trainer = make_trainer(cfg, run_dir, task.name, max(len(loader), 1), logger, t, num_tasks,
+                           early_stop, precision)
+    mid = ckpt.mid_task_path(run_dir, task.name)
+    if mid:
+        ckpt.check_mid_task(run_dir, mid)
+        log.info("continuing task %s from %s", task.name, mid)
+    val_loader = DataLoader(task.val, batch_size=train.eval_batch_size) if early_stop else None
+    lit = ValidatedLitTask if early_stop else LitTask
+    trainer.fit(lit(model, strategy, task, t, on_first_step, cache, train.warmup_steps,
+                    train.class_weights), train_dataloaders=loader,
+                val_dataloaders=val_loader, ckpt_path=str(mid) if mid else None)
+    if early_stop and trainer.global_step < train.max_steps:
+        log.info("task %s: stopped early at step %d of %d (validation loss not better for "
+                 "%d checks)", task.name, trainer.global_step, train.max_steps,
+                 train.early_stopping_patience)
+    return trainer.global_step

@@ -36,3 +36,44 @@ def compose_cfg(data_cache):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             return compose("config", overrides=tiny_overrides(data_cache) + list(overrides))
     return _compose
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """``cli(*args, module="cl_bench.cli")`` -> a ``subprocess.CompletedProcess`` of the command
+    line run *in this process* (``cl_bench.cli.main`` or ``cl_bench.report.main`` with
+    ``sys.argv`` set), from ``tmp_path`` with ``CLBENCH_CACHE=tmp_path/cache``: the same code
+    path and exit codes as ``python -m``, without a new interpreter's 5-8 s of imports. Two
+    command-line smoke tests still start real processes (test_cli_errors, test_terminal)."""
+    import logging
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
+    root = logging.getLogger()
+
+    def _run(*args: str, module: str = "cl_bench.cli") -> subprocess.CompletedProcess:
+        from cl_bench import cli as clbench_cli
+        from cl_bench import report
+
+        main = {"cl_bench.cli": clbench_cli.main, "cl_bench.report": report.main}[module]
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra
+        monkeypatch.setattr(sys, "argv", [module, *args])
+        handlers, level = list(root.handlers), root.level  # Hydra's job logging adds its own
+        capsys.readouterr()
+        code = 0
+        try:
+            main() if module == "cl_bench.cli" else main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            for h in root.handlers[:]:
+                if h not in handlers:
+                    root.removeHandler(h)
+                    h.close()
+            root.setLevel(level)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([module, *args], code, out.out, out.err)
+
+    return _run

@@ -47,8 +47,8 @@ def assert_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None
     (["backbone.weights=/no/such.safetensors"], ["backbone.weights", "/no/such.safetensors"]),
     (["hardware=gpu", "backbone.weights=null"], ["hardware", "gpu"]),              # no GPU here
 ])
-def test_bad_input_gives_one_clear_message(tmp_path, args, needles):
-    assert_clear_error(clbench(tmp_path, *args), *needles)
+def test_bad_input_gives_one_clear_message(cli, tmp_path, args, needles):
+    assert_clear_error(cli(f"results_dir={tmp_path}/results", *args), *needles)
 
 
 def test_nan_loss_stops_with_message_and_keeps_rows(compose_cfg, tmp_path, monkeypatch):
@@ -72,7 +72,8 @@ def test_nan_loss_stops_with_message_and_keeps_rows(compose_cfg, tmp_path, monke
 
 
 def test_diverging_run_from_the_command_line(tmp_path):
-    """An absurd learning rate: exit code 2, one message naming the task, the init row kept."""
+    """An absurd learning rate: exit code 2, one message naming the task, the init row kept.
+    (One of the two command-line smoke tests that start a real ``python -m cl_bench.cli``.)"""
     proc = clbench(tmp_path, "tasks.size=32", "tasks.n_train=2", "tasks.n_val=1", "tasks.n_test=1",
                    "backbone=vit3d_tiny", "backbone.weights=null", "backbone.num_layers=2",
                    "train.max_steps=4",
@@ -88,15 +89,12 @@ def test_diverging_run_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("multirun", [False, True])
-def test_a_results_dir_below_a_regular_file_is_one_line_naming_the_key(tmp_path, multirun):
+def test_a_results_dir_below_a_regular_file_is_one_line_naming_the_key(cli, tmp_path, multirun):
     """Hydra would make the run (or sweep) directory and fail with a NotADirectoryError trace;
     the check before it names ``results_dir`` and creates nothing."""
     (tmp_path / "afile").write_text("not a directory")
-    cmd = [sys.executable, "-m", "cl_bench.cli", *(["-m"] if multirun else []),
-           f"results_dir={tmp_path}/afile/sub", "experiment=split_mnist", "train.max_steps=1",
-           "logger=none"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLBENCH_CACHE": str(tmp_path / "c")}
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    proc = cli(*(["-m"] if multirun else []), f"results_dir={tmp_path}/afile/sub",
+               "experiment=split_mnist", "train.max_steps=1", "logger=none")
     assert_clear_error(proc, "results_dir", f"{tmp_path}/afile is a file, not a directory")
     assert (tmp_path / "afile").read_text() == "not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,24 +127,19 @@ def test_runs_of_two_streams_share_one_report(sweep, tmp_path):
     assert len(pd.read_csv(out / "runs.csv")) == 6
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cl_bench.report", *args], capture_output=True,
-                          text=True, timeout=120)
-
-
-def test_cli_prints_table_and_reports_skipped_runs(sweep):
-    proc = run_cli(str(sweep), "--format", "csv")
+def test_cli_prints_table_and_reports_skipped_runs(cli, sweep):
+    proc = cli(str(sweep), "--format", "csv", module="cl_bench.report")
     assert proc.returncode == 0, proc.stderr
     assert "tumour_seg dice ↑ mean" in proc.stdout and f"wrote {sweep / 'report'}" in proc.stdout
     assert "skipped" in proc.stderr and "5_broken" in proc.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unknown_paper"])
-def test_cli_errors_are_one_line(tmp_path, sweep, case):
+def test_cli_errors_are_one_line(cli, tmp_path, sweep, case):
     (tmp_path / "empty" / "run").mkdir(parents=True)  # a directory tree without any run
     args = {"missing": [str(tmp_path / "nope")], "empty": [str(tmp_path / "empty")],
             "unknown_paper": [str(sweep), "--paper", "nope"]}[case]
-    proc = run_cli(*args)
+    proc = cli(*args, module="cl_bench.report")
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("clbench-report: error:"), proc.stderr
@@ -155,7 +148,7 @@ def test_cli_errors_are_one_line(tmp_path, sweep, case):
     assert needle in lines[0]
 
 
-def test_unreadable_dir_is_one_clear_error(tmp_path):
+def test_unreadable_dir_is_one_clear_error(cli, tmp_path):
     import os
 
     locked = tmp_path / "locked"
@@ -165,7 +158,7 @@ def test_unreadable_dir_is_one_clear_error(tmp_path):
     try:
         if os.access(locked, os.R_OK):  # root reads anything: nothing to test
             pytest.skip("running as root: permissions are not enforced")
-        proc = run_cli(str(locked))
+        proc = cli(str(locked), module="cl_bench.report")
         assert proc.returncode == 2 and "cannot read results dir" in proc.stderr
     finally:
         locked.chmod(0o755)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -48,12 +45,9 @@ def test_the_boundary_values_pass(compose_cfg, override):
     validate(compose_cfg(override))
 
 
-def test_from_the_command_line_one_line_exit_2_no_traceback(tmp_path):
-    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+def test_from_the_command_line_one_line_exit_2_no_traceback(cli, tmp_path):
     for override in ("train.batch_size=0", "hardware.num_threads=-2"):
-        proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", override, "logger=none",
-                               f"results_dir={tmp_path}/r"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = cli(override, "logger=none", f"results_dir={tmp_path}/r")
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
         assert lines[0].startswith(f"clbench: error: {override.split('=')[0]}: expected")
@@ -76,11 +70,9 @@ def test_a_lora_rank_wider_than_the_targeted_layers_is_refused_before_the_data(c
     ("[0,1,2]", "tasks.class_order lists 3 of split_mnist's 10 classes"),
     ("[0,0,1,2,3,4,5,6,7,8]", "tasks.class_order: expected distinct class ids in [0, 10)"),
     ("[0,1,2,3,4,5,6,7,8,10]", "tasks.class_order: expected distinct class ids in [0, 10)")])
-def test_a_class_order_that_cannot_fill_the_stream_names_the_key(tmp_path, order, needle):
-    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", "tasks=split_mnist",
-                           f"tasks.class_order={order}", "logger=none", f"results_dir={tmp_path}/r"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_a_class_order_that_cannot_fill_the_stream_names_the_key(cli, tmp_path, order, needle):
+    proc = cli("tasks=split_mnist", f"tasks.class_order={order}", "logger=none",
+               f"results_dir={tmp_path}/r")
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
 
@@ -95,12 +87,9 @@ def test_a_class_order_that_cannot_fill_the_stream_names_the_key(tmp_path, order
     (["seed=abc"], "seed: value 'abc' of type 'str' could not be converted to Integer"),
     (["train.max_steps=[1"], "train.max_steps=[1: cannot parse this override"),
 ])
-def test_group_keys_and_composition_errors_exit_2_with_one_line_and_no_run_dir(tmp_path, args,
-                                                                                start):
-    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
-    env.pop("HYDRA_FULL_ERROR", None)
-    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", *args, "logger=none"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_group_keys_and_composition_errors_exit_2_with_one_line_and_no_run_dir(cli, tmp_path,
+                                                                                args, start):
+    proc = cli(*args, "logger=none")
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith(f"clbench: error: {start}"), lines

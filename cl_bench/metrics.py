@@ -171,6 +171,16 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values))
 
 
+def _mean_over_old_tasks(per_task, R: Any, s: Any, cols: Sequence[int] | None) -> float:
+    """The mean of ``per_task(R, s, j)`` over the (selected) tasks j before the last one;
+    0.0 when there is none (BWT and forgetting: the last task cannot have lost anything)."""
+    R = _square(R)
+    T = R.shape[0]
+    s = _signs(s, T)
+    c = [j for j in _cols(cols, T) if j < T - 1]
+    return _mean([per_task(R, s, j) for j in c]) if c else 0.0
+
+
 # ----------------------------------------------------------------------------------------------
 # per-task values (0-based j)
 
@@ -267,11 +277,7 @@ def bwt_gem(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> float:
         ValueError: R is not a non-empty square 2-D array, a needed cell is not finite, ``s``
             is not +-1 or has the wrong length, or ``cols`` is invalid.
     """
-    R = _square(R)
-    T = R.shape[0]
-    s = _signs(s, T)
-    c = [j for j in _cols(cols, T) if j < T - 1]
-    return _mean([_bwt_j(R, s, j) for j in c]) if c else 0.0
+    return _mean_over_old_tasks(_bwt_j, R, s, cols)
 
 
 def bwt_sefe(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> float:
@@ -333,11 +339,7 @@ def forgetting_max(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> flo
     Returns:
         A float in the same units as R; 0.0 when no task precedes the last one.
     """
-    R = _square(R)
-    T = R.shape[0]
-    s = _signs(s, T)
-    c = [j for j in _cols(cols, T) if j < T - 1]
-    return _mean([_forgetting_max_j(R, s, j) for j in c]) if c else 0.0
+    return _mean_over_old_tasks(_forgetting_max_j, R, s, cols)
 
 
 def forgetting_last(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> float:
@@ -348,11 +350,7 @@ def forgetting_last(R: Any, s: Any = 1, cols: Sequence[int] | None = None) -> fl
     Returns:
         A float in the same units as R; 0.0 when no task precedes the last one.
     """
-    R = _square(R)
-    T = R.shape[0]
-    s = _signs(s, T)
-    c = [j for j in _cols(cols, T) if j < T - 1]
-    return _mean([_forgetting_last_j(R, s, j) for j in c]) if c else 0.0
+    return _mean_over_old_tasks(_forgetting_last_j, R, s, cols)
 
 
 # ----------------------------------------------------------------------------------------------

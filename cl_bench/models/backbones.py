@@ -33,6 +33,34 @@ _UNETR_DECODER = ("encoder1.", "encoder2.", "encoder3.", "encoder4.", "decoder2.
                   "decoder4.", "decoder5.", "out.")
 
 
+def check_input(x: torch.Tensor, in_channels: int, img_size: int, spatial_dims: int) -> None:
+    """An encoder's input check: ``x`` must be ``(B, in_channels, img_size, ...)`` with
+    ``spatial_dims`` spatial axes.
+
+    Raises:
+        DataError: another shape, naming both and the keys that set them.
+    """
+    expected = (in_channels,) + (img_size,) * spatial_dims
+    if tuple(x.shape[1:]) != expected:
+        raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
+                        f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
+
+
+class GridFeatures:
+    """Mixin of the encoders whose features are already grids ``(B, C, *spatial)`` (the UNet's
+    output, the Swin transformer's deepest stage): no token reshaping, global-average pooling."""
+
+    @staticmethod
+    def tokens_to_grid(features: torch.Tensor) -> torch.Tensor:
+        """The features are already a grid ``(B, C, *spatial)``: returned as they are."""
+        return features
+
+    @staticmethod
+    def pool(features: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` -> ``(B, C)``: the global average."""
+        return features.flatten(2).mean(-1)
+
+
 class ViTEncoder(nn.Module):
     """A MONAI ViT used as the stream's shared encoder.
 
@@ -83,10 +111,7 @@ class ViTEncoder(nn.Module):
             load_encoder_weights(self.vit, resolve_weights(weights))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        expected = (self.in_channels,) + (self.img_size,) * self.spatial_dims
-        if tuple(x.shape[1:]) != expected:
-            raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
-                            f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
+        check_input(x, self.in_channels, self.img_size, self.spatial_dims)
         return self.vit(x)
 
     @staticmethod
@@ -186,7 +211,7 @@ def load_encoder_weights(vit: ViT, path: Path) -> None:
              len(ignored))
 
 
-class UNetEncoder(nn.Module):
+class UNetEncoder(GridFeatures, nn.Module):
     """A MONAI ``UNet`` as a dense feature extractor (encoder + decoder) for 2D/3D segmentation
     streams whose classifier grows (class-incremental segmentation).
 
@@ -246,18 +271,6 @@ class UNetEncoder(nn.Module):
             log.info("loaded %d UNet tensors from %s", len(sd), path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        expected = (self.in_channels,) + (self.img_size,) * self.spatial_dims
-        if tuple(x.shape[1:]) != expected:
-            raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
-                            f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
+        check_input(x, self.in_channels, self.img_size, self.spatial_dims)
         return torch.relu(self.unet(x)), []
 
-    @staticmethod
-    def tokens_to_grid(features: torch.Tensor) -> torch.Tensor:
-        """The features are already a grid ``(B, F, *spatial)``."""
-        return features
-
-    @staticmethod
-    def pool(features: torch.Tensor) -> torch.Tensor:
-        """``(B, F, *spatial)`` -> ``(B, F)``: the global average."""
-        return features.flatten(2).mean(-1)

@@ -37,7 +37,8 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import nn
 
-from cl_bench.errors import ConfigError, DataError
+from cl_bench.errors import ConfigError
+from cl_bench.models.backbones import GridFeatures, check_input
 from cl_bench.ranges import checked
 
 #: the Linear layers of a Swin block, as peft ``target_modules`` names
@@ -89,7 +90,7 @@ class FusedWindowAttention(WindowAttention):
 SwinSide = Annotated[int, at.Ge(64), at.MultipleOf(32)]
 
 
-class SwinEncoder(nn.Module):
+class SwinEncoder(GridFeatures, nn.Module):
     """MONAI's 3D Swin transformer (``swinViT`` of Swin UNETR) as the stream's shared encoder.
 
     Args:
@@ -181,22 +182,10 @@ class SwinEncoder(nn.Module):
                 self.pretrained_decoder = decoder or None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        expected = (self.in_channels,) + (self.img_size,) * 3
-        if tuple(x.shape[1:]) != expected:
-            raise DataError(f"backbone expects images of shape (B, {', '.join(map(str, expected))}),"
-                            f" got {tuple(x.shape)}; set backbone.img_size / the stream's size to agree")
+        check_input(x, self.in_channels, self.img_size, 3)
         stages = self.swinViT(x, self.normalize)
         return stages[-1], list(stages)
 
-    @staticmethod
-    def tokens_to_grid(features: torch.Tensor) -> torch.Tensor:
-        """The stages are already grids ``(B, C, *spatial)``."""
-        return features
-
-    @staticmethod
-    def pool(deepest: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *spatial)`` deepest stage -> ``(B, C)``: its global average."""
-        return deepest.flatten(2).mean(-1)
 
 
 class SwinDecoder(nn.Module):

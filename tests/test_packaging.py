@@ -26,6 +26,11 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
     expected = {f"cl_bench/conf/{p.relative_to(ROOT / 'conf')}" for p in
                 (ROOT / "conf").rglob("*.yaml")}
     assert expected and expected <= names, sorted(expected - names)
+    # every module ships, those of the subpackages (strategies/star/, strategies/proteus/) too:
+    # pyproject lists the packages by hand
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cl_bench").rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert sources <= names, sorted(sources - names)
     assert "cl_bench/assets/vit3d_tiny_mae.safetensors" in names
     assert "cl_bench/assets/vit2d_mnist_uci.safetensors" in names
     assert "cl_bench/assets/unet2d_uci.safetensors" in names

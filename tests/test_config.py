@@ -9,7 +9,10 @@ from omegaconf import OmegaConf
 
 from cl_bench.config import build, check_node
 from cl_bench.errors import ConfigError
+from cl_bench.strategies.ewc import EWC
 from cl_bench.strategies.lora import LoRA
+from cl_bench.strategies.lwf import LwF
+from cl_bench.strategies.proteus import Proteus
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -121,12 +124,9 @@ def test_every_shipped_default_is_inside_its_declared_range(group, option):
 @pytest.mark.parametrize("make, message", [
     (lambda: LoRA(rank=0), "strategy.rank: expected an int > 0, got 0 (int)"),
     (lambda: LoRA(target_modules=[]), "strategy.target_modules: expected a non-empty list"),
-    (lambda: __import__("cl_bench.strategies.ewc", fromlist=["EWC"]).EWC(gamma=1.5),
-     "strategy.gamma: expected a finite float > 0 and <= 1, got 1.5 (float)"),
-    (lambda: __import__("cl_bench.strategies.proteus", fromlist=["Proteus"]).Proteus(rank=True),
-     "strategy.rank: expected an int > 0, got True (bool)"),
-    (lambda: __import__("cl_bench.strategies.lwf", fromlist=["LwF"]).LwF(reduction="max"),
-     "strategy.reduction: expected one of 'sum', 'mean', got 'max' (str)"),
+    (lambda: EWC(gamma=1.5), "strategy.gamma: expected a finite float > 0 and <= 1, got 1.5 (float)"),
+    (lambda: Proteus(rank=True), "strategy.rank: expected an int > 0, got True (bool)"),
+    (lambda: LwF(reduction="max"), "strategy.reduction: expected one of 'sum', 'mean', got 'max' (str)"),
 ])
 def test_a_direct_constructor_call_is_checked_against_the_annotations(make, message):
     """Python callers get the same check and message as a Hydra node (cl_bench.ranges.checked,

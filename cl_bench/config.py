@@ -12,10 +12,13 @@ import dataclasses
 import importlib
 import inspect
 import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
+import annotated_types as at
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -25,24 +28,13 @@ from cl_bench.errors import ClBenchError, ConfigError
 # the type and range checks live with the range aliases (one way to declare and check a range);
 # re-exported here for the callers that know them as cl_bench.config's
 from cl_bench.ranges import (_BOUNDS, _constraints, _describe, _type_ok,  # noqa: F401
-                             NonNegativeInt, PositiveInt, check_value, type_hints)
+                             NonBlankStr, NonNegativeFloat, NonNegativeInt, PositiveInt,
+                             check_value, type_hints)
 
 #: config keys that do not change a run's results: they may differ between a run and its
 #: resumption (cl_bench.checkpoint, cl_bench.cli) and never split runs into groups in a report
 #: (cl_bench.report)
 RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger")
-
-
-def _positive(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _non_negative(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _finite_non_negative(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
 
 
 #: Lightning 2's precision names (``lightning.fabric.connector._PRECISION_INPUT``)
@@ -51,52 +43,59 @@ PRECISIONS = ("auto", "64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 
 
-def _devices(v) -> bool:
-    if isinstance(v, str):
-        return v == "auto" or v.lstrip("-").isdigit() and int(v) != 0
-    if isinstance(v, (list, tuple, ListConfig)):
-        return len(v) > 0 and all(_non_negative(d) for d in v)
-    return isinstance(v, int) and not isinstance(v, bool) and (v > 0 or v == -1)
+def _device_count(text: str) -> bool:
+    """Lightning's ``devices`` given as text: a non-zero int (``"2"``, ``"-1"``)."""
+    return re.fullmatch(r"-?\d+", text) is not None and int(text) != 0
 
 
-def _range(check, expected: str) -> dict:
-    """Field metadata: the value's range (``check``) and how an error message states it."""
-    return {"check": check, "expected": expected}
+#: Lightning devices: a count, -1 (all), "auto", the device indices, or a count as text
+Devices = (PositiveInt | Literal[-1, "auto"] | Annotated[list[NonNegativeInt], at.MinLen(1)]
+           | Annotated[str, at.Predicate(_device_count), at.Doc("a non-zero int as a string")])
+
+
+def hint(annotation: Any) -> dict:
+    """Field metadata: the range of a field whose annotation OmegaConf cannot type (a
+    ``Literal`` choice, a union), written in the vocabulary of :mod:`cl_bench.ranges`; the field
+    itself is typed plainly (``str``, ``Any``)."""
+    return {"hint": annotation}
+
+
+# A schema field's range is its annotation, as on the constructors (``max_steps: PositiveInt``;
+# OmegaConf types the field by the annotation's base, ``int``), or, where OmegaConf cannot type
+# a field by it, ``metadata=hint(...)``; :func:`validate` checks both with ranges.check_value.
 
 
 @dataclass
 class TrainConfig:
     """Per-task training loop settings (a new Lightning Trainer per task)."""
 
-    max_steps: int = field(default=600, metadata=_range(
-        _positive, "a positive int (optimiser steps per task)"))
-    batch_size: int = field(default=2, metadata=_range(_positive, "a positive int"))
-    eval_batch_size: int = field(default=4, metadata=_range(_positive, "a positive int"))
-    log_every_n_steps: int = field(default=10, metadata=_range(_positive, "a positive int"))
+    max_steps: PositiveInt = 600  #: optimiser steps per task
+    batch_size: PositiveInt = 2
+    eval_batch_size: PositiveInt = 4
+    log_every_n_steps: PositiveInt = 10
     progress_bar: bool = True
     #: mid-task checkpoint period (epoch ends; 0 = never)
-    checkpoint_every_n_epochs: int = field(default=5, metadata=_range(_non_negative, "an int >= 0"))
+    checkpoint_every_n_epochs: NonNegativeInt = 5
     #: ... but no mid-task checkpoint sooner than this many seconds after the last (or the start)
-    checkpoint_min_interval_s: float = field(default=60.0, metadata=_range(
-        _finite_non_negative, "a finite number of seconds >= 0"))
+    checkpoint_min_interval_s: NonNegativeFloat = 60.0
     #: frozen work once per training sample: a frozen backbone's outputs (seq_lp), LwF's teacher
     #: outputs (cl_bench.models.feature_cache); false recomputes them every step
     cache_frozen_features: bool = True
     #: linear learning-rate warm-up over the first steps of every task, every parameter group
     #: (0 = none; cl_bench.training.LitTask)
-    warmup_steps: int = field(default=0, metadata=_range(_non_negative, "an int >= 0 (steps)"))
+    warmup_steps: NonNegativeInt = 0
     #: segmentation class weights of the task loss: none, or median_frequency (Eigen & Fergus
     #: 2015, arXiv 1411.4734) from the task's training labels (cl_bench.models.losses.TaskLoss)
-    class_weights: str = field(default="median_frequency", metadata=_range(
-        lambda v: v in ("none", "median_frequency"), "none or median_frequency"))
+    class_weights: str = field(default="median_frequency",
+                               metadata=hint(Literal["none", "median_frequency"]))
     #: Lightning's EarlyStopping on each task's validation loss (tasks.n_val > 0): stop a task
     #: after this many validation checks without a lower loss (0 = off: every task trains
     #: max_steps). Off by default, chosen on validation data: on the main job (lora, 3 seeds,
     #: patience 2 every 100 steps) it kept Dice but worsened age MAE by 0.7 years on average
     #: (results/reference/bench/issue25/README.md)
-    early_stopping_patience: int = field(default=0, metadata=_range(_non_negative, "an int >= 0"))
+    early_stopping_patience: NonNegativeInt = 0
     #: steps between validation checks when early stopping is on
-    val_every_n_steps: int = field(default=50, metadata=_range(_positive, "a positive int (steps)"))
+    val_every_n_steps: PositiveInt = 50
 
 
 @dataclass
@@ -104,25 +103,22 @@ class HardwareConfig:
     """Where and how a task trains (``conf/hardware``)."""
 
     #: Lightning accelerator: cpu, gpu, auto
-    accelerator: str = field(default="cpu", metadata=_range(
-        lambda v: v in ACCELERATORS, "one of " + ", ".join(ACCELERATORS)))
+    accelerator: str = field(default="cpu", metadata=hint(Literal[ACCELERATORS]))
     #: Lightning devices: int, list or "auto"
-    devices: Any = field(default=1, metadata=_range(
-        _devices, "a positive int, -1, a non-empty list of device indices or 'auto'"))
+    devices: Any = field(default=1, metadata=hint(Devices))
     strategy: str = "auto"        #: Lightning strategy: auto, ddp, ddp_spawn, ...
     #: Lightning num_nodes (multi-node DDP)
-    num_nodes: int = field(default=1, metadata=_range(_positive, "a positive int"))
+    num_nodes: PositiveInt = 1
     #: Lightning precision, e.g. 32-true, bf16-mixed; auto: bf16-mixed on a CPU with native
     #: bfloat16 (AMX / AVX512-BF16) for an encoder checked under it (AUTO_BF16), else 32-true
     #: (cl_bench.hardware.resolve_precision)
-    precision: str = field(default="auto", metadata=_range(
-        lambda v: v in PRECISIONS, "one of Lightning's: " + ", ".join(PRECISIONS)))
+    precision: str = field(default="auto", metadata=hint(Literal[PRECISIONS]))
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
     #: torch.compile the encoder and heads (cl_bench.runner.compile_model); off: 7 min of
     #: compilation on 2 cores for the Swin job (results/reference/bench/issue25/speed_options.md)
     compile: bool = False
     #: torch intra-op threads
-    num_threads: int = field(default=2, metadata=_range(_positive, "a positive int (CPU threads)"))
+    num_threads: PositiveInt = 2
     slurm: Any = None             #: hardware=slurm: partition, time, cpus, mem, gpus, ... (cli)
 
 
@@ -132,21 +128,21 @@ class EvalConfig:
 
     #: ``oracle`` (each test sample runs with its own task's adapter and head) or ``predicted``
     #: (the strategy retrieves the task: task-agnostic inference; proteus, duallora)
-    task_id: str = field(default="oracle", metadata=_range(
-        lambda v: v in ("oracle", "predicted"), "oracle or predicted"))
+    task_id: str = field(default="oracle", metadata=hint(Literal["oracle", "predicted"]))
 
 
 #: the largest seed: the runner seeds task t with seed * 1000 + t, within Lightning's 32-bit range
 MAX_SEED = (2 ** 32 - 1) // 1000 - 1
+Seed = Annotated[int, at.Interval(ge=0, le=MAX_SEED)]
 
 
 @dataclass
 class ClBenchConfig:
     """Schema of the composed config (group contents are checked by :func:`build`)."""
 
-    seed: int = 0
+    seed: Seed = 0
     train: TrainConfig = field(default_factory=TrainConfig)
-    results_dir: str = "results"
+    results_dir: NonBlankStr = "results"
     backbone: Any = None
     tasks: Any = None
     strategy: Any = None
@@ -222,30 +218,37 @@ def _check_accelerator(hardware) -> None:
                           "available here; use hardware=cpu")
 
 
+def _check_fields(schema: type, node: DictConfig | None, prefix: str = "") -> None:
+    """Check the values of ``node`` against the ranges of ``schema``'s fields (each field's
+    annotation, or its ``metadata["hint"]``); a nested dataclass (a section) is left out."""
+    if node is None:
+        return
+    hints = typing.get_type_hints(schema, include_extras=True)
+    for f in dataclasses.fields(schema):
+        annotation = f.metadata.get("hint", hints[f.name])
+        if (f.name not in node or annotation is Any
+                or dataclasses.is_dataclass(annotation)):
+            continue
+        value = node.get(f.name)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        check_value(f"{prefix}{f.name}", value, annotation)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the top-level keys' ranges before any heavy work (the ranges are declared on the
-    schema's fields above: ``metadata["check"]``); the groups are checked by :func:`check_node`.
+    schema's fields above, in the vocabulary of :mod:`cl_bench.ranges`); the groups are checked
+    by :func:`check_node`.
 
     Raises:
-        ConfigError: one message naming the first key out of range, its value and the range.
+        ConfigError: one message naming the first key out of range, its value and the range,
+            e.g. ``train.max_steps: expected an int > 0, got 0 (int)``.
     """
     for section, schema in (("train", TrainConfig), ("hardware", HardwareConfig),
                             ("eval", EvalConfig)):
-        node = cfg.get(section)
-        for f in dataclasses.fields(schema):
-            if "check" not in f.metadata or node is None or f.name not in node:
-                continue
-            value = OmegaConf.to_container(node, resolve=True)[f.name]
-            if not f.metadata["check"](value):
-                raise ConfigError(f"{section}.{f.name}: expected {f.metadata['expected']}, "
-                                  f"got {value!r}")
+        _check_fields(schema, cfg.get(section), f"{section}.")
     _check_accelerator(cfg.get("hardware"))
-    seed = cfg.get("seed")
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
-        raise ConfigError(f"seed: expected an int in [0, {MAX_SEED}], got {seed!r}")
-    results_dir = cfg.get("results_dir")
-    if not (isinstance(results_dir, str) and results_dir.strip()):
-        raise ConfigError(f"results_dir: expected a non-empty path, got {results_dir!r}")
+    _check_fields(ClBenchConfig, cfg)
 
 
 def locate(path: str) -> Any:
@@ -338,10 +341,5 @@ def build_stream(cfg: DictConfig) -> list:
     """
     from cl_bench.data.base import carve_validation
 
-    max_tasks = cfg.tasks.get("max_tasks")
-    if max_tasks is not None and (isinstance(max_tasks, bool) or not isinstance(max_tasks, int)
-                                  or max_tasks < 1):
-        raise ConfigError(f"tasks.max_tasks: expected a positive int or null (the whole stream), "
-                          f"got {max_tasks!r}")
-    stream = build(cfg.tasks, "tasks")[:max_tasks]
+    stream = build(cfg.tasks, "tasks")[:cfg.tasks.get("max_tasks")]  # its range: STREAM_KEYS
     return carve_validation(stream, cfg.tasks.get("n_val", 0), int(cfg.seed))

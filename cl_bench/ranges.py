@@ -5,8 +5,9 @@ arguments of its ``_target_``; their types *and ranges* are the annotations of t
 written with the ``annotated-types`` library (the constraint vocabulary pydantic uses) and these
 aliases, e.g. ``lr: PositiveFloat = 1e-3``. ``typing.Literal`` declares a choice,
 ``annotated_types.MinLen`` / ``MaxLen`` / ``Len`` a list's length (``NonEmptyStrList``),
-``annotated_types.MultipleOf`` a step. A float is
-always refused NaN or infinity, an int (and a float) always refused a bool.
+``annotated_types.MultipleOf`` a step, ``annotated_types.Predicate`` any other test of one value
+(with an ``annotated_types.Doc`` beside it stating what it accepts, as :data:`NonBlankStr`).
+A float is always refused NaN or infinity, an int (and a float) always refused a bool.
 
 The annotation is the only place a range is written. Two checks read it, with one message:
 
@@ -62,6 +63,8 @@ Percent = Annotated[float, at.Interval(gt=0, le=100)]
 AtLeastTwo = Annotated[int, at.Ge(2)]
 #: a list of at least one string (e.g. module names)
 NonEmptyStrList = Annotated[list[str], at.MinLen(1)]
+#: a string that is not empty or only whitespace (e.g. a path)
+NonBlankStr = Annotated[str, at.Predicate(str.strip), at.Doc("a non-blank string")]
 
 #: annotated-types bounds -> (test, how a message states it)
 _BOUNDS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
@@ -95,9 +98,20 @@ def _lengths(meta: tuple) -> tuple[int, int | None]:
     return low, high
 
 
+def _predicates(meta: tuple) -> list[Callable[[Any], Any]]:
+    """``Annotated`` metadata -> the tests of its ``Predicate`` entries."""
+    return [m.func for m in meta if isinstance(m, at.Predicate)]
+
+
+def _doc(meta: tuple) -> str | None:
+    """``Annotated`` metadata -> the description its ``Doc`` gives, if any."""
+    return next((m.documentation for m in meta if isinstance(m, at.Doc)), None)
+
+
 def _type_ok(value: Any, hint: Any) -> bool:
     """Whether a plain config value fits a (simple) type annotation, including the ranges of
-    ``Annotated[..., annotated_types.Gt(0)]`` (bounds and lengths) and ``Literal`` choices.
+    ``Annotated[..., annotated_types.Gt(0)]`` (bounds, lengths, predicates) and ``Literal``
+    choices.
     A float is never NaN or infinite; a bool is no int. Types it cannot judge (a tensor, a
     dict, a class) pass."""
     if hint is inspect.Parameter.empty or hint is Any:
@@ -112,6 +126,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
                                               (high is None or len(value) <= high)):
             return False
         if any(value % step for step in _multiples(tuple(meta))):
+            return False
+        if not all(test(value) for test in _predicates(tuple(meta))):
             return False
         return all(_BOUNDS[name][0](value, bound) for name, bound in _constraints(tuple(meta)))
     if origin is Literal:
@@ -142,10 +158,13 @@ _ARTICLES = {float: "a finite float", int: "an int", str: "a string", bool: "a b
 
 def _describe(hint: Any) -> str:
     """How an error message states a type annotation: ``a finite float > 0``,
-    ``one of 'sum', 'mean'``, ``an int > 0 or None``, ``a non-empty list of a string``."""
+    ``one of 'sum', 'mean'``, ``an int > 0 or None``, ``a non-empty list of a string``; an
+    ``Annotated`` hint with an ``annotated_types.Doc`` is stated by that text."""
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *meta = typing.get_args(hint)
+        if _doc(tuple(meta)) is not None:
+            return _doc(tuple(meta))
         text = _describe(base)
         low, high = _lengths(tuple(meta))
         if low == 1 and high is None and text.startswith("a "):

@@ -21,8 +21,12 @@ BAD = [  # (override, the key the message must name)
     ("hardware.num_threads=-2", "hardware.num_threads"), ("hardware.num_threads=0", "hardware.num_threads"),
     ("hardware.num_nodes=0", "hardware.num_nodes"), ("hardware.precision=fp8", "hardware.precision"),
     ("hardware.accelerator=quantum", "hardware.accelerator"), ("hardware.devices=0", "hardware.devices"),
-    ("hardware.devices=[]", "hardware.devices"), ("eval.task_id=guess", "eval.task_id"),
+    ("hardware.devices=[]", "hardware.devices"), ("hardware.devices=-2", "hardware.devices"),
+    ("hardware.devices=[0,-1]", "hardware.devices"), ("hardware.devices='0'", "hardware.devices"),
+    ("hardware.devices=two", "hardware.devices"), ("eval.task_id=guess", "eval.task_id"),
+    ("train.class_weights=inverse", "train.class_weights"),
     ("seed=-1", "seed"), (f"seed={MAX_SEED + 1}", "seed"), ("results_dir=''", "results_dir"),
+    ("results_dir=' '", "results_dir"),
 ]
 
 
@@ -39,10 +43,28 @@ def test_a_bad_value_is_refused_naming_its_key_before_any_work(compose_cfg, tmp_
 @pytest.mark.parametrize("override", [
     "train.max_steps=1", "train.checkpoint_every_n_epochs=0", "train.checkpoint_min_interval_s=0",
     "hardware.num_threads=1", "hardware.devices=auto", "hardware.devices=[0]",
-    "hardware.precision=bf16-mixed",
+    "hardware.devices=-1", "hardware.devices='2'", "hardware.devices='-1'",
+    "hardware.precision=bf16-mixed", "train.class_weights=none",
     "eval.task_id=predicted", "seed=0", f"seed={MAX_SEED}"])
 def test_the_boundary_values_pass(compose_cfg, override):
     validate(compose_cfg(override))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_steps=0", "train.max_steps: expected an int > 0, got 0 (int)"),
+    ("train.checkpoint_min_interval_s=nan",
+     "train.checkpoint_min_interval_s: expected a finite float >= 0, got nan (float)"),
+    ("eval.task_id=guess", "eval.task_id: expected one of 'oracle', 'predicted', got 'guess' (str)"),
+    ("hardware.devices=0", "hardware.devices: expected an int > 0 or one of -1, 'auto' or a "
+                           "non-empty list of an int >= 0 or a non-zero int as a string, got 0 (int)"),
+    (f"seed={MAX_SEED + 1}", f"seed: expected an int >= 0 and <= {MAX_SEED}, got {MAX_SEED + 1} (int)"),
+    ("results_dir=' '", "results_dir: expected a non-blank string, got ' ' (str)"),
+])
+def test_the_message_states_the_declared_range(compose_cfg, override, message):
+    """The schema's ranges are stated as every group key's (cl_bench.ranges.check_value)."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(override))
+    assert str(err.value) == message
 
 
 def test_from_the_command_line_one_line_exit_2_no_traceback(cli, tmp_path):

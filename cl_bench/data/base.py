@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 # CISS (the kind of a class-incremental segmentation step) and IGNORE_INDEX (the label of
 # unlabelled pixels) live with the kinds table; streams import them from here
 from cl_bench.kinds import CISS, IGNORE_INDEX, KINDS, kind_spec  # noqa: F401
+from cl_bench.ranges import NonNegativeInt, PositiveFloat, check_value
 
 TaskKind = Literal["segmentation", "regression", "classification",
                    "class_incremental_segmentation"]
@@ -144,14 +145,11 @@ def regression_scale(targets: np.ndarray, scale: float | None, key: str = "tasks
     scale``. ``scale=None`` uses the SD of the training targets (at least 1).
 
     Raises:
-        ConfigError: a non-positive ``scale`` (names ``key``).
+        ConfigError: ``scale`` not a finite number > 0 or None (names ``key``).
     """
-    from cl_bench.errors import ConfigError
-
+    check_value(key, scale, PositiveFloat | None)
     if scale is None:
         return float(max(np.asarray(targets, dtype=np.float64).std(), 1.0))
-    if not scale > 0:
-        raise ConfigError(f"{key}: expected a positive number (years) or null, got {scale}")
     return float(scale)
 
 
@@ -189,9 +187,7 @@ def carve_validation(stream: list[Task], n_val: int, seed: int) -> list[Task]:
     """
     from cl_bench.errors import ConfigError
 
-    if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 0:
-        raise ConfigError(f"tasks.n_val: expected an int >= 0 (validation samples per task), "
-                          f"got {n_val!r}")
+    check_value("tasks.n_val", n_val, NonNegativeInt)
     if n_val == 0:
         return stream
     for t, task in enumerate(stream):

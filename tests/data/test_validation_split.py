@@ -101,5 +101,5 @@ def test_max_tasks_keeps_the_first_tasks(data_cache):
     stream = build_stream(_cfg("digits", data_cache, "+tasks.max_tasks=2", "tasks.n_val=4"))
     assert [t.name for t in stream] == ["digits_0_1", "digits_2_3"]
     assert all(len(t.val) == 4 for t in stream)
-    with pytest.raises(ConfigError, match="tasks.max_tasks: expected a positive int"):
+    with pytest.raises(ConfigError, match=r"^tasks.max_tasks: expected an int > 0 or None, got 0"):
         build_stream(_cfg("digits", data_cache, "+tasks.max_tasks=0"))

@@ -1,4 +1,6 @@
-"""Evaluation of one task: Dice (segmentation), MAE in native units (regression), accuracy.
+"""Evaluation of one task (:func:`evaluate_task`) and of one row of R, every task of the
+stream with the same weights (:func:`evaluate_row`): Dice (segmentation), MAE in native units
+(regression), accuracy, mIoU.
 
 A plain ``torch.inference_mode`` loop (no Lightning overhead per call; the R matrix needs
 O(T^2) of these). What differs between task kinds (the scorer, how a head's output becomes a
@@ -29,6 +31,7 @@ evaluated with predicted ids is scored like class-IL.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -184,3 +187,65 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
         result["retrieval_ms_per_sample"] = 1000.0 * predict_s / max(n, 1)
     model.train(was_training)
     return result
+
+
+@dataclass
+class Row:
+    """One row of R, as :func:`evaluate_row` computes it (lists are in stream order).
+
+    Attributes:
+        scores: each task's headline metric (``task.metric``) in the run's task-id mode;
+        details: ``{task name: every score of evaluate_task}`` in that mode;
+        other, retrieval: a task-agnostic strategy's scores in the other task-id mode and the
+            share of each task's test samples routed to it (``None`` otherwise);
+        val_scores, val_details: the same as scores/details on the validation sets, in the
+            run's mode (``None`` without validation sets).
+    """
+
+    scores: list[float]
+    details: dict
+    other: list[float] | None = None
+    retrieval: list[float] | None = None
+    val_scores: list[float] | None = None
+    val_details: dict | None = None
+
+
+def evaluate_row(model, strategy, stream, batch_size: int, device: str, bf16: bool,
+                 task_id: str = "oracle", val: bool = False) -> Row:
+    """Evaluate every task of ``stream`` with the current weights: one row of R.
+
+    A task-agnostic strategy is evaluated with both the oracle and the predicted task id:
+    ``task_id`` (``eval.task_id``) picks the mode of the row, the other mode and the retrieval
+    accuracies go to :attr:`Row.other` / :attr:`Row.retrieval`. ``val``: also score the
+    validation sets (run's mode only). Under DDP every rank evaluates the whole test set with the
+    same weights (MONAI's and torchmetrics' metrics all-gather across ranks; duplicates leave
+    the means unchanged).
+
+    Raises:
+        ConfigError: ``task_id="predicted"`` with a strategy that predicts no task id.
+    """
+    modes = [False, True] if strategy.task_agnostic else [False]
+    if task_id == "predicted":
+        modes.reverse()
+    cache: dict = {}  # one row, one set of weights: CISS steps share a test pass
+    scores = [{t.name: evaluate_task(model, strategy, t, batch_size, device, bf16, stream,
+                                     predicted, cache)
+               for t in stream} for predicted in modes]
+    row = Row([scores[0][t.name][t.metric] for t in stream], scores[0])
+    if len(modes) == 2:
+        row.other = [scores[1][t.name][t.metric] for t in stream]
+        pred = scores[modes.index(True)]
+        row.retrieval = [pred[t.name]["retrieval"] for t in stream]
+        if task_id == "oracle":
+            for t in stream:  # keep the retrieval cost next to the oracle numbers
+                row.details[t.name]["retrieval"] = pred[t.name]["retrieval"]
+                row.details[t.name]["retrieval_ms_per_sample"] = (
+                    pred[t.name]["retrieval_ms_per_sample"])
+    if val:
+        predicted = task_id == "predicted"
+        val_scores = {t.name: evaluate_task(model, strategy, t, batch_size, device, bf16, stream,
+                                            predicted, {}, split="val")
+                      for t in stream}
+        row.val_scores = [val_scores[t.name][t.metric] for t in stream]
+        row.val_details = val_scores
+    return row

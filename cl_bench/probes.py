@@ -165,3 +165,30 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     model.train(was)
     return {"task": task.name, "split": split,
             "dice": {k: s.result()["dice"] for k, s in scorers.items()}}
+
+
+def reliance_task(model: nn.Module, stream: list[Task]) -> Task | None:
+    """The task whose decoder the reliance probe ablates: the stream's first task with a
+    decoder head (segmentation), on an encoder with stages (``stage_channels``); else None."""
+    if not hasattr(model.encoder, "stage_channels"):
+        return None
+    return next((t for t in stream if kind_spec(t.kind).head == "decoder"), None)
+
+
+def row_probes(model: nn.Module, strategy, stream: list[Task], task: Task,
+               reference: dict[str, torch.Tensor], task_start: dict[str, torch.Tensor],
+               batch_size: int = 4, device: str = "cpu") -> tuple[dict, dict | None]:
+    """The probes of the row after training ``task``: ``(movement, reliance)``.
+
+    ``movement``: :func:`movement` of each backbone stage since ``reference`` (W_0) and since
+    ``task_start`` (the weights before ``task``), with ``task``'s own adapter if the strategy
+    keeps one (``strategy.adapters``). ``reliance``: :func:`reliance` of the
+    :func:`reliance_task` once it is trained (it is ``task`` or before it), else ``None``.
+    """
+    adapters = getattr(strategy, "adapters", None) or []
+    moved = movement(model.encoder, reference, task.name if task.name in adapters else None,
+                     task_start)
+    rt = reliance_task(model, stream)
+    if rt is None or stream.index(rt) > stream.index(task):
+        return moved, None
+    return moved, reliance(model, strategy, rt, batch_size, device)

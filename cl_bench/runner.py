@@ -25,7 +25,7 @@ from cl_bench import probes
 from cl_bench.checkpoint import RunState
 from cl_bench.config import build, build_stream, check_node, validate
 from cl_bench.errors import ConfigError, Interrupted
-from cl_bench.evaluation import evaluate_task
+from cl_bench.evaluation import evaluate_row
 from cl_bench.files import write_json
 from cl_bench.hardware import cpu_name, resolve_precision
 from cl_bench.loggers import close_logger, log_row, make_logger
@@ -85,16 +85,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     if not stream or len(set(names)) != len(names):
         raise ConfigError(f"tasks: expected a non-empty stream of uniquely named tasks, got {names}")
     torch.manual_seed(cfg.seed + 1)  # heads: independent of how the data were made (cache or not)
-    for task in stream:
-        channels = task.train[0]["image"].shape[0]
-        if channels != model.encoder.in_channels:
-            raise ConfigError(f"task {task.name!r} has {channels}-channel images but "
-                              f"backbone.in_channels is {model.encoder.in_channels}; make them agree")
-        spatial = task.train[0]["image"].dim() - 1
-        if spatial != model.encoder.spatial_dims:
-            raise ConfigError(f"task {task.name!r} has {spatial}D images but backbone "
-                              f"{cfg.backbone.get('name')!r} has spatial_dims="
-                              f"{model.encoder.spatial_dims}; pick a {spatial}D backbone")
+    model.check_stream(stream, cfg.backbone.get("name"))
     model.add_heads(stream)
     strategy.setup(model, stream)
     if cfg.hardware.compile:  # after setup: the adapters are in place
@@ -194,95 +185,6 @@ def _interrupted(run_dir: Path, stream, done: int, sigterm: bool) -> Interrupted
         f"clbench resume={run_dir}", exit_code=143 if sigterm else 130)
 
 
-@dataclass
-class Row:
-    """One row of R, as :func:`evaluate_row` computes it (lists are in stream order).
-
-    Attributes:
-        scores: each task's headline metric (``task.metric``) in the run's task-id mode;
-        details: ``{task name: every score of evaluate_task}`` in that mode;
-        other, retrieval: a task-agnostic strategy's scores in the other task-id mode and the
-            share of each task's test samples routed to it (``None`` otherwise);
-        val_scores, val_details: the same as scores/details on the validation sets, in the
-            run's mode (``None`` without validation sets).
-    """
-
-    scores: list[float]
-    details: dict
-    other: list[float] | None = None
-    retrieval: list[float] | None = None
-    val_scores: list[float] | None = None
-    val_details: dict | None = None
-
-
-def evaluate_row(model, strategy, stream, batch_size: int, device: str, bf16: bool,
-                 task_id: str = "oracle", val: bool = False) -> Row:
-    """Evaluate every task of ``stream`` with the current weights: one row of R.
-
-    A task-agnostic strategy is evaluated with both the oracle and the predicted task id:
-    ``task_id`` (``eval.task_id``) picks the mode of the row, the other mode and the retrieval
-    accuracies go to :attr:`Row.other` / :attr:`Row.retrieval`. ``val``: also score the
-    validation sets (run's mode only). Under DDP every rank evaluates the whole test set with the
-    same weights (MONAI's and torchmetrics' metrics all-gather across ranks; duplicates leave
-    the means unchanged).
-
-    Raises:
-        ConfigError: ``task_id="predicted"`` with a strategy that predicts no task id.
-    """
-    modes = [False, True] if strategy.task_agnostic else [False]
-    if task_id == "predicted":
-        modes.reverse()
-    cache: dict = {}  # one row, one set of weights: CISS steps share a test pass
-    scores = [{t.name: evaluate_task(model, strategy, t, batch_size, device, bf16, stream,
-                                     predicted, cache)
-               for t in stream} for predicted in modes]
-    row = Row([scores[0][t.name][t.metric] for t in stream], scores[0])
-    if len(modes) == 2:
-        row.other = [scores[1][t.name][t.metric] for t in stream]
-        pred = scores[modes.index(True)]
-        row.retrieval = [pred[t.name]["retrieval"] for t in stream]
-        if task_id == "oracle":
-            for t in stream:  # keep the retrieval cost next to the oracle numbers
-                row.details[t.name]["retrieval"] = pred[t.name]["retrieval"]
-                row.details[t.name]["retrieval_ms_per_sample"] = (
-                    pred[t.name]["retrieval_ms_per_sample"])
-    if val:
-        predicted = task_id == "predicted"
-        val_scores = {t.name: evaluate_task(model, strategy, t, batch_size, device, bf16, stream,
-                                            predicted, {}, split="val")
-                      for t in stream}
-        row.val_scores = [val_scores[t.name][t.metric] for t in stream]
-        row.val_details = val_scores
-    return row
-
-
-def count_params(model, strategy, task) -> dict:
-    """``params.json``'s entry for ``task``: what trains, split into the task's adapters, its
-    head (for a segmentation task, its decoder) and the rest (backbone weights), with the
-    adapters' share of the backbone (the brain-MRI study's "< 0.1 % of parameters",
-    arXiv 2602.23533). Counts are numbers of scalars; ``*_pct`` are percentages."""
-    def n(params) -> int:
-        return sum(p.numel() for p in params)
-
-    trainable_params = strategy.trainable_parameters()
-    trainable = n(trainable_params)
-    total = n(model.parameters())
-    backbone = n(p for name, p in model.encoder.named_parameters() if "lora_" not in name)
-    adapters = n(p for name, p in model.backbone.named_parameters()
-                 if "lora_" in name and f".{task.name}." in name)
-    head_ids = {id(p) for p in model.heads[task.name].parameters()}
-    head = n(model.heads[task.name].parameters())
-    head_trainable = n(p for p in trainable_params if id(p) in head_ids)
-    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
-            "backbone": backbone, "head": head,
-            "decoder": head if task.kind == "segmentation" else 0,
-            "adapter": adapters,
-            "trainable_backbone": trainable - head_trainable - adapters,
-            "adapter_pct_of_backbone": 100.0 * adapters / backbone if backbone else 0.0,
-            "adapter_pct_of_total": 100.0 * adapters / total,
-            "head_pct_of_total": 100.0 * head / total}
-
-
 class _StreamRun:
     """One run going through its stream: its :class:`~cl_bench.checkpoint.RunState` (what
     ``state.pt`` holds), the rows it evaluates and the files it writes after each."""
@@ -295,9 +197,6 @@ class _StreamRun:
         self.has_val = all(t.val is not None for t in stream)  # R on the validation sets too
         self.reference = probes.weight_snapshot(model.encoder)  # W_0 (rebuilt the same on resume)
         self.task_start = self.reference
-        seg = [t for t in stream if t.kind == "segmentation"]
-        self.reliance_task = (seg[0] if seg and hasattr(model.encoder, "stage_channels")
-                              else None)
         self.logger = None
         self.extra = {"strategy": strategy.name, "seed": cfg.seed, "tasks": cfg.tasks.get("name"),
                       "backbone": cfg.backbone.get("name"), "run_dir": str(run_dir)}
@@ -391,7 +290,7 @@ class _StreamRun:
         if model.calibrate_head(task, cfg.train.eval_batch_size, cache, track=not frozen):
             log.info("task %s: head input standardised on its %d training samples", task.name,
                      len(task.train))
-        s.params["tasks"][task.name] = count_params(model, strategy, task)
+        s.params["tasks"][task.name] = model.count_params(task, strategy.trainable_parameters())
         s.params["backbone_params"] = s.params["tasks"][task.name]["backbone"]
         if self.main:
             write_json(run_dir / "params.json", s.params)
@@ -419,20 +318,15 @@ class _StreamRun:
         return metrics
 
     def run_probes(self, label: str, task) -> float:
-        """Row ``label``'s probes (:mod:`cl_bench.probes`): each backbone stage's movement since
-        the start (and ``task``'s adapter, if it has one), and the first segmentation task's
-        Dice with each decoder input replaced by its training mean, once that task is trained.
-        Returns the seconds they took."""
+        """Row ``label``'s probes (:func:`cl_bench.probes.row_probes`) into ``probes.json``;
+        returns the seconds they took."""
         start = time.perf_counter()
         found = self.state.probes
-        adapters = getattr(self.strategy, "adapters", None) or []
-        found["movement"][label] = probes.movement(
-            self.model.encoder, self.reference, task.name if task.name in adapters else None,
-            self.task_start)
-        rt = self.reliance_task
-        if rt is not None and self.stream.index(rt) <= self.stream.index(task):
-            found["reliance"][label] = probes.reliance(
-                self.model, self.strategy, rt, self.cfg.train.eval_batch_size, self.device)
+        found["movement"][label], reliance = probes.row_probes(
+            self.model, self.strategy, self.stream, task, self.reference, self.task_start,
+            self.cfg.train.eval_batch_size, self.device)
+        if reliance is not None:
+            found["reliance"][label] = reliance
         if self.main:
             write_probes(self.run_dir, found)
         return time.perf_counter() - start

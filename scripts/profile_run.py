@@ -46,8 +46,10 @@ def report(stats: pstats.Stats, total: float, overrides: list[str], cfg) -> str:
     builder and the strategy class whose hooks are timed)."""
     from hydra.utils import get_class, get_method
 
-    from cl_bench.training import LitTask
-    from cl_bench.runner import _StreamRun, run
+    from cl_bench.evaluation import evaluate_row
+    from cl_bench.results import write_results
+    from cl_bench.runner import run
+    from cl_bench.training import LitTask, fit_task
 
     def cum(fn) -> float:
         return stats.stats.get(_key(fn), (0, 0, 0, 0.0))[3]
@@ -55,10 +57,7 @@ def report(stats: pstats.Stats, total: float, overrides: list[str], cfg) -> str:
     strategy = get_class(cfg.strategy._target_)
     rows = [("run (after imports and config)", 0, cum(run)),
             (f"build the stream ({cfg.tasks._target_})", 1, cum(get_method(cfg.tasks._target_))),
-            ("train_task (all tasks: fit, hooks, evaluation, files, checkpoints)", 1,
-             cum(_StreamRun.train_task))]
-    for hook in ("before_task", "after_task"):
-        rows.append((f"{strategy.__name__}.{hook}", 2, cum(getattr(strategy, hook))))
+            ("fit_task (all tasks: Lightning fit, mid-task checkpoints)", 1, cum(fit_task))]
     import lightning as L
     fit, step = cum(L.Trainer.fit), cum(LitTask.training_step)
     rows += [("Lightning fit", 2, fit), ("training_step", 3, step)]
@@ -72,9 +71,11 @@ def report(stats: pstats.Stats, total: float, overrides: list[str], cfg) -> str:
         named.append((value[3], known.get(name, f"{where}: {name}")))
     for seconds, label in sorted(named, reverse=True)[:8]:
         rows.append((label, 4, seconds))
-    rows += [("Lightning's loop around the step (fit - training_step)", 3, fit - step),
-             ("evaluation (every row)", 2, cum(_StreamRun.evaluate_row)),
-             ("result files (and figures at the end)", 2, cum(_StreamRun.write_row))]
+    rows.append(("Lightning's loop around the step (fit - training_step)", 3, fit - step))
+    for hook in ("before_task", "after_task"):
+        rows.append((f"{strategy.__name__}.{hook}", 1, cum(getattr(strategy, hook))))
+    rows += [("evaluation (every row: evaluate_row)", 1, cum(evaluate_row)),
+             ("result files (and figures at the end: write_results)", 1, cum(write_results))]
     lines = [f"clbench {' '.join(overrides)}", "",
              "| part | s | % of process |", "|---|---|---|",
              f"| whole process (under cProfile) | {total:.1f} | 100 |",

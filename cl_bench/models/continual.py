@@ -117,6 +117,52 @@ class ContinualModel(nn.Module):
             else:
                 self.add_head(task)
 
+    def check_stream(self, stream: list[Task], backbone_name: str | None = None) -> None:
+        """Each task's images fit the encoder: ``in_channels`` channels and ``spatial_dims``
+        spatial axes (checked on each task's first training image, before any head is made).
+
+        Raises:
+            ConfigError: naming the task and ``backbone.in_channels`` / the backbone
+                (``backbone_name``, the config's ``backbone.name``) whose dimensions differ.
+        """
+        enc = self.encoder
+        for task in stream:
+            channels = task.train[0]["image"].shape[0]
+            if channels != enc.in_channels:
+                raise ConfigError(f"task {task.name!r} has {channels}-channel images but "
+                                  f"backbone.in_channels is {enc.in_channels}; make them agree")
+            spatial = task.train[0]["image"].dim() - 1
+            if spatial != enc.spatial_dims:
+                raise ConfigError(f"task {task.name!r} has {spatial}D images but backbone "
+                                  f"{backbone_name!r} has spatial_dims={enc.spatial_dims}; "
+                                  f"pick a {spatial}D backbone")
+
+    def count_params(self, task: Task, trainable: list[nn.Parameter]) -> dict:
+        """``params.json``'s entry for ``task`` while ``trainable`` (the strategy's
+        ``trainable_parameters()``) train: what trains, split into the task's LoRA adapters, its
+        head (for a task whose head is a decoder, that decoder) and the rest (backbone weights),
+        with the adapters' share of the backbone (the brain-MRI study's "< 0.1 % of
+        parameters", arXiv 2602.23533). Counts are numbers of scalars; ``*_pct`` percentages."""
+        def n(params) -> int:
+            return sum(p.numel() for p in params)
+
+        trainable_n = n(trainable)
+        total = n(self.parameters())
+        backbone = n(p for name, p in self.encoder.named_parameters() if "lora_" not in name)
+        adapters = n(p for name, p in self.backbone.named_parameters()
+                     if "lora_" in name and f".{task.name}." in name)
+        head_ids = {id(p) for p in self.heads[task.name].parameters()}
+        head = n(self.heads[task.name].parameters())
+        head_trainable = n(p for p in trainable if id(p) in head_ids)
+        return {"trainable": trainable_n, "total": total,
+                "trainable_pct": 100.0 * trainable_n / total, "backbone": backbone, "head": head,
+                "decoder": head if kind_spec(task.kind).head == "decoder" else 0,
+                "adapter": adapters,
+                "trainable_backbone": trainable_n - head_trainable - adapters,
+                "adapter_pct_of_backbone": 100.0 * adapters / backbone if backbone else 0.0,
+                "adapter_pct_of_total": 100.0 * adapters / total,
+                "head_pct_of_total": 100.0 * head / total}
+
     def begin_task(self, task: Task) -> None:
         """Called before training ``task``: a class-IL head activates the task's classes."""
         head = self.heads[task.name]

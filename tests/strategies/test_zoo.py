@@ -22,20 +22,24 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 BASE = ["tasks=digits", "tasks.n_tasks=2", "train.max_steps=60", "train.batch_size=32",
         "train.progress_bar=false", "train.checkpoint_every_n_epochs=0", "logger=none",
         "hardware.num_threads=1"]  # tiny models: a second thread only adds overhead
-_RUNS: dict[str, tuple] = {}
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """``digits_run(key, *overrides)``: the 2-task digits stream run once per ``key`` in this
+    module (joint's check reuses seq_ft's class-IL run): (RunOutput, R DataFrame, metrics, dir)."""
+    runs: dict[str, tuple] = {}
 
+    def _run(key: str, *overrides: str) -> tuple:
+        if key not in runs:
+            with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+                cfg = compose("config", overrides=BASE + list(overrides))
+            out_dir = tmp_path_factory.mktemp(key)
+            out = run(cfg, out_dir)
+            R = pd.read_csv(out_dir / "matrix.csv", index_col=0)
+            metrics = json.loads((out_dir / "metrics.json").read_text())
+            runs[key] = (out, R, metrics, out_dir)
+        return runs[key]
 
-def digits_run(tmp_path_factory, key: str, *overrides: str):
-    """Run the 2-task digits stream once per ``key``: (RunOutput, R DataFrame, metrics, dir)."""
-    if key not in _RUNS:
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("config", overrides=BASE + list(overrides))
-        out_dir = tmp_path_factory.mktemp(key)
-        out = run(cfg, out_dir)
-        R = pd.read_csv(out_dir / "matrix.csv", index_col=0)
-        metrics = json.loads((out_dir / "metrics.json").read_text())
-        _RUNS[key] = (out, R, metrics, out_dir)
-    return _RUNS[key]
+    return _run
 
 
 def exactly_no_forgetting(out, R, metrics, run_dir):
@@ -157,13 +161,13 @@ TABLE = {
 
 
 @pytest.mark.parametrize("strategy", list(TABLE))
-def test_strategy_property_on_digits(strategy, tmp_path_factory):
+def test_strategy_property_on_digits(strategy, digits_run):
     overrides, check = TABLE[strategy]
     if not (Path(CONF) / "strategy" / f"{strategy}.yaml").is_file():
         pytest.fail(f"conf/strategy/{strategy}.yaml is missing")
-    result = digits_run(tmp_path_factory, strategy, f"strategy={strategy}", *overrides)
+    result = digits_run(strategy, f"strategy={strategy}", *overrides)
     if strategy == "joint":
-        check(*result, digits_run(tmp_path_factory, "seq_ft_class_il", "strategy=seq_ft",
+        check(*result, digits_run("seq_ft_class_il", "strategy=seq_ft",
                                   "tasks.scenario=class_il")[2])
     else:
         check(*result)

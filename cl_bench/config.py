@@ -218,15 +218,17 @@ def _check_accelerator(hardware) -> None:
                           "available here; use hardware=cpu")
 
 
-def _check_fields(schema: type, node: DictConfig | None, prefix: str = "") -> None:
+def _check_fields(schema: type, node: DictConfig | None, prefix: str = "",
+                  absent_ok: bool = True) -> None:
     """Check the values of ``node`` against the ranges of ``schema``'s fields (each field's
-    annotation, or its ``metadata["hint"]``); a nested dataclass (a section) is left out."""
+    annotation, or its ``metadata["hint"]``); a nested dataclass (a section) is left out, and
+    so is a field absent from ``node`` if ``absent_ok`` (else it is checked as None)."""
     if node is None:
         return
     hints = typing.get_type_hints(schema, include_extras=True)
     for f in dataclasses.fields(schema):
         annotation = f.metadata.get("hint", hints[f.name])
-        if (f.name not in node or annotation is Any
+        if (f.name not in node and absent_ok or annotation is Any
                 or dataclasses.is_dataclass(annotation)):
             continue
         value = node.get(f.name)
@@ -248,7 +250,7 @@ def validate(cfg: DictConfig) -> None:
                             ("eval", EvalConfig)):
         _check_fields(schema, cfg.get(section), f"{section}.")
     _check_accelerator(cfg.get("hardware"))
-    _check_fields(ClBenchConfig, cfg)
+    _check_fields(ClBenchConfig, cfg, absent_ok=False)
 
 
 def locate(path: str) -> Any:

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cl_bench.data.base import CISS, Task
+from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.kinds import kind_spec
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, checked
 
 
@@ -90,8 +91,7 @@ class Strategy:
             ConfigError: a class-incremental stream with a strategy that needs task ids.
         """
         self.model, self.stream = model, stream
-        class_il = [t.name for t in stream if t.scenario == "class_il"
-                    and t.kind in ("classification", CISS)]
+        class_il = [t.name for t in stream if kind_spec(t.kind).shared_head(t)]
         if class_il and self.needs_task_id:
             hint = (" (its task-agnostic evaluation, tasks.scenario=task_il eval.task_id=predicted,"
                     " scores in the class-IL label space)" if self.task_agnostic else "")

@@ -40,7 +40,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from cl_bench.data.base import CISS, Task
+from cl_bench.data.base import Task
+from cl_bench.kinds import kind_spec
 from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.models.heads import TaskView
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat
@@ -62,17 +63,30 @@ def distillation(new: torch.Tensor, old: torch.Tensor, kind: str,
         batch and voxels), times T^2 if ``t_squared``; regression: the mean squared error; CISS:
         the per-class BCE summed over classes, averaged over pixels.
     """
-    if kind == "regression":
-        return F.mse_loss(new.float(), old.float())
-    if kind == CISS:
-        bce = F.binary_cross_entropy_with_logits(new.float(), torch.sigmoid(old.float()),
-                                                 reduction="none")
-        return bce.sum(dim=1).mean()
-    t = temperature
+    return DISTILLATION[kind_spec(kind).head](new, old, temperature, t_squared)
+
+
+def _softmax_kd(new: torch.Tensor, old: torch.Tensor, t: float, t_squared: bool) -> torch.Tensor:
     log_p = F.log_softmax(new.float() / t, dim=1)
     q = F.softmax(old.float() / t, dim=1)
     loss = -(q * log_p).sum(dim=1).mean()
     return loss * t * t if t_squared else loss
+
+
+def _mse_kd(new: torch.Tensor, old: torch.Tensor, t: float, t_squared: bool) -> torch.Tensor:
+    return F.mse_loss(new.float(), old.float())
+
+
+def _sigmoid_kd(new: torch.Tensor, old: torch.Tensor, t: float, t_squared: bool) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(new.float(), torch.sigmoid(old.float()),
+                                             reduction="none")
+    return bce.sum(dim=1).mean()
+
+
+#: the distillation form of each head family (:attr:`cl_bench.kinds.KindSpec.head`): softmax
+#: heads (segmentation decoders, classifiers), a regressor, CISS's per-class sigmoids
+DISTILLATION = {"decoder": _softmax_kd, "classifier": _softmax_kd, "regressor": _mse_kd,
+                "ciss": _sigmoid_kd}
 
 
 class LwF(Strategy):

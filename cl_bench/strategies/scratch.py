@@ -27,6 +27,7 @@ from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.kinds import kind_spec
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.strategies.base import Strategy
 
@@ -131,20 +132,20 @@ class Scratch(Strategy):
         super().setup(model, stream)
         enc = model.encoder
         c, sd = enc.in_channels, enc.spatial_dims
+        builders = {  # a fresh network per head family (cl_bench.kinds.KindSpec.head)
+            "decoder": lambda task: ScratchSegmenter(sd, c, task.num_classes, self.features),
+            "regressor": lambda task: ScratchEncoderHead(sd, c, self.features, 1,
+                                                         self.regression_width),
+            "classifier": lambda task: ScratchEncoderHead(sd, c, self.features, task.num_classes,
+                                                          regression=False)}
         for task in stream:
-            if task.kind == "segmentation":
-                head = ScratchSegmenter(sd, c, task.num_classes, self.features)
-            elif task.kind == "regression":
-                head = ScratchEncoderHead(sd, c, self.features, 1, self.regression_width)
-            elif task.kind == "classification" and task.scenario != "class_il":
-                head = ScratchEncoderHead(sd, c, self.features, task.num_classes,
-                                          regression=False)
-            else:
+            spec = kind_spec(task.kind)
+            if spec.head not in builders or spec.shared_head(task):
                 raise ConfigError(
                     f"strategy=scratch: task {task.name!r} ({task.kind}, {task.scenario}) shares "
                     "a label space with other tasks; a fresh model per task cannot score it. "
                     "Use strategy=joint as the upper bound of a class-incremental stream")
-            model.heads[task.name] = head
+            model.heads[task.name] = builders[spec.head](task)
         model.backbone = NoBackbone(c, sd)
 
     def before_task(self, t: int, task: Task) -> None:

@@ -15,7 +15,7 @@ class ClBenchError(Exception):
 class ConfigError(ClBenchError):
     """A config value is missing, of the wrong type or out of range.
 
-    The message names the config key, e.g. ``strategy.rank: expected a positive int, got -4``.
+    The message names the config key, e.g. ``strategy.rank: expected an int > 0, got -4 (int)``.
     """
 
 

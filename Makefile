@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 ARGS ?= strategy=lora tasks=brain_seg_age
+# the suite on pytest-xdist workers, one per core (at most 4; each gets one torch thread,
+# tests/conftest.py), tests handed out one by one (worksteal: the long resume tests spread)
+TEST_WORKERS ?= -n auto --maxprocesses=4 --dist worksteal
 
 .PHONY: install run test lint check-reference clean
 
@@ -26,7 +29,7 @@ run: install
 	$(VENV)/bin/clbench $(ARGS)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check cl_bench scripts tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,11 @@ from hydra import compose, initialize_config_dir
 import cl_bench.config  # noqa: F401  (registers the schema)
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-torch.set_num_threads(2)
+#: pytest-xdist workers (``make test`` runs two on the 2-core machine) get one intra-op thread
+#: each, and so do the runs they make (``hardware.num_threads``): two workers of two threads on
+#: two cores only contend. A plain ``pytest`` keeps two threads.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+torch.set_num_threads(THREADS)
 
 
 def tiny_overrides(cache_dir: Path) -> list[str]:
@@ -20,7 +25,8 @@ def tiny_overrides(cache_dir: Path) -> list[str]:
             f"tasks.cache_dir={cache_dir}",
             "backbone=vit3d_tiny", "backbone.weights=null", "backbone.num_layers=4", "train.max_steps=3",
             "train.progress_bar=false", "logger=csv",
-            "hardware.precision=32-true"]  # the same numbers on every CPU (auto: bf16 on some)
+            "hardware.precision=32-true",  # the same numbers on every CPU (auto: bf16 on some)
+            f"hardware.num_threads={THREADS}"]
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,11 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
+
+#: several minutes of subprocess runs on 2 cores: `pytest -m "not slow"` leaves them out of a
+#: quick loop (make test and CI run everything)
+pytestmark = pytest.mark.slow
 
 
 def test_two_process_ddp_run_on_cpu(tmp_path):

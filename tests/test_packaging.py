@@ -8,7 +8,13 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+#: several minutes of subprocess runs on 2 cores: `pytest -m "not slow"` leaves them out of a
+#: quick loop (make test and CI run everything)
+pytestmark = pytest.mark.slow
 
 
 def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):

@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+#: several minutes of subprocess runs on 2 cores: `pytest -m "not slow"` leaves them out of a
+#: quick loop (make test and CI run everything)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: a 2-task stream small enough for CI; task 2 (brain_age) long enough to be killed in

@@ -16,6 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+#: several minutes of subprocess runs on 2 cores: `pytest -m "not slow"` leaves them out of a
+#: quick loop (make test and CI run everything)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
         "backbone=vit3d_tiny", "backbone.weights=null",

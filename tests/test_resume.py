@@ -23,11 +23,15 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: a 2-task stream small enough for CI; task 2 (brain_age) long enough to be killed in
+#: a 2-task stream small enough for CI; task 2 (brain_age) long enough to be killed in.
+#: A mid-task checkpoint every 5 epochs (10 steps): one every 2 steps made the run 5x slower
+#: (81 s against 16 s), all of it writing checkpoints. One thread (the suite's workers share
+#: the cores), given to every command (THREADS): a resume with another count rounds differently
 TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
         "backbone=vit3d_tiny", "backbone.weights=null",
-        "backbone.num_layers=4", "train.progress_bar=false", "train.checkpoint_every_n_epochs=1",
-        "train.checkpoint_min_interval_s=0", "train.max_steps=120", "strategy=lora"]
+        "backbone.num_layers=4", "train.progress_bar=false", "train.checkpoint_every_n_epochs=5",
+        "train.checkpoint_min_interval_s=0", "train.max_steps=240", "strategy=lora"]
+THREADS = "hardware.num_threads=1"
 
 
 def _env(tmp_path: Path, cache: Path) -> dict:
@@ -36,7 +40,7 @@ def _env(tmp_path: Path, cache: Path) -> dict:
 
 
 def clbench(tmp_path: Path, cache: Path, *args: str, wait: bool = True):
-    cmd = [sys.executable, "-m", "cl_bench.cli", *args]
+    cmd = [sys.executable, "-m", "cl_bench.cli", *args, THREADS]
     if not wait:
         return subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path, cache),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -264,7 +268,7 @@ def test_a_write_failing_mid_checkpoint_keeps_the_previous_one_and_names_the_fil
     mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
     before = _digests(run_dir)
     rows = (run_dir / "matrix.csv").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", f"resume={run_dir}"],
+    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", f"resume={run_dir}", THREADS],
                           cwd=tmp_path, env=_env(tmp_path, cache), capture_output=True, text=True,
                           timeout=600, preexec_fn=_file_size_limit(mid.stat().st_size // 2))
     line = _one_error_line(proc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import pandas as pd
 
@@ -51,8 +52,18 @@ def test_wandb_offline_run_holds_config_metrics_table_and_heatmap(compose_cfg, t
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
     run(compose_cfg("strategy=lora", "logger=wandb", "train.log_every_n_steps=1"), tmp_path)
     (offline,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")  # offline by default
-    records = list(wandb_records(next(offline.glob("run-*.wandb"))))
-    kinds = [r.WhichOneof("record_type") for r in records]
+    # wandb's service process may still be writing the log when finish() returns: seen once
+    # with two xdist workers on 2 busy cores (an empty log); give it up to a minute
+    deadline = time.time() + 60
+    while True:
+        try:
+            records = list(wandb_records(next(offline.glob("run-*.wandb"))))
+        except Exception:  # a half-written record: not finished yet
+            records = []
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert "exit" in kinds  # the run was finished
 
     config = {i.key: json.loads(i.value_json) for r in records if r.HasField("config")

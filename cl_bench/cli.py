@@ -122,6 +122,7 @@ def main() -> None:
         print(Template(_help()).safe_substitute())
         return
     _check_resume_argument(sys.argv[1:])
+    _register_sweeper()
     user_asked_full = bool(os.environ.get("HYDRA_FULL_ERROR"))
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
@@ -145,6 +146,17 @@ def main() -> None:
     except KeyboardInterrupt:  # before a run started (imports, composition): nothing written
         print("clbench: stopped by Ctrl-C", file=sys.stderr)
         sys.exit(130)
+
+
+def _register_sweeper() -> None:
+    """Register ``hydra/sweeper=optuna``'s plugin class with Hydra by hand: Hydra finds plugins
+    by walking the ``hydra_plugins`` namespace's directories, and an editable install (setuptools'
+    import-hook finder) hides ours from that walk; a wheel install is found either way."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.clbench_optuna_sweeper.optuna_sweeper import ClBenchOptunaSweeper
+
+    Plugins.instance().register(ClBenchOptunaSweeper)
 
 
 def _clbench_cause(ex: BaseException) -> ClBenchError | None:
@@ -178,11 +190,15 @@ def quiet_libraries() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float | None:
     """Run one experiment; user errors print one line and exit with code 2.
 
     In a sweep (``-m``) the error is raised instead of exiting, so the launcher marks this job
     failed and the other sweep points still run (each has its own directory).
+
+    Returns:
+        a search trial's objective value (:func:`_objective`; the sweeper reads it from Hydra's
+        ``JobReturn``), else ``None``.
     """
     from cl_bench.runner import run
     from cl_bench.summary import job_line, run_summary
@@ -194,7 +210,8 @@ def _main(cfg: DictConfig) -> None:
     try:
         if cfg.get("resume"):
             cfg = _adopt_saved_config(cfg, Path(run_dir))
-        run(cfg, run_dir)
+        out = run(cfg, run_dir)
+        value = _objective(cfg, out.metrics)
     except ClBenchError as e:
         print(f"clbench: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}",
               file=sys.stderr)
@@ -212,7 +229,23 @@ def _main(cfg: DictConfig) -> None:
         _log_to_file_only("\n" + run_summary(run_dir))
     else:
         log.info("\n%s", run_summary(run_dir))
-    return None
+    return value
+
+
+def _objective(cfg: DictConfig, metrics: dict) -> float | None:
+    """A search trial's (``search.trial`` set) objective value, what the sweeper reads from
+    the job's return (:mod:`cl_bench.search`); ``None`` for any other run.
+
+    Raises:
+        ClBenchError: the objective cannot be read from the run's validation R.
+    """
+    if cfg.get("search") is None or cfg.search.get("trial") is None:
+        return None
+    from cl_bench.search.objective import parse_objective
+
+    value = parse_objective(cfg.search.objective).value(metrics)
+    log.info("search trial %s: %s = %.6g", cfg.search.trial, cfg.search.objective, value)
+    return value
 
 
 #: what Hydra puts in a run directory before cl_bench runs (its config record and the log file)

@@ -34,7 +34,8 @@ from cl_bench.ranges import (_BOUNDS, _constraints, _describe, _type_ok,  # noqa
 #: config keys that do not change a run's results: they may differ between a run and its
 #: resumption (cl_bench.checkpoint, cl_bench.cli) and never split runs into groups in a report
 #: (cl_bench.report)
-RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger")
+RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger",
+                  "search.objective", "search.spaces")
 
 
 #: Lightning 2's precision names (``lightning.fabric.connector._PRECISION_INPUT``)
@@ -131,6 +132,21 @@ class EvalConfig:
     task_id: str = field(default="oracle", metadata=hint(Literal["oracle", "predicted"]))
 
 
+@dataclass
+class SearchConfig:
+    """A hyperparameter search's keys (``clbench -m hydra/sweeper=optuna``; cl_bench.search)."""
+
+    #: what the search optimises: a statistic of the validation R, ``val.<stat>`` or
+    #: ``val.<metric>.<stat>`` (cl_bench.search.objective; direction from the metric's kind)
+    objective: str = "val.maa"
+    #: set by the sweeper on each trial (its Optuna trial number): the run evaluates R on the
+    #: validation split only and never touches the test split (null: a normal run)
+    trial: Optional[NonNegativeInt] = None
+    #: per-strategy search spaces of a preset (``{strategy name: {key: sweep}}``), read by the
+    #: sweeper's ``params`` through an interpolation (conf/experiment/split_mnist_tuned.yaml)
+    spaces: Any = None
+
+
 #: the largest seed: the runner seeds task t with seed * 1000 + t, within Lightning's 32-bit range
 MAX_SEED = (2 ** 32 - 1) // 1000 - 1
 Seed = Annotated[int, at.Interval(ge=0, le=MAX_SEED)]
@@ -148,6 +164,7 @@ class ClBenchConfig:
     strategy: Any = None
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     logger: Any = None
     experiment: Any = None
     resume: Optional[str] = None  #: a run directory to continue (see cl_bench.checkpoint)
@@ -247,7 +264,7 @@ def validate(cfg: DictConfig) -> None:
             e.g. ``train.max_steps: expected an int > 0, got 0 (int)``.
     """
     for section, schema in (("train", TrainConfig), ("hardware", HardwareConfig),
-                            ("eval", EvalConfig)):
+                            ("eval", EvalConfig), ("search", SearchConfig)):
         _check_fields(schema, cfg.get(section), f"{section}.")
     _check_accelerator(cfg.get("hardware"))
     _check_fields(ClBenchConfig, cfg, absent_ok=False)
@@ -344,4 +361,26 @@ def build_stream(cfg: DictConfig) -> list:
     from cl_bench.data.base import carve_validation
 
     stream = build(cfg.tasks, "tasks")[:cfg.tasks.get("max_tasks")]  # its range: STREAM_KEYS
-    return carve_validation(stream, cfg.tasks.get("n_val", 0), int(cfg.seed))
+    stream = carve_validation(stream, cfg.tasks.get("n_val", 0), int(cfg.seed))
+    search = cfg.get("search")
+    if search is not None and search.get("trial") is not None:
+        seal_test_split(stream, int(search.trial))
+    return stream
+
+
+def seal_test_split(stream: list, trial: int) -> None:
+    """A search trial's stream (``search.trial`` set): every task's validation set takes the
+    place of its test set (R, the probes and every strategy's diagnostics then measure
+    validation samples), and the test set is dropped before anything could read it. The run's
+    metrics.json says ``eval_split: val``.
+
+    Raises:
+        ConfigError: ``tasks.n_val`` is 0 (a search needs validation samples; names the key).
+    """
+    if any(t.val is None for t in stream):
+        raise ConfigError(f"search.trial={trial}: a search trial evaluates on the validation "
+                          "split, and this stream has none; set tasks.n_val > 0 (validation "
+                          "samples per task, carved from its training set)")
+    for t in stream:
+        t.test, t.val = t.val, None
+        t.info = {**t.info, "eval_split": "val"}

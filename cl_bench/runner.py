@@ -199,7 +199,10 @@ class _StreamRun:
         self.task_start = self.reference
         self.logger = None
         self.extra = {"strategy": strategy.name, "seed": cfg.seed, "tasks": cfg.tasks.get("name"),
-                      "backbone": cfg.backbone.get("name"), "run_dir": str(run_dir)}
+                      "backbone": cfg.backbone.get("name"), "run_dir": str(run_dir),
+                      # a search trial's R is on the validation split (config.seal_test_split)
+                      "eval_split": "test" if cfg.get("search", {}).get("trial") is None
+                      else "val"}
         gpu = cfg.hardware.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
         self.device = "cuda" if gpu else "cpu"
         self.precision = resolve_precision(cfg.hardware.precision, cfg.hardware.accelerator,

@@ -147,7 +147,8 @@ def job_line(run_dir: str | Path) -> str:
         unit = f" {u['units']}" if u.get("units") else ""
         parts.append(f"{task} {metric_label(u.get('metric', ''))} {fmt_value(v)}{unit}")
     state = "" if m.get("complete") else f" [{R.index[-1]}, incomplete]"
-    return (f"{m.get('strategy', '?')} seed {m.get('seed', '?')}: " + ", ".join(parts)
+    split = " (validation)" if m.get("eval_split") == "val" else ""
+    return (f"{m.get('strategy', '?')} seed {m.get('seed', '?')}{split}: " + ", ".join(parts)
             + f"{state} -> {run_dir}")
 
 

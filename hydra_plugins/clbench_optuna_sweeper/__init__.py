@@ -1,0 +1,1 @@
+"""cl_bench's Optuna sweeper as a Hydra plugin (``hydra/sweeper=optuna``; cl_bench.search)."""

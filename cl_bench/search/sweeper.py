@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.errors import ClBenchError, ConfigError
+from cl_bench.errors import ClBenchError, ConfigError, Interrupted
 from cl_bench.ranges import Fraction, PositiveInt, check_value
 from cl_bench.search.objective import parse_objective
 from cl_bench.search.space import override_text, representative, search_space
@@ -280,8 +280,11 @@ class OptunaSearch:
                 returns += list(self.launcher.launch(overrides[start:end],
                                                      initial_job_idx=numbers[start]))
                 start = end
-        failed = []
+        failed, stopped = [], None
         for number, ret in zip(numbers, returns):
+            if isinstance(ret._return_value, Interrupted):  # Ctrl-C / SIGTERM: not a result
+                stopped = stopped or number  # stays RUNNING: a resumed search continues it
+                continue
             value = ret._return_value if ret.status == JobStatus.COMPLETED else None
             if isinstance(value, (int, float)) and math.isfinite(value):
                 study.tell(number, float(value), skip_if_finished=True)
@@ -293,6 +296,11 @@ class OptunaSearch:
             study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             log.warning("trial %d failed: %s", number, reason)
             failed.append(f"trial {number}: {reason}")
+        if stopped is not None:
+            sweep_dir = self.config.hydra.sweep.dir
+            raise Interrupted(f"search stopped during trial {stopped} (its checkpoints are kept); "
+                              f"continue the search with the same command and "
+                              f"hydra.sweep.dir={sweep_dir}", exit_code=130)
         if failed:
             states = [t.state.name for t in study.get_trials(deepcopy=False)]
             n_failed, n_done = states.count("FAIL"), sum(s != "RUNNING" for s in states)

@@ -131,3 +131,33 @@ def test_a_requeued_job_resumes_by_itself_and_matches_an_uninterrupted_run(tmp_p
     ours = torch.load(run / "checkpoints" / "state.pt", weights_only=True)["model"]
     theirs = torch.load(tmp_path / "ref" / "checkpoints" / "state.pt", weights_only=True)["model"]
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_an_optuna_search_runs_its_trials_as_a_slurm_job_array(tmp_path):
+    """Issue 27: ``hydra/sweeper=optuna`` with ``hardware=slurm``: 2 trials launched at once
+    (``n_jobs=2``) are the 2 elements of one job array; each returns its validation objective
+    from the SLURM job to the study in the sweep directory."""
+    import optuna
+
+    from cl_bench.search.sweeper import open_storage
+
+    sweep = tmp_path / "search"
+    proc = clbench(tmp_path, "-m", "hardware=slurm", "hydra/sweeper=optuna", "tasks=digits",
+                   "tasks.n_val=40", "train.max_steps=10", "train.batch_size=16",
+                   "train.progress_bar=false", "logger=none", "strategy=seq_ft",
+                   "strategy.lr=tag(log,interval(1e-4,1e-2))", "hydra.sweeper.n_trials=2",
+                   "hydra.sweeper.n_jobs=2", "hardware.slurm.cpus_per_task=1",
+                   "hardware.slurm.mem_gb=2", "hardware.slurm.time_min=20",
+                   f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    elements = sorted(p.name for p in (sweep / ".submitit").iterdir()
+                      if p.is_dir() and "_" in p.name)
+    assert len(elements) == 2 and len({e.split("_")[0] for e in elements}) == 1, elements
+    storage = open_storage(None, sweep)
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for trial in study.trials:
+        metrics = json.loads((sweep / f"{trial.number}_seq_ft_seed0" / "metrics.json").read_text())
+        assert metrics["eval_split"] == "val"
+        assert trial.value == pytest.approx(metrics["stream"]["maa"])

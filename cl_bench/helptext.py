@@ -102,6 +102,31 @@ def groups_text(conf_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def search_text(conf_dir: str | Path) -> str:
+    """The search keys: ``search.objective`` with its statistics, and every key of
+    ``conf/hydra/sweeper/optuna.yaml`` with its inline comment (read from the file)."""
+    import re
+
+    from cl_bench.search.objective import ALIASES, STATS
+
+    lines = ["Hyperparameter search on the validation R (Optuna; README \"Hyperparameter search\"):",
+             "  clbench -m hydra/sweeper=optuna tasks.n_val=100 'strategy.lr=tag(log,interval(1e-4,1e-2))'",
+             "  clbench-best <sweep dir> seed=0,1,2    the best trial's config on the test split, "
+             "mean ± std",
+             "  clbench-report <sweep dir>             best config, trials table, history and "
+             "importance plots",
+             "  continue a killed search: the same command with hydra.sweep.dir=<its dir>",
+             "  search.objective               val.<stat> or val.<metric>.<stat> (default val.maa), "
+             "stat one of",
+             f"                                 {', '.join(list(STATS) + list(ALIASES))}"]
+    path = Path(conf_dir) / "hydra" / "sweeper" / "optuna.yaml"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        found = re.match(r"^([a-z_]+):[^#]*#\s*(.+)$", line)
+        if found and not line.startswith("_"):
+            lines.append(f"  hydra.sweeper.{found.group(1).ljust(17)}{found.group(2).strip()}")
+    return "\n".join(lines)
+
+
 def help_template(conf_dir: str | Path) -> str:
     """The whole ``--help`` text (a :class:`string.Template`: ``$$`` for a literal ``$``)."""
     import textwrap
@@ -115,7 +140,7 @@ def help_template(conf_dir: str | Path) -> str:
     body = "\n".join([
         USAGE, groups_text(conf_dir), "",
         textwrap.fill(keys, width=100, subsequent_indent="  "),
-        "",
+        "", search_text(conf_dir).replace("$", "$$"), "",
         "Shell completion (bash; zsh and fish likewise): eval \"$$(clbench -sc install=bash)\"",
         "README.md: the option tables, results files and metrics conventions;",
         "clbench --hydra-help: Hydra's own flags (--cfg, --info, --multirun, ...)."])

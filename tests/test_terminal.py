@@ -54,6 +54,14 @@ def test_help_lists_every_group_option_of_conf_with_its_meaning(tmp_path):
                            ("eval", EvalConfig)):
         names = ", ".join(f.name for f in dataclasses.fields(schema))
         assert f"{prefix}.{{{names}}}" in flat, prefix
+    # the search keys (issue 27): the objective, its statistics and every key of the sweeper's
+    # config file, with its comment
+    from omegaconf import OmegaConf
+    sweeper = OmegaConf.load(ROOT / "conf" / "hydra" / "sweeper" / "optuna.yaml")
+    for key in [f"hydra.sweeper.{k}" for k in sweeper if not k.startswith("_")] + [
+            "search.objective", "final_average", "clbench-best <sweep dir> seed=0,1,2"]:
+        assert key in out, key
+    assert "hydra.sweeper.n_trials         trials in the study in all" in out
     # Hydra's own --help path (taken when overrides are given) prints the same text
     hydra_path = _clbench(tmp_path, "seed=1", "--help", timeout=120)
     assert hydra_path.returncode == 0 and hydra_path.stdout.strip() == out.strip()

@@ -41,6 +41,9 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
     assert "cl_bench/assets/vit2d_mnist_uci.safetensors" in names
     assert "cl_bench/assets/unet2d_uci.safetensors" in names
     assert "cl_bench/assets/swin_brain_ssl.safetensors" in names
+    # the Optuna sweeper's Hydra plugin (issue 27) and its config
+    assert "hydra_plugins/clbench_optuna_sweeper/optuna_sweeper.py" in names
+    assert "cl_bench/conf/hydra/sweeper/optuna.yaml" in names
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
@@ -56,3 +59,8 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert cfg.returncode == 0, cfg.stderr[-2000:]
     assert "name: swin_unetr" in cfg.stdout and "partition: debug" in cfg.stdout
+    search = subprocess.run([sys.executable, "-m", "cl_bench.cli", "experiment=split_mnist_tuned",
+                             "strategy=ewc", "--cfg", "hydra", "-p", "hydra.sweeper", "--resolve"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert search.returncode == 0, search.stderr[-2000:]
+    assert "ClBenchOptunaSweeper" in search.stdout and "strategy.ewc_lambda" in search.stdout

@@ -17,6 +17,13 @@ after every training step, mean ± std band per group). With ``--paper`` naming 
 states claims (:mod:`cl_bench.reference`), also ``claims.md`` / ``claims.csv``: each claim judged
 on our runs, per seed, with its margin (see :func:`claims_table`), printed after the table with
 ``--format markdown`` (the default).
+
+A directory that holds a hyperparameter search (``clbench -m hydra/sweeper=optuna``; its trials
+are runs like any other, one group per trial, measured on the validation split) also gets the
+study's report (:mod:`cl_bench.search.study`): ``best_config.yaml``, ``best_overrides.txt``,
+``trials.csv``, ``history.png`` and ``importance.png`` in ``<sweep dir>/study/`` (with ``--out``:
+``<out>/study/``, or ``<out>/study_<sweep dir name>/`` for several searches), and the best trial
+printed.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from omegaconf import OmegaConf
 from cl_bench.config import RUN_LOCAL_KEYS
 from cl_bench.errors import ClBenchError
 from cl_bench.reference import PAPERS
+from cl_bench.search.study import best_line, is_study_dir, load_study, write_study_report
 from cl_bench.summary import decimals, fmt_value
 
 #: config keys never used for grouping (they do not define an experiment): the run-local keys
@@ -704,25 +712,60 @@ def write_report(dirs: list[str | Path], out: str | Path | None = None, fmt: str
     return summary, text, skipped
 
 
+def _study_reports(dirs: list[str], out: str | None) -> tuple[list[str], list[str]]:
+    """The study report (:func:`cl_bench.search.study.write_study_report`) of every search
+    among ``dirs``: the lines to print (one per file, then the best trial) and the errors (one
+    line per search whose study could not be read; the other reports are still written)."""
+    studies = [d for d in dirs if is_study_dir(d)]
+    lines, errors = [], []
+    for d in studies:
+        where = (None if out is None else Path(out) / "study" if len(studies) == 1
+                 else Path(out) / f"study_{Path(d).resolve().name}")
+        try:
+            study = load_study(d)
+            written = write_study_report(d, where, study=study)
+        except ClBenchError as e:
+            errors.append(f"study {d}: {e}")
+            continue
+        for name, path in written.items():
+            why = ""
+            if name.endswith("_note"):
+                why = " (" + path.read_text().strip().split(": ", 1)[-1] + ")"
+            lines.append(f"clbench-report: wrote {path}{why}")
+        lines.append(f"clbench-report: {study.study_name}: "
+                     + (best_line(study) or "best: no complete trial yet"))
+    return lines, errors
+
+
 def main(argv: list[str] | None = None) -> None:
     """``clbench-report DIR [DIR ...] [--format F] [--out OUT] [--paper NAME]``; user errors
     print one line and exit with code 2."""
     p = argparse.ArgumentParser(prog="clbench-report", description=__doc__.split("\n")[0])
     p.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively)")
     p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
-    p.add_argument("--out", default=None, help="output directory (default: <first dir>/report)")
+    p.add_argument("--out", default=None, help="output directory (default: <first dir>/report; "
+                   "a search's study report: <sweep dir>/study)")
     p.add_argument("--paper", default=None, help=f"add published numbers: {', '.join(PAPERS)}")
     args = p.parse_args(argv)
+    study_lines, study_errors = _study_reports(args.dirs, args.out)
     try:
         _, text, skipped = write_report(args.dirs, args.out, args.format, args.paper)
     except ClBenchError as e:
-        print(f"clbench-report: error: {e}", file=sys.stderr)
+        print("\n".join(study_lines), end="\n" if study_lines else "")
+        for line in study_errors + [str(e)]:
+            print(f"clbench-report: error: {line}", file=sys.stderr)
         sys.exit(2)
     print(text)
     for s in skipped:
         print(f"clbench-report: skipped: {s}", file=sys.stderr)
     out = args.out or str(Path(args.dirs[0]) / "report")
     print(f"clbench-report: wrote {out}")
+    for line in study_lines:
+        print(line)
+    for line in study_errors:
+        print(f"clbench-report: error: {line}", file=sys.stderr)
+    if study_errors:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
     assert cfg.returncode == 0, cfg.stderr[-2000:]
     assert "name: swin_unetr" in cfg.stdout and "partition: debug" in cfg.stdout
     search = subprocess.run([sys.executable, "-m", "cl_bench.cli", "experiment=split_mnist_tuned",
-                             "strategy=ewc", "--cfg", "hydra", "-p", "hydra.sweeper", "--resolve"],
+                             "strategy=ewc", "--cfg", "all", "-p", "hydra.sweeper", "--resolve"],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert search.returncode == 0, search.stderr[-2000:]
     assert "ClBenchOptunaSweeper" in search.stdout and "strategy.ewc_lambda" in search.stdout

@@ -37,7 +37,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bench.errors import ClBenchError, ConfigError, Interrupted
 from cl_bench.ranges import Fraction, PositiveInt, check_value
-from cl_bench.search.objective import parse_objective
 from cl_bench.search.space import override_text, representative, search_space
 
 log = logging.getLogger("cl_bench.search")
@@ -73,7 +72,7 @@ def storage_label(storage: str | None, sweep_dir: str | Path) -> str:
     """Where the study lives, as a user would pass it back in ``hydra.sweeper.storage``."""
     if storage and "://" in str(storage):
         return str(storage)
-    return str(Path(storage) if storage else Path(sweep_dir) / JOURNAL)
+    return str((Path(storage) if storage else Path(sweep_dir) / JOURNAL).resolve())
 
 
 class OptunaSearch:
@@ -152,6 +151,7 @@ class OptunaSearch:
                 ``search.objective``).
         """
         from cl_bench.config import build, check_node, validate
+        from cl_bench.search.objective import parse_objective  # here: it imports torch (kinds)
 
         objective = parse_objective(self.config.search.objective)
         overrides = ([f"{k}={v}" for k, v in fixed.items()]

@@ -71,69 +71,26 @@ def _read_yaml(path: Path) -> DictConfig | None:
     return cfg if isinstance(cfg, DictConfig) else None
 
 
-def _search_files(sweep_dir: Path) -> tuple[DictConfig | None, DictConfig | None]:
-    """``(optimization_results.yaml, the master config's hydra.sweeper)`` of a search, each
-    ``None`` when absent (the master config ``multirun.yaml`` is not an Optuna search's)."""
-    from cl_bench.search.sweeper import RESULTS
-
-    results = _read_yaml(sweep_dir / RESULTS)
-    master = _read_yaml(sweep_dir / "multirun.yaml")
-    sweeper = OmegaConf.select(master, "hydra.sweeper") if master is not None else None
-    if not (isinstance(sweeper, DictConfig) and "optuna" in str(sweeper.get("_target_", ""))):
-        sweeper = None
-    return results, sweeper
-
-
 def _load_study(sweep_dir: str | Path) -> Any:
-    """The Optuna study of the search in ``sweep_dir`` (read only).
-
-    Reads, in this order of preference: ``<sweep_dir>/optuna_journal.log`` (the default
-    storage), the storage named in ``optimization_results.yaml`` (written at the end of a
-    search), the ``hydra.sweeper.storage`` of ``multirun.yaml`` (a search with an RDB storage that
-    did not finish). The study is the one named in ``optimization_results.yaml`` or
-    ``hydra.sweeper.study_name``, else the storage's only study, else the one whose
-    ``sweep_dir`` user attribute is this directory.
+    """The Optuna study of the search in ``sweep_dir`` (read only;
+    :func:`cl_bench.search.study.load_study`, the same reader as clbench-report's).
 
     Raises:
         ClBenchError: ``sweep_dir`` is not a directory, holds no search, or its study cannot be
             opened or told apart from others in the same storage (one line naming the
             directory).
     """
-    import optuna
-
-    from cl_bench.search.sweeper import JOURNAL, RESULTS, open_storage
+    from cl_bench.search.study import is_study_dir, load_study
+    from cl_bench.search.sweeper import JOURNAL, RESULTS
 
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
         raise ClBenchError(f"{sweep}: {'not a directory' if sweep.exists() else 'no such directory'}"
                            f"; pass the hydra.sweep.dir of a clbench -m hydra/sweeper=optuna search")
-    results, sweeper = _search_files(sweep)
-    journal = sweep / JOURNAL
-    storage = (str(journal) if journal.is_file()
-               else (results or {}).get("storage") or (sweeper or {}).get("storage"))
-    if not storage or ("://" not in str(storage) and not Path(str(storage)).is_file()):
+    if not is_study_dir(sweep):
         raise ClBenchError(f"{sweep}: not a search directory (no {JOURNAL}, no {RESULTS}); pass "
                            f"the hydra.sweep.dir of a clbench -m hydra/sweeper=optuna search")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        opened = open_storage(str(storage), sweep)
-        name = (results or {}).get("study_name") or (sweeper or {}).get("study_name")
-        if not name:
-            summaries = optuna.get_all_study_summaries(opened, include_best_trial=False)
-            if len(summaries) > 1:
-                here = str(sweep.resolve())
-                summaries = [s for s in summaries if s.user_attrs.get("sweep_dir") == here]
-            if len(summaries) != 1:
-                raise ClBenchError(f"{sweep}: {len(summaries) or 'no'} studies of this sweep "
-                                   f"directory in {storage}; cannot tell which one is the search")
-            name = summaries[0].study_name
-        return optuna.load_study(study_name=str(name), storage=opened)
-    except ClBenchError:
-        raise
-    except Exception as e:  # a corrupt journal, an unreachable database, ...
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClBenchError(f"{sweep}: cannot open the search's study in {storage}: "
-                           f"{reason}") from None
+    return load_study(sweep)
 
 
 def _best_trial(sweep_dir: str | Path) -> tuple[Any, Any]:

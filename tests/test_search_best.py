@@ -142,8 +142,26 @@ def test_command_of_a_killed_search(tmp_path):
     assert best.best_overrides(tmp_path) == ["tasks=digits", "seed=3", "strategy.lr=0.002"]
     overrides, out = best.best_command(tmp_path, ["seed=0,1,2"])
     assert overrides == ["tasks=digits", "strategy.lr=0.002", "hydra/launcher=submitit_slurm",
-                         "hydra.launcher.timeout_min=5", "seed=0,1,2",
+                         "hydra.launcher.timeout_min=5", "hydra/sweeper=basic", "seed=0,1,2",
                          f"hydra.sweep.dir={tmp_path / 'best'}"]
     assert out == tmp_path / "best"
     with pytest.raises(best.ClBenchError, match="search.trial"):
         best.best_command(tmp_path, ["search.trial=1"])
+
+
+def test_the_best_runs_of_a_preset_that_selects_optuna_use_hydras_plain_sweeper():
+    """experiment=split_mnist_tuned selects the Optuna sweeper itself: clbench-best's
+    ``hydra/sweeper=basic`` must win, or its seeds would become a search on validation data."""
+    from hydra import compose, initialize_config_dir
+
+    from cl_bench.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        search = compose("config", ["experiment=split_mnist_tuned", "strategy=er"],
+                         return_hydra_config=True)
+        plain = compose("config", ["experiment=split_mnist_tuned", "strategy=er",
+                                   "hydra/sweeper=basic"], return_hydra_config=True)
+    assert search.hydra.sweeper._target_.endswith("ClBenchOptunaSweeper")
+    assert search.hydra.sweeper.n_trials == 12
+    assert plain.hydra.sweeper._target_.endswith("BasicSweeper")
+    assert plain.tasks.n_val == 100 and plain.tasks.scenario == "class_il"

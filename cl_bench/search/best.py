@@ -136,14 +136,17 @@ def search_hydra_overrides(sweep_dir: str | Path) -> list[str]:
     """The hydra overrides of the search's command line that a run of its best config keeps:
     ``hydra.overrides.hydra`` of ``<sweep_dir>/multirun.yaml`` (e.g. ``hydra/launcher=...``,
     ``hydra.launcher.*``) without the search's own (``hydra/sweeper``, ``hydra.sweeper.*``,
-    ``hydra.sweep.dir``, ``hydra.mode``). ``hardware=slurm`` is a task override, so it is
-    already among :func:`best_overrides`. Reads ``multirun.yaml`` only; ``[]`` without it.
+    ``hydra.sweep.dir``, ``hydra.mode``), then ``hydra/sweeper=basic`` (a preset such as
+    ``experiment=split_mnist_tuned`` selects the Optuna sweeper itself). ``hardware=slurm`` is a
+    task override, so it is already among :func:`best_overrides`. Reads ``multirun.yaml`` only.
     """
     master = _read_yaml(Path(sweep_dir) / "multirun.yaml")
     listed = OmegaConf.select(master, "hydra.overrides.hydra", default=None) if master else None
-    return [str(o) for o in (listed or [])
+    kept = [str(o) for o in (listed or [])
             if not any(_key(str(o)) == k or _key(str(o)).startswith(k + ".")
                        for k in _SEARCH_ONLY)]
+    # Hydra's plain sweeper, even where a preset (experiment=split_mnist_tuned) selects optuna
+    return kept + ["hydra/sweeper=basic"]
 
 
 def _quote(path: str) -> str:

@@ -215,3 +215,19 @@ def test_a_search_killed_during_trial_2_continues_without_repeating_trials(tmp_p
     for run in sweep.glob("[0-9]_*"):  # every trial measured validation only
         assert json.loads((run / "metrics.json").read_text())["eval_split"] == "val"
     assert (sweep / JOURNAL).is_file() and (sweep / "optimization_results.yaml").is_file()
+
+
+def test_a_search_continued_to_more_trials_draws_new_values(cli, tmp_path):
+    """``n_trials`` is the study's total: 2 trials, then the same search with ``n_trials=3``
+    runs one more, with values of its own (the sampler's state is not in the study: seeded as
+    at the start it would draw trial 0's values again)."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/sweeper=optuna", *DIGITS, "train.max_steps=2", "strategy=seq_ft", LR,
+            f"hydra.sweep.dir={sweep}", f"results_dir={tmp_path}/r"]
+    assert cli(*args, "hydra.sweeper.n_trials=2").returncode == 0
+    proc = cli(*args, "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = _study(sweep).trials
+    assert [t.number for t in trials] == [0, 1, 2]
+    lrs = [t.params["strategy.lr"] for t in trials]
+    assert len(set(lrs)) == 3, lrs

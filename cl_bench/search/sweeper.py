@@ -209,6 +209,10 @@ class OptunaSearch:
                 raise ConfigError(f"search.objective: the study in {where} was made to "
                                   f"{study.direction.name.lower()}, this objective wants "
                                   f"{direction}")
+        if study.trials and hasattr(self.sampler, "reseed_rng"):
+            # the sampler's random state is not stored in the study: seeded again as at the
+            # start, it would draw the first trials' values again
+            self.sampler.reseed_rng()
         for key, value in record.items():
             study.set_user_attr(key, value)
         study.set_user_attr("sweep_dir", str(Path(sweep_dir).resolve()))

@@ -97,7 +97,8 @@ def _load_run(metrics_path: Path) -> dict:
                strategy=m.get("strategy") or cfg.get("strategy.name"),
                backbone=m.get("backbone") or cfg.get("backbone.name"),
                seed=m.get("seed", cfg.get("seed")), complete=bool(m.get("complete")),
-               tasks_completed=m.get("tasks_completed", 0), num_tasks=m.get("num_tasks"))
+               tasks_completed=m.get("tasks_completed", 0), num_tasks=m.get("num_tasks"),
+               eval_split=m.get("eval_split", "test"))  # "val": a search trial's R
     units = m.get("units", {})
     for task, u in units.items():
         col = _task_col(task, u)
@@ -193,7 +194,7 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
 
 def _quantities(runs: pd.DataFrame) -> list[str]:
     skip = {"run", "seed", "complete", "tasks_completed", "num_tasks", "tasks", "strategy",
-            "backbone", *PRIVATE}
+            "backbone", "eval_split", *PRIVATE}
     cols = [c for c in runs.columns if c not in skip and not c.startswith("cfg:")]
     return [c for c in cols if "(just learned)" not in c] + [c for c in cols if
                                                              "(just learned)" in c]
@@ -214,6 +215,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         partial = int((~g["complete"]).sum())
         row["runs"] = f"{len(g)}" + (f" ({partial} partial)" if partial else "")
         row["status"] = "partial" if partial else "complete"
+        if "eval_split" in g and (g["eval_split"] == "val").all():  # search trials (cl_bench.search)
+            row["status"] += " (validation R)"
         row["n"] = len(g)
         for q in _quantities(runs):
             x = pd.to_numeric(g[q], errors="coerce").dropna()

@@ -94,6 +94,8 @@ def identity(cfg: DictConfig) -> dict:
             c.pop(node, None)
         elif isinstance(c.get(node), dict):
             c[node].pop(rest[0], None)
+    if c.get("search") == {"trial": None}:  # not a search trial: as a run made before the
+        c.pop("search")                      # search keys existed (issue 27), so it resumes
     return c
 
 

@@ -231,3 +231,18 @@ def test_a_search_continued_to_more_trials_draws_new_values(cli, tmp_path):
     assert [t.number for t in trials] == [0, 1, 2]
     lrs = [t.params["strategy.lr"] for t in trials]
     assert len(set(lrs)) == 3, lrs
+
+
+def test_a_run_made_before_the_search_keys_existed_still_resumes(cli, tmp_path):
+    """A run directory whose saved config has no ``search`` block (made before issue 27) is the
+    same config as today's plain run (``search.trial`` null): ``resume=`` continues it."""
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    args = [*DIGITS[1:], "tasks=digits", "train.max_steps=2", "strategy=seq_ft"]
+    assert cli(*args, f"hydra.run.dir={run}").returncode == 0
+    saved = OmegaConf.load(run / "checkpoints" / "config.yaml")  # what resume compares
+    assert "search" not in saved and "seed" in saved  # as in a run made before issue 27
+    proc = cli(*args, f"resume={run}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "all 3 tasks already done" in proc.stdout + proc.stderr

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from cl_bench import checkpoint as ckpt
+from cl_bench import interrupts
 from cl_bench import probes
 from cl_bench.checkpoint import RunState
 from cl_bench.config import build, build_stream, check_node, validate
@@ -139,7 +140,7 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
     s.timing["resumed"] = s.timing.get("resumed", 0) + int(resuming)
     r.logger = make_logger(cfg, run_dir)
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), interrupts.catch_sigint():
             if "init" not in s.rows:
                 s.timing["init_eval_s"] = r.evaluate_row("init")
                 metrics = r.write_row("init")
@@ -149,6 +150,7 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
                 log.info("all %d tasks already done in %s: nothing to train", s.tasks_done,
                          run_dir)
             for t in range(s.tasks_done, len(stream)):
+                interrupts.check()  # a Ctrl-C dropped during the last evaluation or save
                 metrics = r.train_task(t)
     except (KeyboardInterrupt, SystemExit, _SigTerm) as e:
         # Ctrl-C (Lightning answers it inside fit with sys.exit(1)) or SIGTERM (Lightning's

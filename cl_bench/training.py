@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cl_bench import checkpoint as ckpt
+from cl_bench import interrupts
 from cl_bench.checkpoint import rng_state, set_rng_state
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError, DataError, TrainingError
@@ -173,7 +174,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch
     hw, train = cfg.hardware, cfg.train
     progress = progress_callback(t, num_tasks, task_name, train.max_steps,
                                  train.log_every_n_steps, bool(train.progress_bar))
-    callbacks = [progress]
+    callbacks = [progress, InterruptCheck()]
     validate = {}  # no validation loop unless early stopping needs one
     if early_stop:  # Lightning's EarlyStopping on the task's validation loss (LitTask)
         callbacks.append(EarlyStopping(monitor=f"{task_name}/val_loss", mode="min",
@@ -195,7 +196,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch
                          precision=precision,
                          deterministic=hw.deterministic, plugins=cluster_plugins(),
                          logger=logger if logger is not None else False, callbacks=callbacks,
-                         enable_checkpointing=len(callbacks) > 1, enable_model_summary=False,
+                         enable_checkpointing=any(isinstance(c, ModelCheckpoint)
+                                                  for c in callbacks),
+                         enable_model_summary=False,
                          enable_progress_bar=isinstance(progress, TaskProgressBar),
                          default_root_dir=str(run_dir),
                          log_every_n_steps=train.log_every_n_steps, **validate)
@@ -203,6 +206,15 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch
         raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
                           f"devices={hw.devices!r}, strategy={hw.strategy!r}, "
                           f"precision={hw.precision!r}: {e}") from None
+
+
+class InterruptCheck(L.Callback):
+    """After every training batch, raise a Ctrl-C that Python dropped (one that landed in an
+    object's ``__del__``; :mod:`cl_bench.interrupts`): Lightning then stops the fit as for any
+    Ctrl-C and the runner says how to resume."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        interrupts.check()
 
 
 class EpochEndCheckpoint(ModelCheckpoint):

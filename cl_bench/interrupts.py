@@ -1,0 +1,61 @@
+"""Ctrl-C that is never lost.
+
+Python answers SIGINT by raising ``KeyboardInterrupt`` in the main thread at the next bytecode,
+wherever that is. When it lands inside an object's ``__del__`` or a weakref callback (the
+garbage collector runs them at arbitrary points; torch, Lightning and the checkpoint writer
+make many), Python prints "Exception ignored" and drops it: the run goes on as if no Ctrl-C had
+come (seen once in CI: a run interrupted right after a mid-task checkpoint finished its stream).
+While a stream runs, :func:`catch_sigint` installs a handler that also *records* the request,
+and :func:`check` raises it again at safe points (after every training batch:
+``cl_bench.training.InterruptCheck``; before every task: the runner).
+
+Floor 0: the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+_requested = False
+
+
+def _on_sigint(signum, frame) -> None:
+    """SIGINT: remember it, then raise ``KeyboardInterrupt`` as Python's own handler does."""
+    global _requested
+    _requested = True
+    raise KeyboardInterrupt
+
+
+def requested() -> bool:
+    """Whether a Ctrl-C came since :func:`catch_sigint` was entered."""
+    return _requested
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if a Ctrl-C came (one a ``__del__`` may have swallowed).
+
+    Raises:
+        KeyboardInterrupt: a Ctrl-C was recorded and not yet handled.
+    """
+    if _requested:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def catch_sigint():
+    """While the block runs, SIGINT goes through :func:`_on_sigint`. Installed only in the main
+    thread and only over Python's default handler (a host program's own handler is left alone);
+    the previous handler is restored and the record cleared afterwards."""
+    global _requested
+    installed = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    _requested = False
+    previous = signal.signal(signal.SIGINT, _on_sigint) if installed else None
+    try:
+        yield
+    finally:
+        _requested = False
+        if installed:
+            signal.signal(signal.SIGINT, previous)

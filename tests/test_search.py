@@ -246,3 +246,33 @@ def test_a_run_made_before_the_search_keys_existed_still_resumes(cli, tmp_path):
     proc = cli(*args, f"resume={run}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "all 3 tasks already done" in proc.stdout + proc.stderr
+
+
+def test_a_trial_whose_run_directory_is_in_use_stays_running_and_the_search_says_wait(
+        cli, tmp_path):
+    """A continued trial whose old job still runs elsewhere (a SLURM job that outlived its
+    search) holds its run directory's lock: the search stops with one line and leaves the trial
+    running in the study, instead of failing it."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/sweeper=optuna", *DIGITS, "train.max_steps=2", "strategy=seq_ft", LR,
+            f"hydra.sweep.dir={sweep}", f"results_dir={tmp_path}/r", "hydra.sweeper.n_trials=2"]
+    run = sweep / "1_seq_ft_seed0"
+    run.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from cl_bench.lock import RunLock\n"
+         f"with RunLock({str(run)!r}):\n    print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = cli(*args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("clbench: error: trial 1: ") and "is in use by another clbench" in last
+    assert "wait for it to end" in last
+    assert [t.state.name for t in _study(sweep).trials] == ["COMPLETE", "RUNNING"]
+    again = cli(*args)  # the holder is gone: the same command finishes trial 1
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [t.state.name for t in _study(sweep).trials] == ["COMPLETE", "COMPLETE"]

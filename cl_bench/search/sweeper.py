@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bench.errors import ClBenchError, ConfigError, Interrupted
+from cl_bench.errors import ClBenchError, ConfigError, Interrupted, RunDirBusy
 from cl_bench.ranges import Fraction, PositiveInt, check_value
 from cl_bench.search.space import override_text, representative, search_space
 
@@ -284,8 +284,11 @@ class OptunaSearch:
                 returns += list(self.launcher.launch(overrides[start:end],
                                                      initial_job_idx=numbers[start]))
                 start = end
-        failed, stopped = [], None
+        failed, stopped, busy = [], None, []
         for number, ret in zip(numbers, returns):
+            if isinstance(ret._return_value, RunDirBusy):  # a continued trial still running
+                busy.append(f"trial {number}: {ret._return_value}")  # elsewhere (an old SLURM
+                continue                                               # job): left RUNNING
             if isinstance(ret._return_value, Interrupted):  # Ctrl-C / SIGTERM: not a result
                 stopped = stopped or number  # stays RUNNING: a resumed search continues it
                 continue
@@ -300,6 +303,9 @@ class OptunaSearch:
             study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             log.warning("trial %d failed: %s", number, reason)
             failed.append(f"trial {number}: {reason}")
+        if busy:
+            raise ClBenchError(f"{busy[0]}; wait for it to end, then continue the search with "
+                               "the same command (it is left running in the study)")
         if stopped is not None:
             sweep_dir = self.config.hydra.sweep.dir
             raise Interrupted(f"search stopped during trial {stopped} (its checkpoints are kept); "

@@ -42,8 +42,12 @@ def _env(tmp_path: Path, cache: Path) -> dict:
 def clbench(tmp_path: Path, cache: Path, *args: str, wait: bool = True):
     cmd = [sys.executable, "-m", "cl_bench.cli", *args, THREADS]
     if not wait:
+        # the run answers Ctrl-C as a terminal's foreground process does, however pytest was
+        # started: a shell's background job (`cmd &` without job control) hands its children
+        # SIGINT ignored, and Python keeps an ignored SIGINT ignored
         return subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path, cache),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path, cache), capture_output=True,
                           text=True, timeout=600)
 

@@ -383,4 +383,3 @@ def seal_test_split(stream: list, trial: int) -> None:
                           "samples per task, carved from its training set)")
     for t in stream:
         t.test, t.val = t.val, None
-        t.info = {**t.info, "eval_split": "val"}

@@ -115,21 +115,17 @@ def best_overrides(sweep_dir: str | Path) -> list[str]:
     search command line's fixed overrides plus the trial's searched values, without
     ``search.trial=`` (what ``optimization_results.yaml`` lists as ``best_overrides``).
 
-    Reads the study (:func:`_load_study`; nothing is written): the best trial's
-    ``user_attrs["overrides"]``, or, for a trial that lacks them, the study's ``fixed``
-    overrides and the trial's params.
+    Reads the study (:func:`_load_study`; nothing is written) and takes the trial's overrides
+    as the study report does (:func:`cl_bench.search.study.best_overrides`).
 
     Raises:
         ClBenchError: ``sweep_dir`` holds no search, or its study has no complete trial (one line
             naming the directory).
     """
-    from cl_bench.search.space import override_text
+    from cl_bench.search import study as report
 
     study, best = _best_trial(sweep_dir)
-    overrides = best.user_attrs.get("overrides") or (
-        [f"{k}={v}" for k, v in (study.user_attrs.get("fixed") or {}).items()]
-        + [override_text(k, v) for k, v in best.params.items()])
-    return [str(o) for o in overrides if _key(str(o)) != "search.trial"]
+    return report.best_overrides(study, best, sweep_dir)
 
 
 def search_hydra_overrides(sweep_dir: str | Path) -> list[str]:

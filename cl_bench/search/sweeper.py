@@ -139,12 +139,12 @@ class OptunaSearch:
         except HydraException as e:
             raise ConfigError(f"search space: {composition_error_line(e, overrides)}") from None
 
-    def preflight(self, dists: dict, fixed: dict) -> tuple[str, list[str] | None]:
+    def preflight(self, dists: dict, fixed: dict) -> str:
         """Compose and check one trial's config before the search starts (values at the low
         end of each range): its keys, their ranges, ``tasks.n_val`` and the objective.
 
         Returns:
-            ``(direction, stream metrics)``; the metrics only if the direction needed them.
+            the study's direction, ``"maximize"`` or ``"minimize"``.
 
         Raises:
             ConfigError: naming the first bad key (search space, ``tasks.n_val``,
@@ -167,7 +167,7 @@ class OptunaSearch:
         metrics = None
         if objective.metric is None and objective.stat in ("maa", "final_average", "mft"):
             metrics = [t.metric for t in build(cfg.tasks, "tasks")]  # the stream's metric
-        return objective.direction(metrics), metrics
+        return objective.direction(metrics)
 
     def _study_name(self) -> str:
         if self.study_name:
@@ -232,7 +232,7 @@ class OptunaSearch:
         if not dists:
             raise ConfigError("hydra/sweeper=optuna: no search space; give a key a sweep, e.g. "
                               "'strategy.lr=tag(log,interval(1e-4,1e-2))', or hydra.sweeper.params")
-        direction, _ = self.preflight(dists, fixed)
+        direction = self.preflight(dists, fixed)
         Path(self.config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, Path(self.config.hydra.sweep.dir) / "multirun.yaml")
         study, where = self.open_study(direction, dists, fixed)

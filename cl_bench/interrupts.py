@@ -7,7 +7,7 @@ make many), Python prints "Exception ignored" and drops it: the run goes on as i
 come (seen once in CI: a run interrupted right after a mid-task checkpoint finished its stream).
 While a stream runs, :func:`catch_sigint` installs a handler that also *records* the request,
 and :func:`check` raises it again at safe points (after every training batch:
-``cl_bench.training.InterruptCheck``; before every task: the runner).
+``cl_bench.training.LitTask.on_train_batch_end``; before every task: the runner).
 
 Floor 0: the standard library only.
 """

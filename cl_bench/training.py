@@ -105,6 +105,13 @@ class LitTask(L.LightningModule):
             self.lr_schedulers().step()
         return loss.detach()  # for the progress bar
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Raise a Ctrl-C that Python dropped (one that landed in an object's ``__del__``;
+        :mod:`cl_bench.interrupts`): Lightning then stops the fit as for any Ctrl-C and the
+        runner says how to resume. A hook of the module, which Lightning calls every batch
+        anyway; a callback of its own cost every step one more dispatch of each callback hook."""
+        interrupts.check()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add what Lightning does not keep: RNG states and the strategy's state (for resume)."""
         checkpoint["cl_bench"] = {"rng": rng_state(), "strategy": self.strategy.state_dict(),
@@ -174,7 +181,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch
     hw, train = cfg.hardware, cfg.train
     progress = progress_callback(t, num_tasks, task_name, train.max_steps,
                                  train.log_every_n_steps, bool(train.progress_bar))
-    callbacks = [progress, InterruptCheck()]
+    callbacks = [progress]
     validate = {}  # no validation loop unless early stopping needs one
     if early_stop:  # Lightning's EarlyStopping on the task's validation loss (LitTask)
         callbacks.append(EarlyStopping(monitor=f"{task_name}/val_loss", mode="min",
@@ -206,15 +213,6 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch
         raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
                           f"devices={hw.devices!r}, strategy={hw.strategy!r}, "
                           f"precision={hw.precision!r}: {e}") from None
-
-
-class InterruptCheck(L.Callback):
-    """After every training batch, raise a Ctrl-C that Python dropped (one that landed in an
-    object's ``__del__``; :mod:`cl_bench.interrupts`): Lightning then stops the fit as for any
-    Ctrl-C and the runner says how to resume."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        interrupts.check()
 
 
 class EpochEndCheckpoint(ModelCheckpoint):

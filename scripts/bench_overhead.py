@@ -71,29 +71,30 @@ def fingerprint(state: dict) -> str:
 
 
 # --------------------------------------------------------------------------- the plain loop
-def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
-    """Train and evaluate the workload with a hand-written loop; returns its timings (s)."""
+def seed_all(s: int) -> None:
+    """Python's, NumPy's and torch's generators seeded with ``s`` (as Lightning's
+    ``seed_everything`` does in the runner)."""
     import numpy as np
-    import pandas as pd
+    import torch
+
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def setup(overrides: list[str]):
+    """The workload's config, model (heads added), stream and strategy, built as the runner
+    builds them (same seeds); torch threads and deterministic mode set as ``hardware=cpu``."""
     import torch
     from hydra import compose, initialize_config_dir
-    from torch.utils.data import DataLoader
 
     import cl_bench.config  # noqa: F401  (the schema)
     from cl_bench.config import build, build_stream
-    from cl_bench.evaluation import answer, Scorer
-    from cl_bench.models.losses import TaskLoss
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.set_num_threads(cfg.hardware.num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # hardware=cpu: deterministic
-
-    def seed_all(s: int) -> None:
-        random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)
-
     strategy = build(cfg.strategy, "strategy")
     seed_all(cfg.seed)
     model = build(cfg.backbone, "backbone")
@@ -101,6 +102,56 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     torch.manual_seed(cfg.seed + 1)
     model.add_heads(stream)
     strategy.setup(model, stream)
+    return cfg, model, stream, strategy
+
+
+def begin_task(cfg, model, strategy, t: int, task) -> None:
+    """What the runner does before task ``t``'s steps: the model's and the strategy's task
+    start, the head's calibration (a Swin age head)."""
+    model.begin_task(task)
+    strategy.before_task(t, task)
+    model.calibrate_head(task, cfg.train.eval_batch_size, track=not strategy.frozen_backbone(task))
+
+
+def plain_steps(cfg, model, strategy, t: int, task, on_step=None) -> None:
+    """``train.max_steps`` steps of task ``t`` by hand: AdamW on the strategy's groups,
+    zero_grad -> backward -> step per shuffled batch (``on_step()`` before each)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from cl_bench.models.losses import TaskLoss
+
+    loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
+    loss_fn = TaskLoss(task, cfg.train.class_weights)
+    opt = torch.optim.AdamW(strategy.param_groups(task), weight_decay=strategy.weight_decay)
+    model.train()
+    strategy.activate(task)
+    step = 0
+    while step < cfg.train.max_steps:
+        for batch in loader:
+            if on_step is not None:
+                on_step()
+            out = model(batch["image"], task.name)
+            loss = strategy.task_loss(batch, out, t, loss_fn)
+            extra = strategy.training_loss(batch, out, t)
+            if extra is not None:
+                loss = loss + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= cfg.train.max_steps:
+                break
+
+
+def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
+    """Train and evaluate the workload with a hand-written loop; returns its timings (s)."""
+    import pandas as pd
+    import torch
+
+    from cl_bench.evaluation import answer, Scorer
+
+    cfg, model, stream, strategy = setup(overrides)
     tests = {}  # each test set stacked once: batches are slices
 
     def evaluate() -> list[float]:
@@ -135,31 +186,13 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     for t, task in enumerate(stream):
         seed_all(cfg.seed * 1000 + t)
         start = time.perf_counter()
-        model.begin_task(task)
-        strategy.before_task(t, task)
-        model.calibrate_head(task, cfg.train.eval_batch_size,  # a Swin age head, as the runner
-                             track=not strategy.frozen_backbone(task))
-        loader = DataLoader(task.train, batch_size=cfg.train.batch_size, shuffle=True)
-        loss_fn = TaskLoss(task, cfg.train.class_weights)
-        opt = torch.optim.AdamW(strategy.param_groups(task), weight_decay=strategy.weight_decay)
-        model.train()
-        strategy.activate(task)
-        step = 0
-        while step < cfg.train.max_steps:
-            for batch in loader:
-                if timing["first_step"] is None:
-                    timing["first_step"] = time.time() - spawn
-                out = model(batch["image"], task.name)
-                loss = strategy.task_loss(batch, out, t, loss_fn)
-                extra = strategy.training_loss(batch, out, t)
-                if extra is not None:
-                    loss = loss + extra
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                if step >= cfg.train.max_steps:
-                    break
+        begin_task(cfg, model, strategy, t, task)
+
+        def first_step() -> None:
+            if timing["first_step"] is None:
+                timing["first_step"] = time.time() - spawn
+
+        plain_steps(cfg, model, strategy, t, task, first_step)
         strategy.after_task(t, task)
         timing["train"] += time.perf_counter() - start
         start = time.perf_counter()
@@ -169,6 +202,50 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     timing["loop"] = time.perf_counter() - loop_start
     timing["fingerprint"] = fingerprint(model.state_dict())
     return timing
+
+
+# --------------------------------------------------------------------------- Lightning's floor
+def loop_floor(name: str, rounds: int, steps: int) -> dict:
+    """The cost of Lightning's loop around a step, measured in one process: the first task of
+    workload ``name``, ``steps`` steps through the runner's Trainer and LightningModule
+    (:func:`cl_bench.training.fit_task`: a new Trainer, its fit loop, ``LitTask``'s manual
+    optimisation, the progress callback) and by hand (:func:`plain_steps`), alternately,
+    ``rounds`` times each, every run from the same weights and seed. Both must end with
+    bit-identical weights. Returns milliseconds per step (medians; a Trainer's set-up and
+    tear-down, ~5 ms per fit, included) and their difference."""
+    import copy
+
+    from cl_bench.cli import quiet_libraries
+    from cl_bench.training import fit_task
+
+    quiet_libraries()
+    cfg, model, stream, strategy = setup(WORKLOADS[name] + COMMON + [f"train.max_steps={steps}"])
+    task = stream[0]
+    begin_task(cfg, model, strategy, 0, task)
+    start_state = copy.deepcopy(model.state_dict())
+    ms = {"plain": [], "lightning": []}
+    prints = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
+            for who in order:
+                model.load_state_dict(start_state)
+                seed_all(cfg.seed)
+                start = time.perf_counter()
+                if who == "plain":
+                    plain_steps(cfg, model, strategy, 0, task)
+                else:
+                    fit_task(cfg, Path(tmp), model, strategy, task, 0, len(stream), None,
+                             "32-true")
+                ms[who].append((time.perf_counter() - start) / steps * 1000)
+                prints[who] = fingerprint(model.state_dict())
+            if prints["plain"] != prints["lightning"]:
+                sys.exit(f"bench_overhead: {name}: the Trainer and the hand-written steps ended "
+                         "with different weights; no floor reported")
+    plain, lit = statistics.median(ms["plain"]), statistics.median(ms["lightning"])
+    return {"steps": steps, "rounds": rounds, "plain_ms_per_step": plain,
+            "lightning_ms_per_step": lit, "difference_ms_per_step": lit - plain,
+            "ratio": lit / plain, "plain_all": ms["plain"], "lightning_all": ms["lightning"]}
 
 
 # --------------------------------------------------------------------------- the harness
@@ -263,6 +340,17 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def floor_table(floors: dict) -> str:
+    """Markdown table of :func:`loop_floor` results per workload."""
+    lines = ["| workload | steps x rounds | by hand (ms/step) | runner's Trainer (ms/step) | "
+             "difference (ms/step) | ratio |", "|---|---|---:|---:|---:|---:|"]
+    for name, f in floors.items():
+        lines.append(f"| {name} | {f['steps']} x {f['rounds']} | {f['plain_ms_per_step']:.2f} | "
+                     f"{f['lightning_ms_per_step']:.2f} | {f['difference_ms_per_step']:.2f} | "
+                     f"{f['ratio']:.3f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -272,6 +360,10 @@ def main() -> None:
                    help="more overrides for both sides (e.g. train.checkpoint_every_n_epochs=0)")
     p.add_argument("--clbench-src", type=Path,
                    help="run clbench from this checkout (e.g. a git worktree of an older commit)")
+    p.add_argument("--floor", type=int, metavar="STEPS", default=0,
+                   help="also measure Lightning's loop around the step in one process: STEPS "
+                        "steps of each workload's first task through the runner's Trainer and "
+                        "by hand, --rounds times each (loop_floor)")
     p.add_argument("--plain", help=argparse.SUPPRESS)  # internal: run the plain loop
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--spawn", type=float, help=argparse.SUPPRESS)
@@ -287,10 +379,17 @@ def main() -> None:
     COMMON.extend(args.extra)
     results = {name: bench(name, args.rounds) for name in args.workloads}
     text = table(results)
+    from cl_bench.hardware import cpu_name
+
+    floors = {}
+    if args.floor:
+        floors = {name: loop_floor(name, args.rounds, args.floor) for name in args.workloads}
+        text += "\n\n" + floor_table(floors)
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rounds": args.rounds, "results": results,
+                                         "loop_floor": floors, "cpu": cpu_name(),
                                          "command": " ".join(sys.argv)}, indent=2,
                                         default=float) + "\n")
 

@@ -183,15 +183,14 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     rows = {"init": evaluate()}
     timing["eval"] += time.perf_counter() - start
     write(rows)
+    def first_step() -> None:
+        if timing["first_step"] is None:
+            timing["first_step"] = time.time() - spawn
+
     for t, task in enumerate(stream):
         seed_all(cfg.seed * 1000 + t)
         start = time.perf_counter()
         begin_task(cfg, model, strategy, t, task)
-
-        def first_step() -> None:
-            if timing["first_step"] is None:
-                timing["first_step"] = time.time() - spawn
-
         plain_steps(cfg, model, strategy, t, task, first_step)
         strategy.after_task(t, task)
         timing["train"] += time.perf_counter() - start
@@ -225,12 +224,14 @@ def loop_floor(name: str, rounds: int, steps: int) -> dict:
     start_state = copy.deepcopy(model.state_dict())
     ms = {"plain": [], "lightning": []}
     prints = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(rounds):
-            order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
-            for who in order:
-                model.load_state_dict(start_state)
-                seed_all(cfg.seed)
+    for r in range(rounds):
+        order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
+        for who in order:
+            model.load_state_dict(start_state)
+            seed_all(cfg.seed)
+            # a new run directory per fit: a mid-task checkpoint left by the last one (brain_50
+            # writes them) would otherwise be continued
+            with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 if who == "plain":
                     plain_steps(cfg, model, strategy, 0, task)
@@ -238,10 +239,10 @@ def loop_floor(name: str, rounds: int, steps: int) -> dict:
                     fit_task(cfg, Path(tmp), model, strategy, task, 0, len(stream), None,
                              "32-true")
                 ms[who].append((time.perf_counter() - start) / steps * 1000)
-                prints[who] = fingerprint(model.state_dict())
-            if prints["plain"] != prints["lightning"]:
-                sys.exit(f"bench_overhead: {name}: the Trainer and the hand-written steps ended "
-                         "with different weights; no floor reported")
+            prints[who] = fingerprint(model.state_dict())
+        if prints["plain"] != prints["lightning"]:
+            sys.exit(f"bench_overhead: {name}: the Trainer and the hand-written steps ended "
+                     "with different weights; no floor reported")
     plain, lit = statistics.median(ms["plain"]), statistics.median(ms["lightning"])
     return {"steps": steps, "rounds": rounds, "plain_ms_per_step": plain,
             "lightning_ms_per_step": lit, "difference_ms_per_step": lit - plain,

@@ -19,6 +19,11 @@ Options (ratios are to ``before``, the main job as it was: fp32, MONAI's explici
 * ``bf16_narrow_decoder``: ``bf16`` with ``backbone.decoder_feature_size=6`` (half the width);
 * ``seq_ft_before`` / ``seq_ft_bf16``: strategy seq_ft as ``before`` / ``bf16`` (what a LoRA
   step costs against full fine-tuning);
+* ``bf16_fp32_decoder``: ``bf16`` with the segmentation decoder in float32
+  (``backbone.decoder_fp32=true``): bfloat16 for the encoder only;
+* ``bf16_fp32_decoder_cl``: that, with the decoder in ``channels_last_3d``
+  (``backbone.decoder_channels_last=true``); ``bf16_decoder_cl``: ``bf16`` with only the decoder
+  in ``channels_last_3d`` (``bf16_channels_last`` puts the encoder there too);
 * ``bf16_compile``: ``bf16`` plus ``torch.compile`` of encoder and heads (``--compile``; its
   compilation, minutes, is in the build + warm-up column).
 
@@ -54,6 +59,10 @@ OPTIONS = {
     "seq_ft_before": ([FP32, UNFUSED], {}, "seq_ft"),
     "seq_ft_bf16": ([BF16], {}, "seq_ft"),
     "bf16_compile": ([BF16], {"compile": True}, None),
+    "bf16_fp32_decoder": ([BF16, "backbone.decoder_fp32=true"], {}, None),
+    "bf16_fp32_decoder_cl": ([BF16, "backbone.decoder_fp32=true",
+                              "backbone.decoder_channels_last=true"], {}, None),
+    "bf16_decoder_cl": ([BF16, "backbone.decoder_channels_last=true"], {}, None),
 }
 
 

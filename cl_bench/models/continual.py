@@ -36,6 +36,8 @@ class ContinualModel(nn.Module):
             averages ``relu(stage)``.
         decoder: Swin segmentation head: ``"unetr"`` (Swin UNETR's decoder) or ``"linear"``
             (:class:`~cl_bench.models.swin.LinearSegmentationHead`, the paper-like budget).
+        decoder_fp32, decoder_channels_last: the Swin UNETR decoder's ``fp32`` and
+            ``channels_last`` (:class:`~cl_bench.models.swin.SwinDecoder`).
 
     Classification tasks get a :class:`ClassificationHead` each (task-incremental) or, in a
     class-incremental stream, share one growing :class:`ClassILHead` (each task's entry in
@@ -56,8 +58,10 @@ class ContinualModel(nn.Module):
     def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
                  regression_width: int = 64, decoder_image_skip: bool = False,
                  regression_stages: tuple[int, ...] = (4,), regression_rectify: bool = False,
-                 decoder: str = "unetr", regression_norm: str = "layer"):
+                 decoder: str = "unetr", regression_norm: str = "layer",
+                 decoder_fp32: bool = False, decoder_channels_last: bool = False):
         super().__init__()
+        self.decoder_fp32, self.decoder_channels_last = decoder_fp32, decoder_channels_last
         self.regression_stages = tuple(regression_stages)
         self.regression_rectify = bool(regression_rectify)
         self.regression_norm = regression_norm
@@ -247,7 +251,8 @@ def _swin_decoder(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Mod
     if model.decoder == "linear":
         return LinearSegmentationHead(enc.stage_channels, task.num_classes)
     head = SwinDecoder(enc.in_channels, enc.stage_channels, model.decoder_feature_size,
-                       task.num_classes, model.decoder_image_skip)
+                       task.num_classes, model.decoder_image_skip,
+                       fp32=model.decoder_fp32, channels_last=model.decoder_channels_last)
     if enc.pretrained_decoder:
         from cl_bench.models.backbones import load_strict
         load_strict(head, enc.pretrained_decoder, enc.weights, "segmentation decoder",
@@ -340,13 +345,15 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     regression_rectify: bool = False,
                     decoder: Literal["unetr", "linear"] = "unetr",
                     regression_norm: Literal["batch", "layer"] = "layer",
-                    fused_attention: bool = True) -> ContinualModel:
+                    fused_attention: bool = True, decoder_fp32: bool = False,
+                    decoder_channels_last: bool = False) -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
     (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution;
     ``regression_width`` 0 = a linear regression head on the ``regression_stages``, averaged
-    after a ReLU with ``regression_rectify``; ``decoder``: ``unetr`` or ``linear``).
+    after a ReLU with ``regression_rectify``; ``decoder``: ``unetr`` or ``linear``;
+    ``decoder_fp32`` / ``decoder_channels_last``: see :class:`~cl_bench.models.swin.SwinDecoder`).
 
     Raises:
         ConfigError, DataError: see :class:`~cl_bench.models.swin.SwinEncoder`.
@@ -355,4 +362,5 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                       window_size, dropout_rate, normalize, weights, decoder_weights,
                       fused_attention)
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip,
-                          tuple(regression_stages), regression_rectify, decoder, regression_norm)
+                          tuple(regression_stages), regression_rectify, decoder, regression_norm,
+                          bool(decoder_fp32), bool(decoder_channels_last))

@@ -200,14 +200,24 @@ class SwinDecoder(nn.Module):
             (``encoder5``, not in Swin UNETR).
         out_channels: segmentation classes K including background.
         image_skip: Swin UNETR's ``encoder1`` on the raw image (see module docstring).
+        fp32: compute in float32 also under bfloat16 autocast (``hardware.precision=bf16-mixed``,
+            or ``auto`` on a CPU with native bfloat16): the encoder's stages are cast to float32
+            and autocast is off inside the decoder. Its weights are float32 either way; this
+            keeps its activations and gradients there too (the layers trained from scratch, at
+            full resolution). No effect in fp32 runs.
+        channels_last: keep weights and activations in ``torch.channels_last_3d`` (oneDNN's
+            preferred layout for 3D convolutions on CPU). Same function, other rounding.
 
     Shapes:
-        ``forward(to_grid, deepest, stages, image)`` -> logits ``(B, K, S, S, S)``.
+        ``forward(to_grid, deepest, stages, image)`` -> logits ``(B, K, S, S, S)`` (float32 with
+        ``fp32``; contiguous).
     """
 
     def __init__(self, in_channels: int, stage_channels: list[int], feature_size: int,
-                 out_channels: int, image_skip: bool = False, norm: str = "instance"):
+                 out_channels: int, image_skip: bool = False, norm: str = "instance",
+                 fp32: bool = False, channels_last: bool = False):
         super().__init__()
+        self.fp32, self.channels_last = bool(fp32), bool(channels_last)
         fs, sd, (c0, c1, c2, c3, c4) = feature_size, 3, stage_channels
         self.image_skip = image_skip
         if image_skip:
@@ -227,9 +237,22 @@ class SwinDecoder(nn.Module):
         else:  # one transposed convolution from 1/2 to full resolution
             self.decoder1 = UnetrPrUpBlock(sd, fs, fs, 0, 3, 1, 2, norm, False, True)
         self.out = UnetOutBlock(sd, fs, out_channels)
+        if self.channels_last:  # after the (seeded) initialisation: the same weights
+            self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, to_grid, deepest: torch.Tensor, stages: list[torch.Tensor],
                 image: torch.Tensor) -> torch.Tensor:
+        if not (self.fp32 or self.channels_last):
+            return self._decode(stages, image)
+        if self.channels_last:
+            stages = [h.contiguous(memory_format=torch.channels_last_3d) for h in stages]
+        if not self.fp32:
+            return self._decode(stages, image).contiguous()
+        with torch.autocast(image.device.type, enabled=False):
+            return self._decode([h.float() for h in stages], image.float()).contiguous()
+
+    def _decode(self, stages: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        """The decoder proper (:meth:`forward` without the precision and layout handling)."""
         h0, h1, h2, h3, h4 = stages
         dec3 = self.decoder5(self.encoder10(h4), self.encoder5(h3))
         dec2 = self.decoder4(dec3, self.encoder4(h2))

@@ -98,3 +98,32 @@ def test_compile_gives_the_eager_result(compose_cfg, tmp_path):
     compiled = run(compose_cfg(*over, "hardware.compile=true"), tmp_path / "compiled").metrics
     for name, v in eager["per_task"].items():
         assert compiled["per_task"][name]["final"] == pytest.approx(v["final"], abs=1e-3)
+
+
+def test_fp32_and_channels_last_decoder_compute_the_same_function():
+    # backbone.decoder_fp32 / decoder_channels_last: the same seeded weights; under bf16
+    # autocast the fp32 decoder returns float32 logits equal to the fp32 ones (the default
+    # decoder's are bfloat16, ~1e-2 off), and its gradients are float32
+    from cl_bench.models.swin import SwinDecoder
+
+    chs = [24, 48, 96, 192, 384]
+    gen = torch.Generator().manual_seed(0)
+    stages = [torch.randn(1, c, 32 // 2 ** k, 32 // 2 ** k, 32 // 2 ** k, generator=gen)
+              for k, c in enumerate(chs)]
+    image = torch.randn(1, 1, 64, 64, 64, generator=gen)
+    torch.manual_seed(1)
+    plain = SwinDecoder(1, chs, 12, 4)
+    torch.manual_seed(1)
+    other = SwinDecoder(1, chs, 12, 4, fp32=True, channels_last=True)
+    for (name, p), q in zip(plain.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert other.out.conv.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    ref = plain(None, None, stages, image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = plain(None, None, stages, image)
+        out = other(None, None, stages, image)
+    assert low.dtype == torch.bfloat16 and out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)  # layout: rounding only
+    assert (low.float() - ref).abs().max() > 1e-3  # the default decoder computes in bf16
+    out.square().mean().backward()
+    assert all(p.grad.dtype == torch.float32 for p in other.parameters())

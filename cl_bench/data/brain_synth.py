@@ -38,12 +38,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 import annotated_types as at
 import numpy as np
+import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -60,7 +65,8 @@ _TISSUE = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
 
 @lru_cache(maxsize=4)
 def _atlas(size: int) -> dict[str, np.ndarray]:
-    """MNI152 GM/WM/CSF probability maps and brain mask, brain-cropped, cubed, at ``size``³."""
+    """MNI152 GM/WM/CSF probability maps and brain mask, brain-cropped, cubed, at ``size``³
+    (read-only: computed once per process and size)."""
     from nilearn import datasets
 
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=2).get_fdata(), np.float32)
@@ -180,24 +186,75 @@ def age_subject(size: int, age: float, rng: np.random.Generator) -> np.ndarray:
     return _normalise(_image(maps, rng, bias=0.05), maps["mask"])[None]
 
 
+#: below this cube side a subject takes milliseconds, and worker processes would cost more than
+#: they save
+PARALLEL_MIN_SIZE = 48
+
+
+def _subject(size: int, seed: int, task: int, split: int, i: int):
+    """Subject ``i`` of ``split`` (0 train, 1 test) of ``task`` (1 tumour_seg, 2 brain_age):
+    ``(image, labels)`` or ``(image, age)``. Its random numbers come from its own generator,
+    seeded by ``(seed, task, split, i)`` alone, so subjects can be made in any order or process
+    with bit-identical results."""
+    rng = np.random.default_rng([seed, task, split, i])
+    if task == 1:
+        return tumour_subject(size, rng)
+    age = float(rng.uniform(20, 86))
+    return age_subject(size, age, rng), age
+
+
+def _start_worker() -> None:
+    """A generation worker's set-up: Ctrl-C is left to the parent, which cancels the work (the
+    worker finishes its subject and exits without a traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def generation_workers(size: int, subjects: int) -> int:
+    """Processes :func:`_generate` uses: the run's torch threads (``hardware.num_threads``; the
+    runner sets them first), at most the usable cores and ``subjects``; 1 (no worker processes)
+    below :data:`PARALLEL_MIN_SIZE`."""
+    if size < PARALLEL_MIN_SIZE:
+        return 1
+    return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)), subjects))
+
+
 def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.ndarray]:
-    out: dict[str, list] = {k: [] for k in ("seg_x", "seg_y", "age_x", "age_y")}
-    total = 2 * (n_train + n_test)
+    """Every subject of the stream, stacked: ``seg_x``/``age_x`` ``(N, 1, S, S, S)`` float32,
+    ``seg_y`` ``(N, 1, S, S, S)`` int8, ``age_y`` ``(N,)`` float32 years; ``N = n_train + n_test``
+    (train first). Made in :func:`generation_workers` processes when that is more than 1:
+    forked, as PyTorch's DataLoader workers are (they inherit the atlas, and a script that
+    builds the stream outside ``if __name__ == "__main__"`` still works; ``spawn`` where the
+    platform has no fork). The arrays are bit-identical either way (:func:`_subject`)."""
+    jobs = [(size, seed, task, split, i) for split, n in ((0, n_train), (1, n_test))
+            for task in (1, 2) for i in range(n)]
+    workers = generation_workers(size, len(jobs))
     desc = f"generating brain_seg_age ({size}^3)"
-    with tqdm(total=total, desc=desc, leave=False, disable=None) as bar:
-        for split, n in (("train", n_train), ("test", n_test)):
-            for i in range(n):
-                rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1, i])
-                x, y = tumour_subject(size, rng)
-                out["seg_x"].append(x)
-                out["seg_y"].append(y)
+    made = {}
+    with tqdm(total=len(jobs), desc=desc, leave=False, disable=None) as bar:
+        if workers == 1:
+            for job in jobs:
+                made[job] = _subject(*job)
                 bar.update()
-            for i in range(n):
-                rng = np.random.default_rng([seed, 2, 0 if split == "train" else 1, i])
-                age = float(rng.uniform(20, 86))
-                out["age_x"].append(age_subject(size, age, rng))
-                out["age_y"].append(age)
-                bar.update()
+        else:
+            _atlas(size)  # once, before the fork
+            fork = "fork" in multiprocessing.get_all_start_methods()
+            pool = ProcessPoolExecutor(workers, multiprocessing.get_context(
+                "fork" if fork else "spawn"), initializer=_start_worker)
+            try:
+                for job, result in zip(jobs, pool.map(_subject, *zip(*jobs))):
+                    made[job] = result
+                    bar.update()
+            finally:  # on an error or Ctrl-C: drop the subjects not started
+                pool.shutdown(wait=True, cancel_futures=True)
+    out: dict[str, list] = {k: [] for k in ("seg_x", "seg_y", "age_x", "age_y")}
+    for split, n in ((0, n_train), (1, n_test)):
+        for i in range(n):
+            x, y = made[(size, seed, 1, split, i)]
+            out["seg_x"].append(x)
+            out["seg_y"].append(y)
+            x, age = made[(size, seed, 2, split, i)]
+            out["age_x"].append(x)
+            out["age_y"].append(age)
     return {k: np.stack(v).astype(np.float32 if k != "seg_y" else np.int8) for k, v in out.items()}
 
 

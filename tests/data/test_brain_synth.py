@@ -95,3 +95,33 @@ def test_age_scale_sets_the_normalised_mae_scale(stream):
     assert scaled.target_std == 10.0
     assert default_age.target_std == pytest.approx(max(ages.std(), 1.0))
     assert scaled.target_mean == default_age.target_mean
+
+
+def test_worker_processes_make_bit_identical_subjects(monkeypatch):
+    # 48^3 (PARALLEL_MIN_SIZE): two worker processes at two torch threads, none at one; each
+    # subject has its own seeded generator, so the arrays must be equal to the last bit
+    import torch
+
+    from cl_bench.data import brain_synth
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert brain_synth.generation_workers(48, 4) == 1
+        serial = brain_synth._generate(48, 1, 1, seed=5)
+        torch.set_num_threads(2)
+        if len(__import__("os").sched_getaffinity(0)) < 2:
+            pytest.skip("one usable core: no worker processes")
+        assert brain_synth.generation_workers(48, 4) == 2
+        assert brain_synth.generation_workers(47, 4) == 1  # small cubes: no processes
+        calls = []
+        real_pool = brain_synth.ProcessPoolExecutor
+        monkeypatch.setattr(brain_synth, "ProcessPoolExecutor",
+                            lambda *a, **k: calls.append(a[0]) or real_pool(*a, **k))
+        parallel = brain_synth._generate(48, 1, 1, seed=5)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == [2]
+    assert serial.keys() == parallel.keys()
+    for k in serial:
+        assert serial[k].dtype == parallel[k].dtype and np.array_equal(serial[k], parallel[k]), k

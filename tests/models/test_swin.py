@@ -295,3 +295,51 @@ def test_linear_decoder_is_the_paper_like_budget(cache, tmp_path):
     assert seg["trainable"] == seg["adapter"] + seg["head"]
     reliance = json.loads((tmp_path / "probes.json").read_text())["reliance"]
     assert list(reliance["after_tumour_seg"]["dice"]) == ["none"] + [f"stage{k}" for k in range(5)]
+
+
+@pytest.mark.slow
+def test_default_decoder_resumes_bit_identically_after_kill9_in_the_segmentation_task(tmp_path):
+    # the decoder's defaults (float32 under bf16 autocast, channels_last_3d weights and Adam
+    # states) through a mid-task checkpoint: killed during tumour_seg, resumed, bit for bit
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["tasks.size=64", "tasks.n_train=2", "tasks.n_val=1", "tasks.n_test=1",
+            f"tasks.cache_dir={tmp_path / 'cache'}", *TINY_SWIN, "strategy=lora",
+            "hardware.precision=bf16-mixed", "hardware.num_threads=1", "train.max_steps=40",
+            "train.checkpoint_every_n_epochs=2", "train.checkpoint_min_interval_s=0",
+            "train.progress_bar=false", "logger=none"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONHASHSEED": "0"}
+
+    def clbench(*extra, wait=True):
+        cmd = [sys.executable, "-m", "cl_bench.cli", *args, *extra]
+        if not wait:
+            return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=900)
+
+    ref = clbench(f"hydra.run.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    proc = clbench(f"hydra.run.dir={run_dir}", wait=False)
+    mid = run_dir / "checkpoints" / "tumour_seg" / "mid_task.ckpt"
+    deadline = time.time() + 600
+    while not mid.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before tumour_seg's first mid-task checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "checkpoints" / "state.pt").exists()  # killed in task 1
+    resumed = clbench(f"resume={run_dir}", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "matrix.csv").read_bytes() == (tmp_path / "ref" / "matrix.csv").read_bytes()
+    ours, theirs = (torch.load(d / "checkpoints" / "state.pt", map_location="cpu",
+                               weights_only=True)["model"] for d in (run_dir, tmp_path / "ref"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    decoder = [k for k in ours if k.startswith("heads.tumour_seg.") and k.endswith("conv.weight")]
+    assert decoder and all(ours[k].dim() != 5 or ours[k].is_contiguous(
+        memory_format=torch.channels_last_3d) for k in decoder)

@@ -38,10 +38,12 @@ def main() -> None:
     p.add_argument("--before", nargs="+", required=True)
     p.add_argument("--default", nargs="+", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--label", default="default", help="the column name of --default's runs")
     a = p.parse_args()
+    new = a.label
     rows, dd, dm = [], [], []
-    print("| seed | before: val Dice | default: val Dice | difference | before: val MAE (y) | "
-          "default: val MAE (y) | difference |")
+    print(f"| seed | before: val Dice | {new}: val Dice | difference | before: val MAE (y) | "
+          f"{new}: val MAE (y) | difference |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for s in a.seeds:
         b, d = final_val(a.before, s), final_val(a.default, s)

@@ -3,13 +3,13 @@
 ``hardware.precision=auto`` (the CPU default) resolves per machine *and* per encoder: bfloat16
 autocast (``bf16-mixed``) where the CPU computes bfloat16 natively (Intel AMX or AVX512-BF16)
 and the encoder class declares ``AUTO_BF16 = True`` because its quality was checked under it
-(:class:`~cl_bench.models.swin.SwinEncoder`: the main job's validation Dice and age MAE over 3
-seeds, ``results/reference/bench/issue25/README.md``; its steps then take ~0.9x as long as in
-fp32). Everywhere else fp32 (``32-true``): emulated bfloat16 is slower than fp32, and an
-unchecked model may lose accuracy (DualLoRA's task retrieval on the digits ViT drops from 1.0 to
-0.61 on one task under bf16). Weights, optimiser states and losses stay fp32 either way
-(Lightning's mixed precision). A run records the precision it used (``metrics.json``
-``precision``).
+(:class:`~cl_bench.models.swin.SwinEncoder`: the main job's validation Dice and age MAE over 5
+paired seeds, with its segmentation decoder kept in fp32, ``backbone.decoder_fp32``;
+``results/reference/bench/issue25/README.md``). Everywhere else fp32 (``32-true``): emulated
+bfloat16 is slower than fp32, and an unchecked model may lose accuracy (DualLoRA's task
+retrieval on the digits ViT drops from 1.0 to 0.61 on one task under bf16). Weights, optimiser
+states and losses stay fp32 either way (Lightning's mixed precision). A run records the
+precision it used (``metrics.json`` ``precision``).
 """
 
 from __future__ import annotations

@@ -52,11 +52,12 @@ def clbench(tmp_path: Path, cache: Path, *args: str, wait: bool = True):
                           text=True, timeout=600)
 
 
-def start_until_task2_checkpoint(tmp: Path, cache: Path, run_dir: Path):
-    """Start the TINY run and wait (<= 300 s) for task 2's first mid-task checkpoint:
-    ``(the running process, the checkpoint's path)``."""
-    proc = clbench(tmp, cache, *TINY, f"hydra.run.dir={run_dir}", wait=False)
-    mid = run_dir / "checkpoints" / "brain_age" / "mid_task.ckpt"
+def start_until_task2_checkpoint(tmp: Path, cache: Path, run_dir: Path, args=tuple(TINY),
+                                 task: str = "brain_age"):
+    """Start the run of ``args`` (the TINY run) and wait (<= 300 s) for ``task``'s (task 2's)
+    first mid-task checkpoint: ``(the running process, the checkpoint's path)``."""
+    proc = clbench(tmp, cache, *args, f"hydra.run.dir={run_dir}", wait=False)
+    mid = run_dir / "checkpoints" / task / "mid_task.ckpt"
     deadline = time.time() + 300
     while not mid.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -284,3 +285,35 @@ def test_a_write_failing_mid_checkpoint_keeps_the_previous_one_and_names_the_fil
     again = clbench(tmp_path, cache, f"resume={run_dir}")  # space again: it completes, exactly
     assert again.returncode == 0, again.stderr[-3000:]
     assert (run_dir / "matrix.csv").read_bytes() == (ref_dir / "matrix.csv").read_bytes()
+
+
+#: a tiny Swin (TINY_SWIN of tests/models/test_swin.py) under bf16 autocast, with the decoder's
+#: defaults: float32 under autocast, channels_last_3d weights and Adam states
+SWIN = ["tasks.size=64", "tasks.n_train=2", "tasks.n_val=1", "tasks.n_test=1",
+        "backbone=swin_unetr", "backbone.weights=null", "backbone.feature_size=12",
+        "backbone.depths=[1,1,1,1]", "backbone.num_heads=[3,3,3,3]",
+        "backbone.decoder_feature_size=4", "strategy=lora", "hardware.precision=bf16-mixed",
+        "train.max_steps=40", "train.checkpoint_every_n_epochs=2",
+        "train.checkpoint_min_interval_s=0", "train.progress_bar=false", "logger=none"]
+
+
+def test_default_swin_decoder_resumes_bit_identically_after_kill9_in_the_segmentation_task(
+        tmp_path):
+    cache = tmp_path / "cache"
+    ref = clbench(tmp_path, cache, *SWIN, f"hydra.run.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    proc, mid = start_until_task2_checkpoint(tmp_path, cache, run_dir, SWIN, "tumour_seg")
+    assert proc.poll() is None, "the run ended before tumour_seg's first mid-task checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert not (run_dir / "checkpoints" / "state.pt").exists()  # killed in task 1
+    resumed = clbench(tmp_path, cache, f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "matrix.csv").read_bytes() == (tmp_path / "ref" / "matrix.csv").read_bytes()
+    ours, theirs = model_state(run_dir), model_state(tmp_path / "ref")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    decoder = [k for k in ours if k.startswith("heads.tumour_seg.") and k.endswith("conv.weight")]
+    assert decoder and all(ours[k].dim() != 5 or ours[k].is_contiguous(
+        memory_format=torch.channels_last_3d) for k in decoder)

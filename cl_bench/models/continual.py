@@ -345,8 +345,8 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     regression_rectify: bool = False,
                     decoder: Literal["unetr", "linear"] = "unetr",
                     regression_norm: Literal["batch", "layer"] = "layer",
-                    fused_attention: bool = True, decoder_fp32: bool = False,
-                    decoder_channels_last: bool = False) -> ContinualModel:
+                    fused_attention: bool = True, decoder_fp32: bool = True,
+                    decoder_channels_last: bool = True) -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths

@@ -243,14 +243,15 @@ class SwinDecoder(nn.Module):
 
     def forward(self, to_grid, deepest: torch.Tensor, stages: list[torch.Tensor],
                 image: torch.Tensor) -> torch.Tensor:
-        if not (self.fp32 or self.channels_last):
-            return self._decode(stages, image)
         if self.channels_last:
             stages = [h.contiguous(memory_format=torch.channels_last_3d) for h in stages]
-        if not self.fp32:
-            return self._decode(stages, image).contiguous()
-        with torch.autocast(image.device.type, enabled=False):
-            return self._decode([h.float() for h in stages], image.float()).contiguous()
+        if self.fp32:
+            with torch.autocast(stages[0].device.type, enabled=False):
+                out = self._decode([h.float() for h in stages],
+                                   None if image is None else image.float())
+        else:
+            out = self._decode(stages, image)
+        return out.contiguous() if self.channels_last else out
 
     def _decode(self, stages: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         """The decoder proper (:meth:`forward` without the precision and layout handling)."""

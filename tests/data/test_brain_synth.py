@@ -100,6 +100,8 @@ def test_age_scale_sets_the_normalised_mae_scale(stream):
 def test_worker_processes_make_bit_identical_subjects(monkeypatch):
     # 48^3 (PARALLEL_MIN_SIZE): two worker processes at two torch threads, none at one; each
     # subject has its own seeded generator, so the arrays must be equal to the last bit
+    import os
+
     import torch
 
     from cl_bench.data import brain_synth
@@ -110,7 +112,7 @@ def test_worker_processes_make_bit_identical_subjects(monkeypatch):
         assert brain_synth.generation_workers(48, 4) == 1
         serial = brain_synth._generate(48, 1, 1, seed=5)
         torch.set_num_threads(2)
-        if len(__import__("os").sched_getaffinity(0)) < 2:
+        if len(os.sched_getaffinity(0)) < 2:
             pytest.skip("one usable core: no worker processes")
         assert brain_synth.generation_workers(48, 4) == 2
         assert brain_synth.generation_workers(47, 4) == 1  # small cubes: no processes

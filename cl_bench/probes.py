@@ -14,7 +14,8 @@
   A decoder that keeps its Dice without stages 1-4 segments from the stage-0 patch embedding
   (a linear re-encoding of the image) and does not test the foundation model. Scored on the
   validation subjects (``tasks.n_val``), or on the test subjects where a run has none (said in
-  ``split``).
+  ``split``), in the run's precision (bfloat16 autocast where R's evaluation uses it), so its
+  ``none`` entry is R's validation Dice.
 """
 
 from __future__ import annotations
@@ -108,13 +109,14 @@ def _stack(dataset, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
-             device: str | torch.device = "cpu") -> dict:
+             device: str | torch.device = "cpu", bf16: bool = False) -> dict:
     """Dice of ``task``'s decoder with each input replaced by its training mean.
 
     Args:
         model: a :class:`~cl_bench.models.ContinualModel` on a Swin encoder (``stage_channels``);
         strategy: activates the task's adapter; task: a segmentation task; batch_size: images
-        per forward pass; device: where the model is.
+        per forward pass; device: where the model is; bf16: the forward passes under bfloat16
+        autocast, as R's evaluation runs them (``hardware.precision=bf16-mixed``).
 
     Returns:
         ``{"task", "split": "val" | "test", "dice": {"none": d, "stage0": d, ..., "stage4": d
@@ -135,13 +137,15 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     inputs = [f"stage{k}" for k in range(len(model.encoder.stage_channels))]
     if getattr(head, "image_skip", False):
         inputs.append("image")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     sums: list[torch.Tensor] | None = None
     image_sum = None
     n = len(task.train)
     for i in range(0, n, batch_size):
         x, _ = _stack(task.train, i, min(i + batch_size, n))
         x = x.to(device)
-        _, stages = model.backbone(x)
+        with autocast:
+            _, stages = model.backbone(x)
         batch = [s.float().sum(0) for s in stages]
         sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
         image_sum = x.sum(0) if image_sum is None else image_sum + x.sum(0)
@@ -152,7 +156,8 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     for i in range(0, len(data), batch_size):
         x, label = _stack(data, i, min(i + batch_size, len(data)))
         x = x.to(device)
-        deepest, stages = model.backbone(x)
+        with autocast:
+            deepest, stages = model.backbone(x)
         for k, scorer in scorers.items():
             st, img = list(stages), x
             if k.startswith("stage"):
@@ -160,7 +165,8 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
                 st[j] = means[j].to(st[j].dtype).expand_as(st[j])
             elif k == "image":
                 img = image_mean.expand_as(x)
-            out = head(to_grid, st[-1], st, img)
+            with autocast:
+                out = head(to_grid, st[-1], st, img)
             scorer.update(out.float().argmax(1).cpu(), label)
     model.train(was)
     return {"task": task.name, "split": split,
@@ -177,13 +183,15 @@ def reliance_task(model: nn.Module, stream: list[Task]) -> Task | None:
 
 def row_probes(model: nn.Module, strategy, stream: list[Task], task: Task,
                reference: dict[str, torch.Tensor], task_start: dict[str, torch.Tensor],
-               batch_size: int = 4, device: str = "cpu") -> tuple[dict, dict | None]:
+               batch_size: int = 4, device: str = "cpu", bf16: bool = False
+               ) -> tuple[dict, dict | None]:
     """The probes of the row after training ``task``: ``(movement, reliance)``.
 
     ``movement``: :func:`movement` of each backbone stage since ``reference`` (W_0) and since
     ``task_start`` (the weights before ``task``), with ``task``'s own adapter if the strategy
     keeps one (``strategy.adapters``). ``reliance``: :func:`reliance` of the
-    :func:`reliance_task` once it is trained (it is ``task`` or before it), else ``None``.
+    :func:`reliance_task` once it is trained (it is ``task`` or before it), else ``None``; in
+    bfloat16 autocast if ``bf16`` (the run's precision, as its evaluation).
     """
     adapters = getattr(strategy, "adapters", None) or []
     moved = movement(model.encoder, reference, task.name if task.name in adapters else None,
@@ -191,4 +199,4 @@ def row_probes(model: nn.Module, strategy, stream: list[Task], task: Task,
     rt = reliance_task(model, stream)
     if rt is None or stream.index(rt) > stream.index(task):
         return moved, None
-    return moved, reliance(model, strategy, rt, batch_size, device)
+    return moved, reliance(model, strategy, rt, batch_size, device, bf16)

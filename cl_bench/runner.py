@@ -329,7 +329,7 @@ class _StreamRun:
         found = self.state.probes
         found["movement"][label], reliance = probes.row_probes(
             self.model, self.strategy, self.stream, task, self.reference, self.task_start,
-            self.cfg.train.eval_batch_size, self.device)
+            self.cfg.train.eval_batch_size, self.device, self.precision.startswith("bf16"))
         if reliance is not None:
             found["reliance"][label] = reliance
         if self.main:

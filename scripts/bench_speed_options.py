@@ -24,6 +24,11 @@ Options (ratios are to ``before``, the main job as it was: fp32, MONAI's explici
 * ``bf16_fp32_decoder_cl``: that, with the decoder in ``channels_last_3d``
   (``backbone.decoder_channels_last=true``); ``bf16_decoder_cl``: ``bf16`` with only the decoder
   in ``channels_last_3d`` (``bf16_channels_last`` puts the encoder there too);
+* ``default``: the shipped defaults (``hardware.precision=auto``: ``bf16_fp32_decoder_cl`` on a
+  CPU with native bfloat16, fp32 with the fp32 channels_last decoder elsewhere);
+  ``default_seams_100``: that with the shifted-window seams masked by MONAI's -100 instead of
+  -inf (the default until issue 25's seam change: same results to the bit, see
+  ``FusedWindowAttention.seam_value``);
 * ``bf16_compile``: ``bf16`` plus ``torch.compile`` of encoder and heads (``--compile``; its
   compilation, minutes, is in the build + warm-up column).
 
@@ -47,22 +52,33 @@ from bench_step_profile import StepBench, cpu_name
 
 FP32, BF16 = "hardware.precision=32-true", "hardware.precision=bf16-mixed"
 UNFUSED = "backbone.fused_attention=false"
+
+
+def _decoder(fp32: bool = False, channels_last: bool = False) -> list[str]:
+    """The decoder keys spelt out: the options before issue 25's decoder change ran the decoder
+    in the encoder's precision and contiguous (both keys false), as ``before`` must."""
+    return [f"backbone.decoder_fp32={str(fp32).lower()}",
+            f"backbone.decoder_channels_last={str(channels_last).lower()}"]
+
+
+OLD = _decoder()
 #: name -> (overrides, StepBench keywords, strategy or None for --strategy)
 OPTIONS = {
-    "before": ([FP32, UNFUSED], {}, None),
-    "fp32": ([FP32], {}, None),
-    "bf16_unfused": ([BF16, UNFUSED], {}, None),
-    "bf16": ([BF16], {}, None),
-    "bf16_channels_last": ([BF16], {"channels_last": True}, None),
-    "bf16_linear_decoder": ([BF16, "backbone.decoder=linear"], {}, None),
-    "bf16_narrow_decoder": ([BF16, "backbone.decoder_feature_size=6"], {}, None),
-    "seq_ft_before": ([FP32, UNFUSED], {}, "seq_ft"),
-    "seq_ft_bf16": ([BF16], {}, "seq_ft"),
-    "bf16_compile": ([BF16], {"compile": True}, None),
-    "bf16_fp32_decoder": ([BF16, "backbone.decoder_fp32=true"], {}, None),
-    "bf16_fp32_decoder_cl": ([BF16, "backbone.decoder_fp32=true",
-                              "backbone.decoder_channels_last=true"], {}, None),
-    "bf16_decoder_cl": ([BF16, "backbone.decoder_channels_last=true"], {}, None),
+    "before": ([FP32, UNFUSED, *OLD], {}, None),
+    "fp32": ([FP32, *OLD], {}, None),
+    "bf16_unfused": ([BF16, UNFUSED, *OLD], {}, None),
+    "bf16": ([BF16, *OLD], {}, None),
+    "bf16_channels_last": ([BF16, *OLD], {"channels_last": True}, None),
+    "bf16_linear_decoder": ([BF16, "backbone.decoder=linear", *OLD], {}, None),
+    "bf16_narrow_decoder": ([BF16, "backbone.decoder_feature_size=6", *OLD], {}, None),
+    "seq_ft_before": ([FP32, UNFUSED, *OLD], {}, "seq_ft"),
+    "seq_ft_bf16": ([BF16, *OLD], {}, "seq_ft"),
+    "bf16_compile": ([BF16, *OLD], {"compile": True}, None),
+    "bf16_fp32_decoder": ([BF16, *_decoder(fp32=True)], {}, None),
+    "bf16_fp32_decoder_cl": ([BF16, *_decoder(fp32=True, channels_last=True)], {}, None),
+    "bf16_decoder_cl": ([BF16, *_decoder(channels_last=True)], {}, None),
+    "default": ([], {}, None),
+    "default_seams_100": ([], {"seam_value": -100.0}, None),
 }
 
 

@@ -54,14 +54,17 @@ class StepBench:
     parameter groups, a shuffled DataLoader of the task's training set, and bf16 autocast if
     ``hardware.precision`` says so. ``channels_last`` puts model and images in
     ``torch.channels_last_3d``; ``compile`` wraps the Swin encoder and the heads in
-    ``torch.compile`` (in place, ``nn.Module.compile``).
+    ``torch.compile`` (in place, ``nn.Module.compile``); ``seam_value`` (a float) replaces the
+    shifted-window seam mask value of every fused window attention
+    (:attr:`~cl_bench.models.swin.FusedWindowAttention.seam_value`; MONAI's is -100).
     :meth:`step` runs one step and returns its phase times (s).
     """
 
     PHASES = ("data", "forward", "loss", "backward", "optimiser")
 
     def __init__(self, strategy_name: str, overrides: list[str], task_index: int = 0,
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: bool = False, compile: bool = False,
+                 seam_value: float | None = None):
         import torch
         from hydra import compose, initialize_config_dir
         from monai.networks.nets.swin_unetr import SwinTransformer
@@ -70,7 +73,7 @@ class StepBench:
         import cl_bench.config  # noqa: F401  (the schema)
         from cl_bench.config import build, build_stream
         from cl_bench.models.losses import TaskLoss
-        from cl_bench.models.swin import SwinDecoder
+        from cl_bench.models.swin import FusedWindowAttention, SwinDecoder
 
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=[f"strategy={strategy_name}", *overrides])
@@ -90,6 +93,10 @@ class StepBench:
         task = stream[task_index]
         strategy.activate(task)
         model.train()
+        if seam_value is not None:
+            for m in model.modules():
+                if isinstance(m, FusedWindowAttention):
+                    m.seam_value = seam_value
         self.channels_last = channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last_3d)

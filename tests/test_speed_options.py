@@ -127,3 +127,33 @@ def test_fp32_and_channels_last_decoder_compute_the_same_function():
     assert (low.float() - ref).abs().max() > 1e-3  # the default decoder computes in bf16
     out.square().mean().backward()
     assert all(p.grad.dtype == torch.float32 for p in other.parameters())
+
+
+
+def test_shifted_window_seams_as_minus_inf_give_monai_minus_100_bit_for_bit():
+    # FusedWindowAttention masks the token pairs across a shifted window's seams with -inf
+    # (exact zero weights) where MONAI adds -100 (weights ~e^-100, float32 denormals that slow
+    # the fused backward): the same output and gradients, to the bit
+    from monai.networks.nets.swin_unetr import compute_mask
+
+    from cl_bench.models.swin import FusedWindowAttention
+
+    torch.manual_seed(0)
+    c, ws, batch = 24, (4, 4, 4), 2
+    attn = FusedWindowAttention(c, 3, ws, qkv_bias=True)
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_(0, 1.0)
+    mask = compute_mask([16, 16, 16], ws, (2, 2, 2), "cpu")  # (64 windows, 64, 64): 0 / -100
+    assert set(mask.unique().tolist()) == {0.0, -100.0} and FusedWindowAttention.seam_value < -1e30
+    x = torch.randn(batch * mask.shape[0], mask.shape[1], c, requires_grad=True)
+    outs, grads = [], []
+    for seam in (FusedWindowAttention.seam_value, -100.0):  # ours, MONAI's
+        attn.seam_value = seam
+        x.grad, attn.qkv.weight.grad = None, None
+        out = attn(x, mask)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append((x.grad, attn.qkv.weight.grad))
+    assert torch.isfinite(outs[0]).all()
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))

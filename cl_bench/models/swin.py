@@ -52,16 +52,28 @@ class FusedWindowAttention(WindowAttention):
     MONAI's ``WindowAttention(use_flash_attention=True)`` takes the fused kernel only when
     autograd is off (inference) and otherwise materialises ``softmax(Q K^T / sqrt(d) + B) V`` op
     by op. This subclass takes MONAI's fused path always: the additive mask is the relative
-    position bias ``B`` (plus the shifted-window mask), as in MONAI. Same function, same
-    parameters and state-dict keys; PyTorch picks the kernel (its flash-attention CPU kernel when
-    the bias needs no gradient, e.g. a frozen backbone with LoRA; its math path when the bias
-    trains, e.g. full fine-tuning). In fp32 it made the main job's lora step 0.82x (tumour) and
-    0.70x (age) as long (``scripts/bench_speed_options.py``, results/reference/bench/issue25/).
+    position bias ``B`` (plus the shifted-window mask, see :attr:`seam_value`), as in MONAI.
+    Same function, same parameters and state-dict keys; PyTorch picks the kernel (its
+    flash-attention CPU kernel when the bias needs no gradient, e.g. a frozen backbone with
+    LoRA; its math path when the bias trains, e.g. full fine-tuning). In fp32 it made the main
+    job's lora step 0.82x (tumour) and 0.70x (age) as long (``scripts/bench_speed_options.py``,
+    results/reference/bench/issue25/).
 
     Shapes: ``x`` ``(B * windows, N, C)`` tokens of each window, ``mask`` ``None`` or
     ``(windows, N, N)`` (0 / -100, shifted windows); returns ``(B * windows, N, C)``.
     Source: Liu et al. 2021 (Swin, arXiv 2103.14030), eq. 4; MONAI ``swin_unetr.WindowAttention``.
     """
+
+    #: the additive mask of the token pairs across a shifted window's seams. MONAI's -100
+    #: gives them softmax weights ~e^-100: float32 denormals, on which the fused kernel's
+    #: backward ran 2.4x slower on x86 (scripts/bench_window_mask.py). -inf makes them exact
+    #: zeros. With the flash kernel (the bias frozen: lora and the other adapter strategies) the
+    #: main job came out the same to the bit (600 steps of both tasks, R and every weight); the
+    #: math kernel (the bias trains: seq_ft) rounds differently now and then (seq_ft's 30-step
+    #: job: val Dice 0.07778 vs 0.07782). Both mean MONAI's -100 as "masked": the two differ
+    #: beyond rounding only where a seam pair's score exceeds its row's maximum by ~100, where
+    #: -100 would let attention leak across the seam (Swin, arXiv 2103.14030, masks it out).
+    seam_value: float = float("-inf")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape
@@ -71,7 +83,8 @@ class FusedWindowAttention(WindowAttention):
             self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, h).permute(2, 0, 1)
         if mask is not None:
             nw = mask.shape[0]
-            bias = (bias.view(1, 1, h, n, n) + mask.reshape(1, nw, 1, n, n).to(bias.dtype)
+            seams = mask.to(bias.dtype).masked_fill(mask < 0, self.seam_value)
+            bias = (bias.view(1, 1, h, n, n) + seams.reshape(1, nw, 1, n, n)
                     ).expand(b // nw, nw, h, n, n).reshape(b, h, n, n)
         else:
             bias = bias.unsqueeze(0)

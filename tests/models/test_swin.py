@@ -169,6 +169,16 @@ def test_baselines_run_on_swin(strategy, norm, cache, tmp_path):
     assert out.metrics["complete"]
 
 
+
+def test_reliance_probe_scores_in_the_runs_precision(cache, tmp_path):
+    # the probe's "none" entry (no input replaced) is the row's validation Dice in R: the probe
+    # runs its forward passes in the run's precision (here bf16 autocast), as R's evaluation does
+    run(tiny_cfg(cache, "strategy=lora", "hardware.precision=bf16-mixed"), tmp_path)
+    reliance = json.loads((tmp_path / "probes.json").read_text())["reliance"]
+    r_val = pd.read_csv(tmp_path / "matrix_val.csv", index_col=0)
+    for row, found in reliance.items():
+        assert found["dice"]["none"] == pytest.approx(r_val.loc[row, "tumour_seg"], rel=1e-5)
+
 def test_calibration_fills_the_frozen_feature_cache(cache):
     """seq_lp's age task: the calibration pass computes each training sample's backbone
     outputs once; training then reads them (no second pass) and gets the same values."""

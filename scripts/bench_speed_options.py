@@ -27,8 +27,9 @@ Options (ratios are to ``before``, the main job as it was: fp32, MONAI's explici
 * ``default``: the shipped defaults (``hardware.precision=auto``: ``bf16_fp32_decoder_cl`` on a
   CPU with native bfloat16, fp32 with the fp32 channels_last decoder elsewhere);
   ``default_seams_100``: that with the shifted-window seams masked by MONAI's -100 instead of
-  -inf (the default until issue 25's seam change: same results to the bit, see
-  ``FusedWindowAttention.seam_value``);
+  -inf and the shifted-window bias built at every step (the default before 5e3e50d: same
+  results to the bit, see ``FusedWindowAttention.seam_value``); ``default_uncached``: the
+  default with only the bias built at every step (``FusedWindowAttention.reuse_bias``);
 * ``bf16_compile``: ``bf16`` plus ``torch.compile`` of encoder and heads (``--compile``; its
   compilation, minutes, is in the build + warm-up column).
 
@@ -78,7 +79,8 @@ OPTIONS = {
     "bf16_fp32_decoder_cl": ([BF16, *_decoder(fp32=True, channels_last=True)], {}, None),
     "bf16_decoder_cl": ([BF16, *_decoder(channels_last=True)], {}, None),
     "default": ([], {}, None),
-    "default_seams_100": ([], {"seam_value": -100.0}, None),
+    "default_seams_100": ([], {"attention": {"seam_value": -100.0, "reuse_bias": False}}, None),
+    "default_uncached": ([], {"attention": {"reuse_bias": False}}, None),
 }
 
 

@@ -54,9 +54,9 @@ class StepBench:
     parameter groups, a shuffled DataLoader of the task's training set, and bf16 autocast if
     ``hardware.precision`` says so. ``channels_last`` puts model and images in
     ``torch.channels_last_3d``; ``compile`` wraps the Swin encoder and the heads in
-    ``torch.compile`` (in place, ``nn.Module.compile``); ``seam_value`` (a float) replaces the
-    shifted-window seam mask value of every fused window attention
-    (:attr:`~cl_bench.models.swin.FusedWindowAttention.seam_value`; MONAI's is -100).
+    ``torch.compile`` (in place, ``nn.Module.compile``); ``attention`` (a dict) sets those
+    attributes on every fused window attention (:class:`~cl_bench.models.swin.FusedWindowAttention`:
+    ``seam_value``, MONAI's is -100; ``reuse_bias``).
     :meth:`step` runs one step and returns its phase times (s).
     """
 
@@ -64,7 +64,7 @@ class StepBench:
 
     def __init__(self, strategy_name: str, overrides: list[str], task_index: int = 0,
                  channels_last: bool = False, compile: bool = False,
-                 seam_value: float | None = None):
+                 attention: dict | None = None):
         import torch
         from hydra import compose, initialize_config_dir
         from monai.networks.nets.swin_unetr import SwinTransformer
@@ -93,10 +93,10 @@ class StepBench:
         task = stream[task_index]
         strategy.activate(task)
         model.train()
-        if seam_value is not None:
-            for m in model.modules():
-                if isinstance(m, FusedWindowAttention):
-                    m.seam_value = seam_value
+        for m in model.modules():
+            if isinstance(m, FusedWindowAttention):
+                for name, value in (attention or {}).items():
+                    setattr(m, name, value)
         self.channels_last = channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last_3d)

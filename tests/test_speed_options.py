@@ -157,3 +157,41 @@ def test_shifted_window_seams_as_minus_inf_give_monai_minus_100_bit_for_bit():
     assert torch.isfinite(outs[0]).all()
     assert torch.equal(outs[0], outs[1])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_the_shifted_window_bias_is_reused_only_while_nothing_it_depends_on_changes():
+    from monai.networks.nets.swin_unetr import compute_mask
+
+    from cl_bench.models.swin import FusedWindowAttention
+
+    torch.manual_seed(0)
+    attn = FusedWindowAttention(24, 3, (4, 4, 4), qkv_bias=True)
+    table = attn.relative_position_bias_table
+    mask = compute_mask([8, 8, 8], (4, 4, 4), (2, 2, 2), "cpu")  # 8 windows
+    x = torch.randn(2 * 8, 64, 24)
+
+    def fresh(x, m=mask):  # the same module, nothing cached
+        attn._seam_bias = None
+        return attn(x, m)
+
+    table.requires_grad_(False)  # frozen (lora): built once, then reused
+    with torch.inference_mode():  # evaluation builds its own (inference tensors)
+        assert torch.equal(attn(x, mask), fresh(x))
+    first = attn(x, mask)
+    kept = attn._seam_bias[2]
+    assert torch.equal(attn(x, mask), first) and attn._seam_bias[2] is kept
+    assert not kept.is_inference()
+    with torch.no_grad():
+        table.add_(0.5)  # an in-place update (an optimiser, load_state_dict): rebuilt
+    moved = attn(x, mask)
+    assert attn._seam_bias[2] is not kept and torch.equal(moved, fresh(x))
+    assert not torch.equal(moved, first)
+    other = compute_mask([8, 8, 8], (4, 4, 4), (2, 2, 2), "cpu")
+    other[0, 0, 1] = -100.0  # another mask of the same shape: rebuilt
+    assert torch.equal(attn(x, other), fresh(x, other))
+    assert attn(x[:8], mask[:4]).shape == (8, 64, 24)  # another batch
+    # a training table: never cached, its gradient flows
+    table.requires_grad_(True)
+    attn._seam_bias = None
+    attn(x, mask).square().sum().backward()
+    assert attn._seam_bias is None and table.grad.abs().sum() > 0

@@ -66,28 +66,53 @@ class FusedWindowAttention(WindowAttention):
 
     #: the additive mask of the token pairs across a shifted window's seams. MONAI's -100
     #: gives them softmax weights ~e^-100: float32 denormals, on which the fused kernel's
-    #: backward ran 2.4x slower on x86 (scripts/bench_window_mask.py). -inf makes them exact
-    #: zeros. With the flash kernel (the bias frozen: lora and the other adapter strategies) the
-    #: main job came out the same to the bit (600 steps of both tasks, R and every weight); the
-    #: math kernel (the bias trains: seq_ft) rounds differently now and then (seq_ft's 30-step
-    #: job: val Dice 0.07778 vs 0.07782). Both mean MONAI's -100 as "masked": the two differ
-    #: beyond rounding only where a seam pair's score exceeds its row's maximum by ~100, where
-    #: -100 would let attention leak across the seam (Swin, arXiv 2103.14030, masks it out).
+    #: backward ran 2.4x slower on x86 (a stage-1 block of the main job; the whole job's step
+    #: ``default_seams_100`` in scripts/bench_speed_options.py). -inf makes them exact zeros.
+    #: With the flash kernel (the bias frozen: lora and the other adapter strategies) the main
+    #: job came out the same to the bit (600 steps of both tasks: R and R_val); the math kernel
+    #: (the bias trains: seq_ft) rounds differently now and then (seq_ft's 30-step job: val Dice
+    #: 0.07778 vs 0.07782). Both mean "masked": they differ beyond rounding only where a seam
+    #: pair's score exceeds its row's maximum by ~100, where -100 would let attention leak
+    #: across the seam (Swin, arXiv 2103.14030, masks it out).
     seam_value: float = float("-inf")
+    #: keep the shifted-window bias while the table is frozen (see :meth:`attention_bias`;
+    #: False only to measure what that saves)
+    reuse_bias: bool = True
+    #: (key, mask, bias): the last shifted-window bias built while the table was frozen
+    _seam_bias: tuple | None = None
+
+    def attention_bias(self, n: int, mask: torch.Tensor | None, b: int) -> torch.Tensor:
+        """The additive attention mask: the relative position bias ``B`` ``(1, h, n, n)``, plus
+        the seams of a shifted window ``(b, h, n, n)`` (``mask`` ``(windows, n, n)``, 0 / -100;
+        ``b`` windows of the batch). While ``B``'s table needs no gradient (a frozen backbone, or
+        no autograd) the shifted-window mask is built once and reused until the table, the
+        batch, the seam value, the mask or inference mode changes (the table's version counter
+        catches in-place updates); building it cost ~6 % of a frozen-backbone step of the main
+        job (``default_uncached`` in scripts/bench_speed_options.py)."""
+        h, table = self.num_heads, self.relative_position_bias_table
+        frozen = self.reuse_bias and not (table.requires_grad and torch.is_grad_enabled())
+        key = (table.device, table.data_ptr(), table._version, b, self.seam_value,
+               torch.is_inference_mode_enabled())
+        found = self._seam_bias
+        if (mask is not None and frozen and found is not None and found[0] == key
+                and found[1].shape == mask.shape and torch.equal(found[1], mask)):
+            return found[2]
+        bias = table[self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, h
+                                                                                ).permute(2, 0, 1)
+        if mask is None:
+            return bias.unsqueeze(0)
+        nw = mask.shape[0]
+        seams = mask.to(bias.dtype).masked_fill(mask < 0, self.seam_value)
+        bias = (bias.view(1, 1, h, n, n) + seams.reshape(1, nw, 1, n, n)
+                ).expand(b // nw, nw, h, n, n).reshape(b, h, n, n)
+        self._seam_bias = (key, mask, bias) if frozen else None
+        return bias
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        bias = self.relative_position_bias_table[
-            self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, h).permute(2, 0, 1)
-        if mask is not None:
-            nw = mask.shape[0]
-            seams = mask.to(bias.dtype).masked_fill(mask < 0, self.seam_value)
-            bias = (bias.view(1, 1, h, n, n) + seams.reshape(1, nw, 1, n, n)
-                    ).expand(b // nw, nw, h, n, n).reshape(b, h, n, n)
-        else:
-            bias = bias.unsqueeze(0)
+        bias = self.attention_bias(n, mask, b)
         drop = self.attn_drop.p if self.training else 0.0
         # in fp32 under bf16 autocast too: PyTorch's CPU kernels for a bf16 attention with an
         # additive mask and 8-wide heads ran ~2x slower than fp32 (scripts/bench_speed_options.py)

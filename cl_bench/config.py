@@ -35,7 +35,7 @@ from cl_bench.ranges import (_BOUNDS, _constraints, _describe, _type_ok,  # noqa
 #: resumption (cl_bench.checkpoint, cl_bench.cli) and never split runs into groups in a report
 #: (cl_bench.report)
 RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger",
-                  "search.objective", "search.spaces")
+                  "search.objective", "search.spaces", "hardware.fill_uninitialized_memory")
 
 
 #: Lightning 2's precision names (``lightning.fabric.connector._PRECISION_INPUT``)
@@ -115,6 +115,11 @@ class HardwareConfig:
     #: (cl_bench.hardware.resolve_precision)
     precision: str = field(default="auto", metadata=hint(Literal[PRECISIONS]))
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
+    #: with ``deterministic``: fill every new tensor with NaN (PyTorch's
+    #: torch.utils.deterministic.fill_uninitialized_memory, its default), a debugging aid that
+    #: exposes kernels reading memory they never wrote; it cost 7-8 % of the main job's step
+    #: and changes no result of a correct kernel, so it is off by default
+    fill_uninitialized_memory: bool = False
     #: torch.compile the encoder and heads (cl_bench.runner.compile_model); off: 7 min of
     #: compilation on 2 cores for the Swin job (results/reference/bench/issue25/speed_options.md)
     compile: bool = False

@@ -66,6 +66,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
     run_dir = Path(run_dir)
     torch.set_num_threads(cfg.hardware.num_threads)
+    # with hardware.deterministic: PyTorch's NaN-filling of every new tensor (off by default)
+    torch.utils.deterministic.fill_uninitialized_memory = bool(
+        cfg.hardware.get("fill_uninitialized_memory", False))
 
     # fail on any bad key before heavy work; tasks before backbone: backbone.img_size follows
     # tasks.size, and the message should name the key the user set

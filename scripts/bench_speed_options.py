@@ -7,6 +7,9 @@ round after round, one step of each option in turn. Whatever else the machine do
 every option alike, so the ratios hold on a busy machine too (the absolute times do not).
 Both tasks of the stream are timed (task 1 tumour_seg, task 2 brain_age).
 
+Every option runs in the runner's deterministic mode (``hardware.deterministic``); the tables
+made before 2026-12-03 18:50 ran without it (read their ratios as of that bench).
+
 Options (ratios are to ``before``, the main job as it was: fp32, MONAI's explicit attention):
 
 * ``before``: ``hardware.precision=32-true backbone.fused_attention=false``;
@@ -30,6 +33,8 @@ Options (ratios are to ``before``, the main job as it was: fp32, MONAI's explici
   -inf and the shifted-window bias built at every step (the default before 5e3e50d: same
   results to the bit, see ``FusedWindowAttention.seam_value``); ``default_uncached``: the
   default with only the bias built at every step (``FusedWindowAttention.reuse_bias``);
+  ``default_filled``: the default with PyTorch's NaN-filling of new tensors under deterministic
+  mode (``hardware.fill_uninitialized_memory=true``, the default before it had a key);
 * ``bf16_compile``: ``bf16`` plus ``torch.compile`` of encoder and heads (``--compile``; its
   compilation, minutes, is in the build + warm-up column).
 
@@ -57,9 +62,11 @@ UNFUSED = "backbone.fused_attention=false"
 
 def _decoder(fp32: bool = False, channels_last: bool = False) -> list[str]:
     """The decoder keys spelt out: the options before issue 25's decoder change ran the decoder
-    in the encoder's precision and contiguous (both keys false), as ``before`` must."""
+    in the encoder's precision and contiguous (both keys false), as ``before`` must. They also
+    ran with PyTorch's NaN-filling of new tensors (``hardware.fill_uninitialized_memory``)."""
     return [f"backbone.decoder_fp32={str(fp32).lower()}",
-            f"backbone.decoder_channels_last={str(channels_last).lower()}"]
+            f"backbone.decoder_channels_last={str(channels_last).lower()}",
+            "hardware.fill_uninitialized_memory=true"]
 
 
 OLD = _decoder()
@@ -81,6 +88,7 @@ OPTIONS = {
     "default": ([], {}, None),
     "default_seams_100": ([], {"attention": {"seam_value": -100.0, "reuse_bias": False}}, None),
     "default_uncached": ([], {"attention": {"reuse_bias": False}}, None),
+    "default_filled": (["hardware.fill_uninitialized_memory=true"], {}, None),
 }
 
 

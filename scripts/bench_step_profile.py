@@ -113,6 +113,10 @@ class StepBench:
         self.precision = resolve_precision(str(cfg.hardware.precision), "cpu", model.encoder)
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16,
                                        enabled=self.precision.startswith("bf16"))
+        # the runner's deterministic mode (Lightning's Trainer(deterministic=...)) and its
+        # NaN-filling switch, set again at every step: options interleave
+        self.deterministic = bool(cfg.hardware.deterministic)
+        self.fill = bool(cfg.hardware.fill_uninitialized_memory)
         self.trainable = sum(p.numel() for g in strategy.param_groups(task) for p in g["params"])
 
     def next_batch(self) -> dict:
@@ -129,6 +133,9 @@ class StepBench:
 
     def step(self) -> tuple[dict, object, dict]:
         """One training step: ``(batch, output, {phase: seconds})``."""
+        import torch
+        torch.use_deterministic_algorithms(self.deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = self.fill
         t0 = time.perf_counter()
         batch = self.next_batch()
         t1 = time.perf_counter()

@@ -195,3 +195,18 @@ def test_the_shifted_window_bias_is_reused_only_while_nothing_it_depends_on_chan
     attn._seam_bias = None
     attn(x, mask).square().sum().backward()
     assert attn._seam_bias is None and table.grad.abs().sum() > 0
+
+
+def test_nan_filling_of_new_tensors_changes_no_result_and_is_run_local(compose_cfg, tmp_path):
+    # hardware.fill_uninitialized_memory: PyTorch's debugging fill under deterministic mode, off
+    # by default; on or off, the same R to the bit, and a run resumes under either setting
+    over = ("strategy=seq_ft", "train.max_steps=3", "hardware.num_threads=1")
+    run(compose_cfg(*over, "hardware.fill_uninitialized_memory=true"), tmp_path / "filled")
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    run(compose_cfg(*over), tmp_path / "default")
+    assert not torch.utils.deterministic.fill_uninitialized_memory
+    assert torch.are_deterministic_algorithms_enabled()
+    filled, default = ((tmp_path / d / "matrix.csv").read_text() for d in ("filled", "default"))
+    assert filled == default
+    out = run(compose_cfg(*over), tmp_path / "filled")  # resumed: nothing left to train
+    assert out.metrics["complete"] and (tmp_path / "filled" / "matrix.csv").read_text() == filled

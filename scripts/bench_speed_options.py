@@ -8,7 +8,7 @@ every option alike, so the ratios hold on a busy machine too (the absolute times
 Both tasks of the stream are timed (task 1 tumour_seg, task 2 brain_age).
 
 Every option runs in the runner's deterministic mode (``hardware.deterministic``); the tables
-made before 2026-12-03 18:50 ran without it (read their ratios as of that bench).
+made before b27d46a ran without it (their ratios hold for that bench).
 
 Options (ratios are to ``before``, the main job as it was: fp32, MONAI's explicit attention):
 

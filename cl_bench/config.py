@@ -117,7 +117,7 @@ class HardwareConfig:
     deterministic: bool = True    #: torch deterministic algorithms (bit-reproducible on CPU)
     #: with ``deterministic``: fill every new tensor with NaN (PyTorch's
     #: torch.utils.deterministic.fill_uninitialized_memory, its default), a debugging aid that
-    #: exposes kernels reading memory they never wrote; it cost 7-8 % of the main job's step
+    #: exposes kernels reading memory they never wrote; it cost 4-8 % of the main job's step
     #: and changes no result of a correct kernel, so it is off by default
     fill_uninitialized_memory: bool = False
     #: torch.compile the encoder and heads (cl_bench.runner.compile_model); off: 7 min of

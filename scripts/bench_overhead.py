@@ -95,6 +95,9 @@ def setup(overrides: list[str]):
         cfg = compose("config", overrides=overrides)
     torch.set_num_threads(cfg.hardware.num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # hardware=cpu: deterministic
+    # ... without PyTorch's NaN-filling of new tensors (hardware.fill_uninitialized_memory)
+    torch.utils.deterministic.fill_uninitialized_memory = bool(
+        cfg.hardware.fill_uninitialized_memory)
     strategy = build(cfg.strategy, "strategy")
     seed_all(cfg.seed)
     model = build(cfg.backbone, "backbone")

@@ -66,7 +66,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
     run_dir = Path(run_dir)
     torch.set_num_threads(cfg.hardware.num_threads)
-    # with hardware.deterministic: PyTorch's NaN-filling of every new tensor (off by default)
+    # with hardware.deterministic: PyTorch's NaN-filling of every new tensor (off by default;
+    # a resumed run's saved config has no run-local keys, hence the default here)
     torch.utils.deterministic.fill_uninitialized_memory = bool(
         cfg.hardware.get("fill_uninitialized_memory", False))
 

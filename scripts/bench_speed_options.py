@@ -62,14 +62,15 @@ UNFUSED = "backbone.fused_attention=false"
 
 def _decoder(fp32: bool = False, channels_last: bool = False) -> list[str]:
     """The decoder keys spelt out: the options before issue 25's decoder change ran the decoder
-    in the encoder's precision and contiguous (both keys false), as ``before`` must. They also
-    ran with PyTorch's NaN-filling of new tensors (``hardware.fill_uninitialized_memory``)."""
+    in the encoder's precision and contiguous (both keys false), as ``before`` must."""
     return [f"backbone.decoder_fp32={str(fp32).lower()}",
-            f"backbone.decoder_channels_last={str(channels_last).lower()}",
-            "hardware.fill_uninitialized_memory=true"]
+            f"backbone.decoder_channels_last={str(channels_last).lower()}"]
 
 
-OLD = _decoder()
+#: the options measured before hardware.fill_uninitialized_memory had a key ran with PyTorch's
+#: NaN-filling of new tensors (its default)
+FILLED = "hardware.fill_uninitialized_memory=true"
+OLD = [*_decoder(), FILLED]
 #: name -> (overrides, StepBench keywords, strategy or None for --strategy)
 OPTIONS = {
     "before": ([FP32, UNFUSED, *OLD], {}, None),
@@ -82,13 +83,13 @@ OPTIONS = {
     "seq_ft_before": ([FP32, UNFUSED, *OLD], {}, "seq_ft"),
     "seq_ft_bf16": ([BF16, *OLD], {}, "seq_ft"),
     "bf16_compile": ([BF16, *OLD], {"compile": True}, None),
-    "bf16_fp32_decoder": ([BF16, *_decoder(fp32=True)], {}, None),
-    "bf16_fp32_decoder_cl": ([BF16, *_decoder(fp32=True, channels_last=True)], {}, None),
-    "bf16_decoder_cl": ([BF16, *_decoder(channels_last=True)], {}, None),
+    "bf16_fp32_decoder": ([BF16, *_decoder(fp32=True), FILLED], {}, None),
+    "bf16_fp32_decoder_cl": ([BF16, *_decoder(fp32=True, channels_last=True), FILLED], {}, None),
+    "bf16_decoder_cl": ([BF16, *_decoder(channels_last=True), FILLED], {}, None),
     "default": ([], {}, None),
     "default_seams_100": ([], {"attention": {"seam_value": -100.0, "reuse_bias": False}}, None),
     "default_uncached": ([], {"attention": {"reuse_bias": False}}, None),
-    "default_filled": (["hardware.fill_uninitialized_memory=true"], {}, None),
+    "default_filled": ([FILLED], {}, None),
 }
 
 

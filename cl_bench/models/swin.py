@@ -87,17 +87,17 @@ class FusedWindowAttention(WindowAttention):
         the seams of a shifted window ``(b, h, n, n)`` (``mask`` ``(windows, n, n)``, 0 / -100;
         ``b`` windows of the batch). While ``B``'s table needs no gradient (a frozen backbone, or
         no autograd) the shifted-window mask is built once and reused until the table, the
-        batch, the seam value, the mask or inference mode changes (the table's version counter
-        catches in-place updates); building it cost ~6 % of a frozen-backbone step of the main
-        job (``default_uncached`` in scripts/bench_speed_options.py)."""
+        batch, the seam value, the mask (the same tensor object: :class:`MaskReusingLayer`
+        keeps one per grid) or inference mode changes (the table's version counter catches
+        in-place updates); building it cost ~6 % of a frozen-backbone step of the main job
+        (``default_uncached`` in scripts/bench_speed_options.py)."""
         h, table = self.num_heads, self.relative_position_bias_table
         frozen = self.reuse_bias and not (table.requires_grad and torch.is_grad_enabled())
         key = (table.device, table.data_ptr(), table._version, b, self.seam_value,
                torch.is_inference_mode_enabled())
         found = self._seam_bias
         if (mask is not None and frozen and found is not None and found[0] == key
-                and (found[1] is mask  # a MaskReusingLayer's
-                     or found[1].shape == mask.shape and torch.equal(found[1], mask))):
+                and found[1] is mask):
             return found[2]
         bias = table[self.relative_position_index[:n, :n].reshape(-1)].reshape(n, n, h
                                                                                 ).permute(2, 0, 1)

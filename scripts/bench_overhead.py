@@ -5,12 +5,15 @@ Each round runs a workload twice, each time as a fresh process: through ``clbenc
 Lightning's fit loop, result files, checkpoints) and through :func:`plain_loop` below, a loop a
 researcher would write by hand on the *same* cl_bench model, stream, strategy hooks, seeds,
 batches, AdamW groups, init row and per-task evaluation metrics (MONAI Dice, torchmetrics MAE and
-accuracy), writing ``matrix.csv`` after every row. The plain loop imports what that work needs
-(torch; the model's, stream's and losses' modules, which bring MONAI; torchmetrics; Hydra only to
-compose the same config) and not Lightning, so ``process`` counts Lightning's start-up against
-clbench. Both must end with the same weights (a sha256
-of the state dict) and the same R matrix; the script stops with an error if they do not, since a
-ratio between different work means nothing.
+accuracy; on the validation sets too when the stream has them, as the runner does), writing
+``matrix.csv`` (and ``matrix_val.csv``) after every row. The plain loop imports what that work
+needs (torch; the model's, stream's and losses' modules, which bring MONAI; torchmetrics; Hydra
+only to compose the same config) and not Lightning, so ``process`` counts Lightning's start-up
+against clbench. Both must end with the same weights (a sha256 of the state dict), the same R
+matrix and the same R on the validation sets; the script stops with an error if they do not,
+since a ratio between different work means nothing. The runner's probes after every task
+(``probes.json``, :mod:`cl_bench.probes`) are run by the plain loop too and must agree; they are
+outside ``train+eval`` (``timing.json``'s ``probe_s``), inside ``loop`` and ``process``.
 
 Times (seconds; min and median over the rounds) and the clbench / plain ratios:
 
@@ -152,33 +155,44 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     import pandas as pd
     import torch
 
+    from cl_bench import probes
     from cl_bench.evaluation import answer, Scorer
 
     cfg, model, stream, strategy = setup(overrides)
-    tests = {}  # each test set stacked once: batches are slices
+    # the runner's probes after every task (probes.json; cl_bench.probes): the same work here,
+    # outside train+eval as in the runner (its probe_s), inside loop and process
+    reference = probes.weight_snapshot(model.encoder)
+    found = {"movement": {}, "reliance": {}}
+    stacked = {}  # each test / validation set stacked once: batches are slices
+    # the runner also scores every task's validation set after each task (R_val) when the
+    # stream has them (tasks.n_val > 0): the same work here
+    splits = ("test", "val") if all(t.val is not None for t in stream) else ("test",)
 
-    def evaluate() -> list[float]:
+    def score(task, split: str) -> float:
+        if (task.name, split) not in stacked:
+            data = task.test if split == "test" else task.val
+            items = [data[i] for i in range(len(data))]
+            stacked[task.name, split] = (torch.stack([d["image"] for d in items]),
+                                         torch.stack([torch.as_tensor(d["label"]) for d in items]))
+        x, y = stacked[task.name, split]
+        strategy.activate(task)
+        scorer = Scorer(task, stream)
+        nullctx = torch.autocast("cpu", enabled=False)
+        for i in range(0, len(x), cfg.train.eval_batch_size):
+            scorer.update(answer(model, task, x[i:i + cfg.train.eval_batch_size], nullctx),
+                          y[i:i + cfg.train.eval_batch_size])
+        return scorer.result()[task.metric]
+
+    def evaluate() -> dict[str, list[float]]:
         model.eval()
-        row = []
         with torch.inference_mode():
-            for task in stream:
-                if task.name not in tests:
-                    items = [task.test[i] for i in range(len(task.test))]
-                    tests[task.name] = (torch.stack([d["image"] for d in items]),
-                                        torch.stack([torch.as_tensor(d["label"]) for d in items]))
-                x, y = tests[task.name]
-                strategy.activate(task)
-                scorer = Scorer(task, stream)
-                nullctx = torch.autocast("cpu", enabled=False)
-                for i in range(0, len(x), cfg.train.eval_batch_size):
-                    scorer.update(answer(model, task, x[i:i + cfg.train.eval_batch_size], nullctx),
-                                  y[i:i + cfg.train.eval_batch_size])
-                row.append(scorer.result()[task.metric])
-        return row
+            return {split: [score(task, split) for task in stream] for split in splits}
 
     def write(rows: dict) -> None:
-        df = pd.DataFrame.from_dict(rows, orient="index", columns=[t.name for t in stream])
-        df.to_csv(out_dir / "matrix.csv", float_format="%.6g")
+        for split, name in (("test", "matrix.csv"), ("val", "matrix_val.csv"))[:len(splits)]:
+            df = pd.DataFrame.from_dict({k: v[split] for k, v in rows.items()}, orient="index",
+                                        columns=[t.name for t in stream])
+            df.to_csv(out_dir / name, float_format="%.6g")
 
     timing = {"train": 0.0, "eval": 0.0, "first_step": None}
     loop_start = time.perf_counter()
@@ -193,6 +207,7 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     for t, task in enumerate(stream):
         seed_all(cfg.seed * 1000 + t)
         start = time.perf_counter()
+        task_start = probes.weight_snapshot(model.encoder)
         begin_task(cfg, model, strategy, t, task)
         plain_steps(cfg, model, strategy, t, task, first_step)
         strategy.after_task(t, task)
@@ -200,6 +215,12 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
         start = time.perf_counter()
         rows[f"after_{task.name}"] = evaluate()
         timing["eval"] += time.perf_counter() - start
+        moved, relied = probes.row_probes(model, strategy, stream, task, reference, task_start,
+                                          cfg.train.eval_batch_size)
+        found["movement"][f"after_{task.name}"] = moved
+        if relied is not None:
+            found["reliance"][f"after_{task.name}"] = relied
+        (out_dir / "probes.json").write_text(json.dumps(found))
         write(rows)
     timing["loop"] = time.perf_counter() - loop_start
     timing["fingerprint"] = fingerprint(model.state_dict())
@@ -282,7 +303,24 @@ def run_clbench(overrides: list[str], tmp: Path) -> dict:
             "eval": evals,
             "start->step": timing.get("first_step_unix", float("nan")) - spawn,  # older runners: none
             "fingerprint": fingerprint(state["model"]), "timing": timing,
-            "R": pd.read_csv(run / "matrix.csv", index_col=0)}
+            "R": pd.read_csv(run / "matrix.csv", index_col=0), "R_val": _read_val(run),
+            "reliance": _read_reliance(run)}
+
+
+def _read_val(folder: Path):
+    """``matrix_val.csv`` of ``folder`` (R on the validation sets), or None without one."""
+    import pandas as pd
+
+    path = folder / "matrix_val.csv"
+    return pd.read_csv(path, index_col=0) if path.is_file() else None
+
+
+def _read_reliance(folder: Path) -> list[float]:
+    """Every Dice of ``probes.json``'s reliance probe in ``folder``, in a fixed order ([] without
+    one)."""
+    path = folder / "probes.json"
+    found = json.loads(path.read_text()).get("reliance", {}) if path.is_file() else {}
+    return [d for row in sorted(found) for _, d in sorted(found[row]["dice"].items())]
 
 
 def _run_plain(overrides: list[str], tmp: Path) -> dict:
@@ -299,7 +337,8 @@ def _run_plain(overrides: list[str], tmp: Path) -> dict:
     t = json.loads(out.read_text())
     return {"process": process, "loop": t["loop"], "train+eval": t["train"] + t["eval"],
             "eval": t["eval"], "start->step": t["first_step"], "fingerprint": t["fingerprint"],
-            "R": pd.read_csv(tmp / "matrix.csv", index_col=0)}
+            "R": pd.read_csv(tmp / "matrix.csv", index_col=0), "R_val": _read_val(tmp),
+            "reliance": _read_reliance(tmp)}
 
 
 def bench(name: str, rounds: int) -> dict:
@@ -315,9 +354,17 @@ def bench(name: str, rounds: int) -> dict:
                 times[who][f].append(got[who][f])
         same_w = got["plain"]["fingerprint"] == got["clbench"]["fingerprint"]
         diff = float((got["plain"]["R"] - got["clbench"]["R"]).abs().to_numpy().max())
-        if not same_w or diff > 1e-6:
+        vals = got["plain"]["R_val"], got["clbench"]["R_val"]
+        same_val = (vals[0] is None and vals[1] is None) or (
+            vals[0] is not None and vals[1] is not None
+            and float((vals[0] - vals[1]).abs().to_numpy().max()) <= 1e-6)
+        rel = got["plain"]["reliance"], got["clbench"]["reliance"]
+        same_probe = len(rel[0]) == len(rel[1]) and all(
+            abs(a - b) <= 1e-6 or (a != a and b != b) for a, b in zip(*rel))  # NaN: NaN
+        if not same_w or diff > 1e-6 or not same_val or not same_probe:
             sys.exit(f"bench_overhead: {name}: clbench and the plain loop did different work "
-                     f"(weights equal: {same_w}, max |R difference| {diff:.3g}); no ratio reported")
+                     f"(weights equal: {same_w}, max |R difference| {diff:.3g}, R_val equal: "
+                     f"{same_val}, reliance probe equal: {same_probe}); no ratio reported")
         print(f"{name} round {r + 1}/{rounds}: " + ", ".join(
             f"{f} {got['clbench'][f]:.2f}/{got['plain'][f]:.2f}" for f in FIELDS)
             + " s (clbench/plain), same weights and R", flush=True)

@@ -24,7 +24,7 @@ from cl_bench.checkpoint import rng_state, set_rng_state
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError, DataError, TrainingError
 from cl_bench.files import atomic_write
-from cl_bench.models.feature_cache import IndexedDataset
+from cl_bench.models.feature_cache import IndexedDataset, as_batch
 from cl_bench.models.losses import TaskLoss
 from cl_bench.progress import TaskProgressBar, progress_callback
 from cl_bench.strategies.base import Strategy
@@ -276,7 +276,8 @@ def fit_task(cfg: DictConfig, run_dir: Path, model: nn.Module, strategy: Strateg
         log.warning("train.batch_size=%d exceeds task %s's %d training samples: every step "
                     "uses the whole training set", train.batch_size, task.name, len(task.train))
     # batches carry "index" (their positions in task.train): the key of per-sample caches
-    loader = DataLoader(IndexedDataset(task.train), batch_size=train.batch_size, shuffle=True)
+    loader = DataLoader(IndexedDataset(task.train), batch_size=train.batch_size, shuffle=True,
+                        collate_fn=as_batch)  # IndexedDataset collates its batches itself
     early_stop = train.early_stopping_patience > 0 and task.val is not None
     trainer = make_trainer(cfg, run_dir, task.name, max(len(loader), 1), logger, t, num_tasks,
                            early_stop, precision)

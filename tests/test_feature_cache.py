@@ -6,8 +6,10 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
+from torch.utils.data import DataLoader
 
-from cl_bench.models.feature_cache import FeatureCache
+from cl_bench.data.base import ArrayDataset
+from cl_bench.models.feature_cache import FeatureCache, IndexedDataset, as_batch
 from cl_bench.runner import run
 
 from tests.strategies.test_star import CONF
@@ -124,3 +126,51 @@ def test_lwf_keeps_a_teacher_cache_only_when_frozen_work_is_cached():
         assert (lwf.teacher is not None) is cache
         if cache:
             assert lwf.teacher.size == len(stream[1].train)
+
+
+class _Augmented(ArrayDataset):
+    """An ArrayDataset whose __getitem__ changes the sample (as an augmentation would)."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        return {**item, "image": item["image"] + 1.0}
+
+
+def test_training_batches_are_gathered_whole_with_the_per_sample_values():
+    """IndexedDataset's batched fetch gives, batch for batch, the tensors that fetching each
+    sample and default_collate give (same values, dtypes, shapes, index), in the same shuffled
+    order from the same seed; a dataset that overrides __getitem__ goes through it."""
+    g = torch.Generator().manual_seed(0)
+    cases = [ArrayDataset(torch.randn(11, 1, 4, 4, 4, generator=g),
+                          torch.randint(0, 3, (11, 1, 4, 4, 4), generator=g)),
+             ArrayDataset(torch.randn(11, 2, 5, 5, generator=g), torch.randn(11, generator=g)),
+             _Augmented(torch.randn(11, 1, 6, 6, generator=g), torch.arange(11) % 4)]
+    for data in cases:
+        batches = {}
+        for fast in (True, False):
+            torch.manual_seed(3)
+            loader = (DataLoader(IndexedDataset(data), batch_size=4, shuffle=True,
+                                 collate_fn=as_batch) if fast else
+                      DataLoader(_PerSample(data), batch_size=4, shuffle=True))
+            batches[fast] = list(loader)
+        assert len(batches[True]) == len(batches[False]) == 3  # 4 + 4 + 3
+        for a, b in zip(batches[True], batches[False]):
+            assert a.keys() == b.keys() == {"image", "label", "index"}
+            for k in a:
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+                assert torch.equal(a[k], b[k]), k
+    aug = list(DataLoader(IndexedDataset(cases[2]), batch_size=11, collate_fn=as_batch))[0]
+    assert torch.equal(aug["image"], cases[2].images + 1.0)
+
+
+class _PerSample(torch.utils.data.Dataset):
+    """The per-sample path: each item with its index, collated by DataLoader's default."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.data[i], "index": i}

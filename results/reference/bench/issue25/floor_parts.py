@@ -21,24 +21,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_overhead as bo  # noqa: E402
-import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 import cl_bench.training as tr  # noqa: E402
 from cl_bench.cli import quiet_libraries  # noqa: E402
 
 
-class NoIndex(torch.utils.data.Dataset):
-    """The training set without the ``"index"`` key (what IndexedDataset adds)."""
-
-    def __init__(self, d):
-        self.d = d
-
-    def __len__(self):
-        return len(self.d)
+class NoIndex(tr.IndexedDataset):
+    """The training batches without the ``"index"`` key (what IndexedDataset adds)."""
 
     def __getitem__(self, i):
-        return self.d[i]
+        return self.dataset[i]
+
+    def __getitems__(self, indices):
+        return {k: v for k, v in super().__getitems__(indices).items() if k != "index"}
 
 
 ORIG = dict(pc=tr.progress_callback, ds=tr.IndexedDataset, tbe=tr.LitTask.on_train_batch_end)

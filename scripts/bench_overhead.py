@@ -367,7 +367,7 @@ def bench(name: str, rounds: int) -> dict:
                      f"{same_val}, reliance probe equal: {same_probe}); no ratio reported")
         print(f"{name} round {r + 1}/{rounds}: " + ", ".join(
             f"{f} {got['clbench'][f]:.2f}/{got['plain'][f]:.2f}" for f in FIELDS)
-            + " s (clbench/plain), same weights and R", flush=True)
+            + " s (clbench/plain), same weights, R, R_val and probes", flush=True)
     out = {}
     for f in FIELDS:
         c, p = times["clbench"][f], times["plain"][f]

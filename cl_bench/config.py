@@ -288,7 +288,8 @@ def locate(path: str) -> Any:
 
 #: keys every ``tasks`` node may carry besides its factory's arguments, with their types:
 #: applied to the built stream by :func:`build_stream`, not passed to the factory
-STREAM_KEYS: dict[str, Any] = {"n_val": NonNegativeInt, "max_tasks": Optional[PositiveInt]}
+STREAM_KEYS: dict[str, Any] = {"n_val": NonNegativeInt, "max_tasks": Optional[PositiveInt],
+                               "n_val_by_task": Optional[dict]}
 
 
 def check_node(node: DictConfig, key: str) -> None:
@@ -355,7 +356,8 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 def build_stream(cfg: DictConfig) -> list:
     """The stream of ``cfg.tasks`` (:func:`build`), with ``tasks.n_val`` validation samples per
-    task carved from its training set by the run's ``seed``
+    task (``tasks.n_val_by_task``: per task where it differs) carved from its training set by
+    the run's ``seed``
     (:func:`~cl_bench.data.base.carve_validation`), cut to its first ``tasks.max_tasks`` tasks
     if that is set (e.g. ``+tasks.max_tasks=1``: the first task alone, for a probe or a timing).
 
@@ -366,7 +368,9 @@ def build_stream(cfg: DictConfig) -> list:
     from cl_bench.data.base import carve_validation
 
     stream = build(cfg.tasks, "tasks")[:cfg.tasks.get("max_tasks")]  # its range: STREAM_KEYS
-    stream = carve_validation(stream, cfg.tasks.get("n_val", 0), int(cfg.seed))
+    by_task = cfg.tasks.get("n_val_by_task")
+    stream = carve_validation(stream, cfg.tasks.get("n_val", 0), int(cfg.seed),
+                              None if by_task is None else OmegaConf.to_container(by_task))
     search = cfg.get("search")
     if search is not None and search.get("trial") is not None:
         seal_test_split(stream, int(search.trial))

@@ -7,9 +7,10 @@
   2106.09685), whose base weights do not move. A strategy that "fine-tunes the backbone" but
   moves only its first stage shows here.
 * **Reliance** (segmentation decoders on the stages of a Swin encoder): the first segmentation
-  task's Dice with each input of its decoder (each encoder stage, and the raw image when the
-  decoder has Swin UNETR's image skip) replaced by that input's mean over the task's training
-  samples (a voxel-wise mean map, on the current backbone): an ablation by mean substitution,
+  task's Dice with each input of its decoder (each encoder stage, stages 1-4 together, every
+  stage but one, and the raw image when the decoder has Swin UNETR's image skip) replaced by
+  that input's mean over the task's training samples (a voxel-wise mean map, on the current
+  backbone; before a shared decoder): an ablation by mean substitution,
   as in the "mean ablation" of interpretability work (e.g. Wang et al. 2022, arXiv 2211.00593).
   A decoder that keeps its Dice without stages 1-4 segments from the stage-0 patch embedding
   (a linear re-encoding of the image) and does not test the foundation model. Scored on the
@@ -32,8 +33,11 @@ from cl_bench.kinds import kind_spec
 def stage_of(name: str) -> str:
     """The stage a backbone parameter belongs to, from its name: ``stage0`` (a Swin encoder's
     patch embedding), ``stage1``...``stage4`` (its ``layers1``...``layers4``, each with the patch
-    merging that ends it); for other backbones the module path up to its first block index
+    merging that ends it), ``decoder`` (a shared Swin UNETR decoder, ``backbone.decoder=
+    shared``); for other backbones the module path up to its first block index
     (``vit.blocks.3``), else its first two components (``vit.patch_embedding``)."""
+    if name.startswith("decoder."):
+        return "decoder"
     m = re.search(r"swinViT\.(patch_embed|layers(\d))", name)
     if m:
         return "stage0" if m.group(1) == "patch_embed" else f"stage{m.group(2)}"
@@ -107,10 +111,33 @@ def _stack(dataset, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.stack([torch.as_tensor(d["label"]) for d in items]))
 
 
+def reliance_variants(n_stages: int = 5, image: bool = False) -> dict[str, frozenset]:
+    """The reliance probe's ablations: ``{name: inputs replaced by their training mean}``.
+
+    ``none`` (intact); ``stage0``...``stage4``, one stage each; ``stages1-4``, the Swin blocks'
+    stages together (what is left is the patch embedding, a linear re-encoding of the image);
+    ``all_but_stage1``...``all_but_stage4``, every stage but one (``all_but_stage0`` is
+    ``stages1-4``); ``image`` (a decoder with Swin UNETR's raw-image skip). Stage indices,
+    ``"image"`` for the image."""
+    stages = range(n_stages)
+    out = {"none": frozenset()}
+    out.update({f"stage{k}": frozenset({k}) for k in stages})
+    out[f"stages1-{n_stages - 1}"] = frozenset(range(1, n_stages))
+    out.update({f"all_but_stage{k}": frozenset(set(stages) - {k}) for k in range(1, n_stages)})
+    if image:
+        out["image"] = frozenset({"image"})
+    return out
+
+
 @torch.no_grad()
 def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
              device: str | torch.device = "cpu", bf16: bool = False) -> dict:
-    """Dice of ``task``'s decoder with each input replaced by its training mean.
+    """Dice of ``task``'s segmentation head with encoder stages replaced by their training means.
+
+    The ablations are :func:`reliance_variants` (single stages and the joint rows). A head on a
+    shared decoder (``backbone.decoder=shared``) gets the decoder's output on the ablated
+    stages: the substitution happens before the decoder, so a decoder that could segment from
+    the patch embedding alone shows it in ``stages1-4``.
 
     Args:
         model: a :class:`~cl_bench.models.ContinualModel` on a Swin encoder (``stage_channels``);
@@ -119,54 +146,57 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
         autocast, as R's evaluation runs them (``hardware.precision=bf16-mixed``).
 
     Returns:
-        ``{"task", "split": "val" | "test", "dice": {"none": d, "stage0": d, ..., "stage4": d
-        [, "image": d]}}``, Dice in [0, 1] (mean over foreground labels, as in R).
+        ``{"task", "split": "val" | "test", "dice": {"none": d, "stage0": d, ..., "stage4": d,
+        "stages1-4": d, "all_but_stage1": d, ... [, "image": d]}}``, Dice in [0, 1] (mean over
+        foreground labels, as in R).
 
     Raises:
         ValueError: a task that is not a segmentation task, or an encoder without stages.
     """
     from cl_bench.evaluation import Scorer
 
-    if kind_spec(task.kind).head != "decoder" or not hasattr(model.encoder, "stage_channels"):
+    enc = model.encoder
+    if kind_spec(task.kind).head != "decoder" or not hasattr(enc, "stage_channels"):
         raise ValueError(f"reliance probe: task {task.name!r} is not a segmentation task on a "
                          "staged (Swin) encoder")
     was = model.training
     model.eval()
     strategy.activate(task)
-    head, to_grid = model.heads[task.name], model.encoder.tokens_to_grid
-    inputs = [f"stage{k}" for k in range(len(model.encoder.stage_channels))]
-    if getattr(head, "image_skip", False):
-        inputs.append("image")
+    head, to_grid = model.heads[task.name], enc.tokens_to_grid
+    shared = getattr(head, "reads_decoder", False)
+    variants = reliance_variants(len(enc.stage_channels), getattr(head, "image_skip", False))
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+    def encode(x: torch.Tensor) -> list[torch.Tensor]:
+        with autocast:
+            return enc.encode(x) if hasattr(enc, "encode") else list(model.backbone(x)[1])
+
     sums: list[torch.Tensor] | None = None
     image_sum = None
     n = len(task.train)
     for i in range(0, n, batch_size):
         x, _ = _stack(task.train, i, min(i + batch_size, n))
         x = x.to(device)
-        with autocast:
-            _, stages = model.backbone(x)
-        batch = [s.float().sum(0) for s in stages]
+        batch = [s.float().sum(0) for s in encode(x)]
         sums = batch if sums is None else [a + b for a, b in zip(sums, batch)]
         image_sum = x.sum(0) if image_sum is None else image_sum + x.sum(0)
     means = [s / n for s in sums]
     image_mean = image_sum / n
     split, data = ("val", task.val) if task.val is not None else ("test", task.test)
-    scorers = {k: Scorer(task) for k in ["none", *inputs]}
+    scorers = {k: Scorer(task) for k in variants}
     for i in range(0, len(data), batch_size):
         x, label = _stack(data, i, min(i + batch_size, len(data)))
         x = x.to(device)
-        with autocast:
-            deepest, stages = model.backbone(x)
+        stages = encode(x)
         for k, scorer in scorers.items():
-            st, img = list(stages), x
-            if k.startswith("stage"):
-                j = int(k[5:])
-                st[j] = means[j].to(st[j].dtype).expand_as(st[j])
-            elif k == "image":
-                img = image_mean.expand_as(x)
+            replaced = variants[k]
+            st = [means[j].to(s.dtype).expand_as(s) if j in replaced else s
+                  for j, s in enumerate(stages)]
+            img = image_mean.expand_as(x) if "image" in replaced else x
             with autocast:
-                out = head(to_grid, st[-1], st, img)
+                if shared:
+                    st.append(enc.decode(st))
+                out = head(to_grid, st[4], st, img)
             scorer.update(out.float().argmax(1).cpu(), label)
     model.train(was)
     return {"task": task.name, "split": split,

@@ -79,8 +79,10 @@ class LitTask(L.LightningModule):
             self.on_first_step()
             self.on_first_step = None
         x = batch["image"]
-        features = (self.model.backbone(x) if self.feature_cache is None else
-                    self.feature_cache(self.model.backbone, x, batch["index"]))
+        names = [self.task.name]
+        features = (self.model.features(x, names) if self.feature_cache is None else
+                    self.feature_cache(lambda v: self.model.features(v, names), x,
+                                       batch["index"]))
         out = self.model(x, self.task.name, features)
         batch = {**batch, "features": features}  # strategies reuse this step's backbone pass
         loss = self.strategy.task_loss(batch, out, self.t, self.loss_fn)

@@ -16,6 +16,8 @@ how it is scored. Every dataset item is a dict:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -162,7 +164,8 @@ def subset(dataset: Dataset, indices: np.ndarray) -> Dataset:
     return torch.utils.data.Subset(dataset, idx.tolist())
 
 
-def carve_validation(stream: list[Task], n_val: int, seed: int) -> list[Task]:
+def carve_validation(stream: list[Task], n_val: int, seed: int,
+                     by_task: Mapping[str, int] | None = None) -> list[Task]:
     """Hold out ``n_val`` training samples of every task as its validation set (in place).
 
     The validation samples are drawn without replacement from each task's training set by a
@@ -177,28 +180,41 @@ def carve_validation(stream: list[Task], n_val: int, seed: int) -> list[Task]:
         stream: the tasks, as built by a stream factory (``task.val`` is set here).
         n_val: validation samples per task (0: nothing changes).
         seed: the run's ``seed``.
+        by_task: ``{task name: validation samples}`` for tasks that differ from ``n_val``
+            (``tasks.n_val_by_task``; e.g. a regression task whose MAE needs more subjects to
+            choose on than a segmentation task's Dice).
 
     Returns:
         ``stream`` itself.
 
     Raises:
         ConfigError: ``n_val`` not an int >= 0, or not smaller than a task's training set
-        (names ``tasks.n_val`` and the task).
+        (names ``tasks.n_val`` and the task); a ``by_task`` name that is no task of the stream
+        or a bad value (names ``tasks.n_val_by_task.<name>``).
     """
     from cl_bench.errors import ConfigError
 
     check_value("tasks.n_val", n_val, NonNegativeInt)
-    if n_val == 0:
-        return stream
+    by_task = dict(by_task or {})
+    names = [task.name for task in stream]
+    for name, value in by_task.items():
+        if name not in names:
+            raise ConfigError(f"tasks.n_val_by_task.{name}: no task {name!r} in the stream "
+                              f"(its tasks: {names})")
+        check_value(f"tasks.n_val_by_task.{name}", value, NonNegativeInt)
     for t, task in enumerate(stream):
         n = len(task.train)
-        if n_val >= n:
-            raise ConfigError(f"tasks.n_val ({n_val}) must be smaller than task {task.name!r}'s "
+        n_task = int(by_task.get(task.name, n_val))
+        key = f"tasks.n_val_by_task.{task.name}" if task.name in by_task else "tasks.n_val"
+        if n_task == 0:
+            continue
+        if n_task >= n:
+            raise ConfigError(f"{key} ({n_task}) must be smaller than task {task.name!r}'s "
                               f"{n} training samples (it is carved from them)")
         order = np.random.default_rng([int(seed), t, 2024]).permutation(n)
-        task.val = subset(task.train, np.sort(order[:n_val]))
-        task.train = subset(task.train, np.sort(order[n_val:]))
-        task.info = {**task.info, "n_val": n_val, "n_train_after_val": n - n_val}
+        task.val = subset(task.train, np.sort(order[:n_task]))
+        task.train = subset(task.train, np.sort(order[n_task:]))
+        task.info = {**task.info, "n_val": n_task, "n_train_after_val": n - n_task}
         if kind_spec(task.kind).normalised_target:
             targets = np.asarray([float(task.train[i]["label"]) for i in range(len(task.train))])
             task.target_mean = float(targets.mean())

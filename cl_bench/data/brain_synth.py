@@ -128,10 +128,25 @@ def _normalise(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def tumour_subject(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+#: the tissue classes of :func:`tissue_labels`, in label order
+TISSUE_CLASSES = ("background", "csf", "gm", "wm")
+
+
+def tissue_labels(maps: dict[str, np.ndarray]) -> np.ndarray:
+    """Hard tissue labels ``(S, S, S)`` uint8 of a subject's warped tissue maps: 0 outside the
+    brain mask, else the most probable of CSF (1), GM (2), WM (3) (:data:`TISSUE_CLASSES`).
+    Deterministic: consumes no random numbers."""
+    probs = np.stack([maps["csf"], maps["gm"], maps["wm"]])
+    return np.where(maps["mask"] > 0.5, probs.argmax(0) + 1, 0).astype(np.uint8)
+
+
+def tumour_subject(size: int, rng: np.random.Generator, tissue: bool = False):
     """One BraTS-like subject: image ``(1, S, S, S)`` float32 and labels ``(1, S, S, S)`` int64.
 
     Labels follow MSD Task01: 0 background, 1 edema, 2 non-enhancing core, 3 enhancing tumour.
+    ``tissue``: also return the subject's :func:`tissue_labels` ``(S, S, S)`` uint8 (of the
+    tissue the tumour displaced and overlays: the tumour is not a tissue class), third; the
+    image and labels are the same either way.
     """
     atlas = _atlas(size)
     grid = np.indices((size,) * 3, dtype=np.float32)
@@ -160,11 +175,14 @@ def tumour_subject(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     tumour = label > 0
     img[tumour] = (factor[tumour] * np.maximum(img[tumour], 0.6)
                    + rng.normal(0, 0.03, tumour.sum()))
+    if tissue:
+        return _normalise(img, mask)[None], label[None], tissue_labels(maps)
     return _normalise(img, mask)[None], label[None]
 
 
-def age_subject(size: int, age: float, rng: np.random.Generator) -> np.ndarray:
-    """One IXI-like healthy subject of ``age`` years: image ``(1, S, S, S)`` float32."""
+def age_subject(size: int, age: float, rng: np.random.Generator, tissue: bool = False):
+    """One IXI-like healthy subject of ``age`` years: image ``(1, S, S, S)`` float32
+    (``tissue``: and its :func:`tissue_labels` ``(S, S, S)`` uint8, the same image)."""
     atlas = _atlas(size)
     a = np.clip((age - 20) / 66 * rng.normal(1.0, 0.25), 0, 1.5)
     grid = np.indices((size,) * 3, dtype=np.float32)
@@ -183,7 +201,8 @@ def age_subject(size: int, age: float, rng: np.random.Generator) -> np.ndarray:
     maps = {"gm": maps["gm"] - lost, "wm": maps["wm"], "csf": np.clip(maps["csf"] + lost, 0, 1),
             "mask": maps["mask"]}
     # healthy research scans are bias-corrected (N4) before use: a smaller residual bias field
-    return _normalise(_image(maps, rng, bias=0.05), maps["mask"])[None]
+    img = _normalise(_image(maps, rng, bias=0.05), maps["mask"])[None]
+    return (img, tissue_labels(maps)) if tissue else img
 
 
 #: below this cube side a subject takes milliseconds, and worker processes would cost more than
@@ -218,22 +237,18 @@ def generation_workers(size: int, subjects: int) -> int:
     return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)), subjects))
 
 
-def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.ndarray]:
-    """Every subject of the stream, stacked: ``seg_x``/``age_x`` ``(N, 1, S, S, S)`` float32,
-    ``seg_y`` ``(N, 1, S, S, S)`` int8, ``age_y`` ``(N,)`` float32 years; ``N = n_train + n_test``
-    (train first). Made in :func:`generation_workers` processes when that is more than 1:
-    forked, as PyTorch's DataLoader workers are (they inherit the atlas, and a script that
-    builds the stream outside ``if __name__ == "__main__"`` still works; ``spawn`` where the
-    platform has no fork). The arrays are bit-identical either way (:func:`_subject`)."""
-    jobs = [(size, seed, task, split, i) for split, n in ((0, n_train), (1, n_test))
-            for task in (1, 2) for i in range(n)]
+def _run_jobs(fn, jobs: list[tuple], size: int, desc: str) -> dict[tuple, object]:
+    """``{job: fn(*job)}`` for every job, in :func:`generation_workers` processes when that is
+    more than 1: forked, as PyTorch's DataLoader workers are (they inherit the atlas, and a
+    script that builds the stream outside ``if __name__ == "__main__"`` still works; ``spawn``
+    where the platform has no fork). Results are the same either way when each job seeds its
+    own generator (:func:`_subject`). Ctrl-C or an error cancels the jobs not started."""
     workers = generation_workers(size, len(jobs))
-    desc = f"generating brain_seg_age ({size}^3)"
     made = {}
     with tqdm(total=len(jobs), desc=desc, leave=False, disable=None) as bar:
         if workers == 1:
             for job in jobs:
-                made[job] = _subject(*job)
+                made[job] = fn(*job)
                 bar.update()
         else:
             _atlas(size)  # once, before the fork
@@ -241,17 +256,33 @@ def _generate(size: int, n_train: int, n_test: int, seed: int) -> dict[str, np.n
             pool = ProcessPoolExecutor(workers, multiprocessing.get_context(
                 "fork" if fork else "spawn"), initializer=_start_worker)
             try:
-                for job, result in zip(jobs, pool.map(_subject, *zip(*jobs))):
+                for job, result in zip(jobs, pool.map(fn, *zip(*jobs))):
                     made[job] = result
                     bar.update()
             finally:  # on an error or Ctrl-C: drop the subjects not started
                 pool.shutdown(wait=True, cancel_futures=True)
+    return made
+
+
+def _generate(size: int, n_train: int, n_test: int, seed: int,
+              age_n_train: int | None = None, age_n_test: int | None = None
+              ) -> dict[str, np.ndarray]:
+    """Every subject of the stream, stacked: ``seg_x``/``age_x`` ``(N, 1, S, S, S)`` float32,
+    ``seg_y`` ``(N, 1, S, S, S)`` int8, ``age_y`` ``(N,)`` float32 years; ``N = n_train + n_test``
+    for the tumour task, ``age_n_train + age_n_test`` for the age task (``None``: as the tumour
+    task's), train first. Made by :func:`_run_jobs`; bit-identical however many processes, and
+    a subject does not depend on how many others are made (:func:`_subject`)."""
+    sizes = {1: (n_train, n_test), 2: (age_n_train or n_train, age_n_test or n_test)}
+    jobs = [(size, seed, task, split, i) for task in (1, 2)
+            for split in (0, 1) for i in range(sizes[task][split])]
+    made = _run_jobs(_subject, jobs, size, f"generating brain_seg_age ({size}^3)")
     out: dict[str, list] = {k: [] for k in ("seg_x", "seg_y", "age_x", "age_y")}
-    for split, n in ((0, n_train), (1, n_test)):
-        for i in range(n):
+    for split in (0, 1):
+        for i in range(sizes[1][split]):
             x, y = made[(size, seed, 1, split, i)]
             out["seg_x"].append(x)
             out["seg_y"].append(y)
+        for i in range(sizes[2][split]):
             x, age = made[(size, seed, 2, split, i)]
             out["age_x"].append(x)
             out["age_y"].append(age)
@@ -263,13 +294,19 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(1
                        n_train: PositiveInt = 24, n_test: PositiveInt = 16,
                        seed: NonNegativeInt = 0, missing_age_fraction: Fraction = 0.0,
                        impute_age: float = 50.0, cache_dir: str | None = None,
-                       age_scale: PositiveFloat | None = None) -> list[Task]:
+                       age_scale: PositiveFloat | None = None,
+                       age_n_train: PositiveInt | None = None,
+                       age_n_test: PositiveInt | None = None) -> list[Task]:
     """Build the embedded two-task stream (see module docstring; design after arXiv 2602.23533).
 
     Args:
         name: stream name (recorded in ``Task.info``).
         size: cube side in voxels (≥ 16); images are ``(1, size, size, size)``.
         n_train, n_test: subjects per task and split (≥ 1).
+        age_n_train, age_n_test: the brain-age task's own numbers (``None``: ``n_train`` /
+            ``n_test``): its evaluation sets can be large enough to choose on (an MAE's standard
+            error ≤ 1 year needs ~32 validation and ~64 test subjects) while training stays
+            few-shot. The first subjects of a split are the same whatever the numbers.
         seed: data seed; the same arguments give bit-identical arrays.
         missing_age_fraction: share of *training* ages treated as missing and replaced by
             ``impute_age`` (the paper's quirk; test ages stay true), in [0, 1].
@@ -287,6 +324,9 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(1
     """
     settings = {"version": GENERATOR_VERSION, "size": size, "n_train": n_train,
                 "n_test": n_test, "seed": seed}
+    # the age task's own sizes enter the key only when set: older caches stay valid
+    settings.update({k: v for k, v in (("age_n_train", age_n_train), ("age_n_test", age_n_test))
+                     if v is not None})
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir).expanduser() / "brain_seg_age" / f"{key}.npz" if cache_dir else None
     arrays = None
@@ -297,22 +337,24 @@ def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(1
         except Exception as e:  # a truncated or foreign file: regenerate
             log.warning("cache %s unreadable (%s); regenerating", path, e)
     if arrays is None:
-        arrays = _generate(size, n_train, n_test, seed)
+        arrays = _generate(size, n_train, n_test, seed, age_n_train, age_n_test)
         if path is not None:
             atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
     tr = slice(0, n_train)
     te = slice(n_train, n_train + n_test)
-    ages_train = arrays["age_y"][tr].copy()
-    n_missing = int(round(missing_age_fraction * n_train))
-    missing = np.random.default_rng([seed, 3]).choice(n_train, n_missing, replace=False)
+    a_train, a_test = age_n_train or n_train, age_n_test or n_test
+    a_tr, a_te = slice(0, a_train), slice(a_train, a_train + a_test)
+    ages_train = arrays["age_y"][a_tr].copy()
+    n_missing = int(round(missing_age_fraction * a_train))
+    missing = np.random.default_rng([seed, 3]).choice(a_train, n_missing, replace=False)
     ages_train[missing] = impute_age
     info = {**settings, "stream": name, "cache": str(path) if path else None}
     seg = Task("tumour_seg", "segmentation",
                ArrayDataset(arrays["seg_x"][tr], arrays["seg_y"][tr].astype(np.int64)),
                ArrayDataset(arrays["seg_x"][te], arrays["seg_y"][te].astype(np.int64)),
                num_classes=4, info=info)
-    age = Task("brain_age", "regression", ArrayDataset(arrays["age_x"][tr], ages_train),
-               ArrayDataset(arrays["age_x"][te], arrays["age_y"][te]),
+    age = Task("brain_age", "regression", ArrayDataset(arrays["age_x"][a_tr], ages_train),
+               ArrayDataset(arrays["age_x"][a_te], arrays["age_y"][a_te]),
                target_mean=float(ages_train.mean()),
                target_std=regression_scale(ages_train, age_scale), target_scale=age_scale,
                units="years",
@@ -339,3 +381,55 @@ def pretraining_volumes(n_volumes: int, cache_dir: str | None, size: int = 64,
             vols.append(np.asarray(task.train.images))
         k += 1
     return np.concatenate(vols)[:n_volumes].astype(np.float32)
+
+
+#: the first entropy word of every pretraining-pool subject's generator; the third word is
+#: :data:`POOL_SPLIT`, a split no stream uses (streams: 0 train, 1 test), so no pool subject
+#: is a downstream subject, whatever a stream's data seed (``tasks.seed``)
+POOL_SEED = 20261207
+POOL_SPLIT = 2
+
+
+def _pool_subject(size: int, kind: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pool subject ``i`` of ``kind`` (1 tumour-bearing, 2 healthy of a random age 20-86):
+    ``(image (1, S, S, S) float32, tissue labels (S, S, S) uint8)``; its tumour labels and age
+    are not kept. Seeded by ``(POOL_SEED, kind, POOL_SPLIT, i)`` alone."""
+    rng = np.random.default_rng([POOL_SEED, kind, POOL_SPLIT, i])
+    if kind == 1:
+        img, _, tissue = tumour_subject(size, rng, tissue=True)
+        return img, tissue
+    return age_subject(size, float(rng.uniform(20, 86)), rng, tissue=True)
+
+
+def pretraining_pool(n_volumes: int, cache_dir: str | None, size: int = 64
+                     ) -> dict[str, np.ndarray]:
+    """A pretraining pool of its own subjects, disjoint from every downstream subject.
+
+    Half healthy brains of random ages (20-86), half tumour-bearing brains (the other half),
+    alternating (even indices healthy), generated with the pool's own seeds
+    (:data:`POOL_SEED`, :data:`POOL_SPLIT`): never a subject of any ``brain_seg_age`` stream.
+    Unlabelled for the downstream tasks (no tumour labels, no ages); each volume comes with its
+    GM/WM/CSF tissue labels (:func:`tissue_labels`), which the generator has anyway. Cached as
+    one ``.npz`` per argument set.
+
+    Returns:
+        ``{"images": (N, 1, S, S, S) float32 z-scored, "tissue": (N, S, S, S) uint8 labels
+        0 background, 1 CSF, 2 GM, 3 WM, "healthy": (N,) bool}``.
+    """
+    settings = {"version": GENERATOR_VERSION, "pool": POOL_SEED, "size": size, "n": n_volumes}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir).expanduser() / "pretraining_pool" / f"{key}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as f:
+                return {k: f[k] for k in ("images", "tissue", "healthy")}
+        except Exception as e:  # a truncated or foreign file: regenerate
+            log.warning("cache %s unreadable (%s); regenerating", path, e)
+    jobs = [(size, 2 if i % 2 == 0 else 1, i // 2) for i in range(n_volumes)]
+    made = _run_jobs(_pool_subject, jobs, size, f"generating the pretraining pool ({size}^3)")
+    arrays = {"images": np.stack([made[j][0] for j in jobs]).astype(np.float32),
+              "tissue": np.stack([made[j][1] for j in jobs]).astype(np.uint8),
+              "healthy": np.array([j[1] == 2 for j in jobs])}
+    if path is not None:
+        atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+    return arrays

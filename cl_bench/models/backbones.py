@@ -24,7 +24,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors",
               "vit2d_mnist_uci": ASSETS / "vit2d_mnist_uci.safetensors",
               "unet2d_uci": ASSETS / "unet2d_uci.safetensors",
-              "swin_brain_ssl": ASSETS / "swin_brain_ssl.safetensors"}
+              "swin_brain_ssl": ASSETS / "swin_brain_ssl.safetensors",
+              "swin_brain_fm": ASSETS / "swin_brain_fm.safetensors"}
 
 # prefixes under which other codebases store a MONAI ViT state dict
 _PREFIXES = WRAPPER_PREFIXES + ("state_dict.", "encoder.", "vit.", "swinViT.")

@@ -12,8 +12,9 @@ from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.kinds import KINDS, kind_spec
 from cl_bench.models.backbones import UNetEncoder, ViTEncoder
-from cl_bench.models.swin import (LinearSegmentationHead, PooledClassificationHead,
-                                  PooledRegressionHead, SwinDecoder, SwinEncoder)
+from cl_bench.models.swin import (DecoderOutputHead, LinearSegmentationHead,
+                                  PooledClassificationHead, PooledRegressionHead, SwinDecoder,
+                                  SwinEncoder)
 from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
                                    SegmentationDecoder, TaskView)
 from cl_bench.ranges import Fraction, NonNegativeInt, PositiveInt
@@ -34,7 +35,9 @@ class ContinualModel(nn.Module):
         regression_stages: the Swin stages a regression head pools (see
             :class:`~cl_bench.models.swin.PooledRegressionHead`); regression_rectify: it
             averages ``relu(stage)``.
-        decoder: Swin segmentation head: ``"unetr"`` (Swin UNETR's decoder) or ``"linear"``
+        decoder: Swin segmentation head: ``"shared"`` (a
+            :class:`~cl_bench.models.swin.DecoderOutputHead` on the backbone's own, pretrained
+            decoder), ``"unetr"`` (Swin UNETR's decoder per task) or ``"linear"``
             (:class:`~cl_bench.models.swin.LinearSegmentationHead`, the paper-like budget).
         decoder_fp32, decoder_channels_last: the Swin UNETR decoder's ``fp32`` and
             ``channels_last`` (:class:`~cl_bench.models.swin.SwinDecoder`).
@@ -186,7 +189,8 @@ class ContinualModel(nn.Module):
         no dropout, no batch norm). Consumes no random numbers. Returns whether the head was
         calibrated."""
         head = self.heads[task.name]
-        if not hasattr(head, "calibrate") or getattr(head, "norm", "batch") != "batch":
+        norm = getattr(head, "norm", "batch")
+        if not hasattr(head, "calibrate") or norm not in ("batch", "train"):
             return False  # no data-dependent standardisation (e.g. a per-subject layer norm)
         was = self.training
         self.eval()
@@ -195,30 +199,44 @@ class ContinualModel(nn.Module):
         for i in range(0, len(task.train), batch_size):
             x = torch.stack([task.train[j]["image"] for j in
                              range(i, min(i + batch_size, len(task.train)))]).to(device)
-            _, stages = (self.backbone(x) if cache is None else
-                         cache(self.backbone, x, torch.arange(i, i + len(x))))
+            _, stages = (self.features(x, [task.name]) if cache is None else
+                         cache(lambda v: self.features(v, [task.name]), x,
+                               torch.arange(i, i + len(x))))
             pooled.append(head.pooled(stages))
         head.calibrate(torch.cat(pooled))
-        head.track = bool(track)
+        head.track = bool(track) and norm == "batch"  # "train": frozen at task start
         self.train(was)
         return True
 
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Encoder tokens ``(B, N, D)`` and per-block hidden states."""
-        return self.backbone(x)
+    def features(self, x: torch.Tensor, task_names: list[str] | None = None
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The backbone's outputs for ``x``: encoder tokens ``(B, N, D)`` (Swin: the deepest
+        stage) and per-block hidden states (Swin: the stages, then a shared decoder's features).
+        ``task_names``: the heads that will read them; a shared decoder (``backbone.decoder=
+        shared``) runs only if one of them reads it (``reads_decoder``), e.g. not for the age
+        head. ``None``: everything runs."""
+        enc = self.encoder
+        if task_names is None or getattr(enc, "decoder", None) is None:
+            return self.backbone(x)
+        needed = any(getattr(self.heads[n], "reads_decoder", False) for n in task_names)
+        was, enc.run_decoder = enc.run_decoder, needed
+        try:
+            return self.backbone(x)
+        finally:
+            enc.run_decoder = was
 
     def forward_heads(self, x: torch.Tensor, task_names: list[str], features=None
                       ) -> dict[str, torch.Tensor]:
         """One backbone pass (or ``features``, its outputs already computed for ``x``), then
         the heads of ``task_names``: ``{name: output}``."""
-        tokens, hidden = self.backbone(x) if features is None else features
+        tokens, hidden = self.features(x, task_names) if features is None else features
         return {n: self.heads[n](self.encoder.tokens_to_grid, tokens, hidden, x)
                 for n in task_names}
 
     def forward(self, x: torch.Tensor, task_name: str, features=None) -> torch.Tensor:
         """``task_name``'s head on ``x``; ``features``: ``self.backbone(x)`` if already computed
         (a frozen backbone's cached outputs, :mod:`cl_bench.models.feature_cache`)."""
-        tokens, hidden = self.backbone(x) if features is None else features
+        tokens, hidden = self.features(x, [task_name]) if features is None else features
         return self.heads[task_name](self.encoder.tokens_to_grid, tokens, hidden, x)
 
 
@@ -250,6 +268,8 @@ def _swin_decoder(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Mod
     (strictly: same widths and image skip)."""
     if model.decoder == "linear":
         return LinearSegmentationHead(enc.stage_channels, task.num_classes)
+    if model.decoder == "shared":
+        return DecoderOutputHead(enc.feature_channels[-1], task.num_classes)
     head = SwinDecoder(enc.in_channels, enc.stage_channels, model.decoder_feature_size,
                        task.num_classes, model.decoder_image_skip,
                        fp32=model.decoder_fp32, channels_last=model.decoder_channels_last)
@@ -343,8 +363,8 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     regression_width: NonNegativeInt = 0,
                     regression_stages: list[NonNegativeInt] = (4,),
                     regression_rectify: bool = False,
-                    decoder: Literal["unetr", "linear"] = "unetr",
-                    regression_norm: Literal["batch", "layer"] = "layer",
+                    decoder: Literal["shared", "unetr", "linear"] = "shared",
+                    regression_norm: Literal["train", "batch", "layer"] = "train",
                     fused_attention: bool = True, decoder_fp32: bool = True,
                     decoder_channels_last: bool = True) -> ContinualModel:
     """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
@@ -360,7 +380,8 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
     """
     enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
                       window_size, dropout_rate, normalize, weights, decoder_weights,
-                      fused_attention)
+                      fused_attention, decoder == "shared", decoder_feature_size,
+                      bool(decoder_fp32), bool(decoder_channels_last))
     return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip,
                           tuple(regression_stages), regression_rectify, decoder, regression_norm,
                           bool(decoder_fp32), bool(decoder_channels_last))

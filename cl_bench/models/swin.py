@@ -44,6 +44,10 @@ from cl_bench.ranges import checked
 
 #: the Linear layers of a Swin block, as peft ``target_modules`` names
 SWIN_LINEARS = ("qkv", "proj", "linear1", "linear2")
+#: peft LoRA targets in a shared Swin UNETR decoder: the two 3x3x3 convolutions of each of its
+#: residual blocks (MONAI ``UnetResBlock.conv1/conv2``; peft's LoRA wraps ``nn.Conv3d`` but not
+#: the transposed convolutions, which stay frozen)
+DECODER_LORA_TARGETS = ("conv1.conv", "conv2.conv")
 
 
 class FusedWindowAttention(WindowAttention):
@@ -190,6 +194,13 @@ class SwinEncoder(GridFeatures, nn.Module):
             in one of the layouts of :func:`cl_bench.models.swin_weights.load_swin_checkpoint`.
         decoder_weights: ``"drop"`` (default) ignores a checkpoint's Swin UNETR decoder keys;
             ``"keep"`` keeps them in :attr:`pretrained_decoder` for the segmentation heads.
+        decoder: ``True`` gives the backbone Swin UNETR's decoder (:class:`SwinDecoder` without its
+            output layer, shared by every task; the foundation model is then a whole Swin
+            UNETR, as BrainSegFounder's, arXiv 2406.10395): :meth:`forward` appends its
+            full-resolution features to the stages, and a checkpoint's decoder tensors load
+            into it strictly (a checkpoint without any is refused; ``weights=None``: random).
+        decoder_feature_size, decoder_fp32, decoder_channels_last: that decoder's width at 1/2
+            resolution, precision and layout (:class:`SwinDecoder`).
         fused_attention: window attention through PyTorch's fused
             ``scaled_dot_product_attention`` in training as well as at inference (default True;
             see :class:`FusedWindowAttention`). False: MONAI's explicit softmax(QK^T + B)V under
@@ -198,19 +209,25 @@ class SwinEncoder(GridFeatures, nn.Module):
 
     Shapes:
         input ``(B, C, S, S, S)``; output ``(deepest, stages)``: ``stages`` the five stage outputs
-        ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, and ``deepest``
-        ``stages[-1]``.
+        ``(B, feature_size * 2**k, S / 2**(k+1), ...)``, k = 0..4, then, with ``decoder``, the
+        decoder's features ``(B, decoder_feature_size, S, S, S)`` (unless :attr:`run_decoder` is
+        off); ``deepest`` is ``stages[4]``. :meth:`encode` and :meth:`decode` are the two halves.
 
     Raises:
         ConfigError: an input side below 64 or not divisible by 32 (:data:`SwinSide`), a
-        feature size not divisible by the heads, an unknown ``decoder_weights``; DataError: an
+        feature size not divisible by the heads, an unknown ``decoder_weights``, a shared
+        ``decoder`` with a checkpoint that has none (``backbone.decoder``); DataError: an
         unreadable or misfitting checkpoint.
     """
 
     spatial_dims = 3
     patch_size = 2
-    #: default peft LoRA targets: the attention projections of every block
-    lora_targets = ("attn.qkv", "attn.proj")
+    #: the backbone's own peft LoRA targets: the attention projections of every block (with a
+    #: shared decoder also its residual blocks' 3x3x3 convolutions, :data:`DECODER_LORA_TARGETS`)
+    lora_targets: tuple[str, ...] = ("attn.qkv", "attn.proj")
+    #: the shared decoder runs in :meth:`forward` (``ContinualModel`` turns it off for a call
+    #: whose heads do not read it, e.g. the age head)
+    run_decoder: bool = True
     #: hardware.precision=auto may pick bf16 autocast: with the segmentation decoder kept in fp32
     #: (backbone.decoder_fp32, the default) the main job's validation Dice and age MAE match fp32
     #: over 5 paired seeds (+0.001 Dice; with a bf16 decoder -0.006: results/reference/bench/issue25)
@@ -221,7 +238,9 @@ class SwinEncoder(GridFeatures, nn.Module):
                  depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
                  window_size: int = 4, dropout_rate: float = 0.0, normalize: bool = False,
                  weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
-                 fused_attention: bool = True):
+                 fused_attention: bool = True, decoder: bool = False,
+                 decoder_feature_size: int = 12, decoder_fp32: bool = False,
+                 decoder_channels_last: bool = False):
         super().__init__()
         from monai.networks.nets.swin_unetr import SwinTransformer
 
@@ -252,16 +271,55 @@ class SwinEncoder(GridFeatures, nn.Module):
                 m.__class__ = FusedWindowAttention
         self.weights, self.decoder_weights = weights, decoder_weights
         self.pretrained_decoder: dict[str, torch.Tensor] | None = None
+        #: the shared decoder (``decoder=True``), else None
+        self.decoder = (SwinDecoder(in_channels, self.stage_channels, decoder_feature_size, 0,
+                                    fp32=decoder_fp32, channels_last=decoder_channels_last)
+                        if decoder else None)
+        #: channels of what :meth:`forward` returns: the stages, then the decoder's features
+        self.feature_channels = self.stage_channels + ([decoder_feature_size] if decoder else [])
+        if decoder:
+            self.lora_targets = self.lora_targets + DECODER_LORA_TARGETS
         if weights:
             from cl_bench.models.swin_weights import load_swin_checkpoint
-            decoder = load_swin_checkpoint(self.swinViT, weights)
+            found = load_swin_checkpoint(self.swinViT, weights)
             if decoder_weights == "keep":
-                self.pretrained_decoder = decoder or None
+                self.pretrained_decoder = found or None
+            if self.decoder is not None:
+                self._load_decoder(found, weights)
+
+    def _load_decoder(self, found: dict[str, torch.Tensor], weights: str) -> None:
+        """The checkpoint's decoder into :attr:`decoder`, strictly (its ``out`` layer, a
+        pretraining head, is not part of the backbone)."""
+        from cl_bench.models.backbones import load_strict
+
+        tensors = {k: v for k, v in found.items() if not k.startswith("out.")}
+        if not tensors:
+            raise ConfigError(f"backbone.decoder=shared: checkpoint {weights!r} holds no Swin "
+                              "UNETR decoder; use a whole Swin UNETR checkpoint (e.g. "
+                              "backbone.weights=swin_brain_fm) or backbone.decoder=unetr (a "
+                              "decoder per task, trained from scratch)")
+        load_strict(self.decoder, tensors, weights, "shared Swin UNETR decoder",
+                    "backbone.decoder_feature_size (the checkpoint's decoder width)")
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five encoder stages of ``x`` ``(B, C, S, S, S)`` (see class docstring)."""
+        check_input(x, self.in_channels, self.img_size, 3)
+        return list(self.swinViT(x, self.normalize))
+
+    def decode(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """The shared decoder's features ``(B, decoder_feature_size, S, S, S)`` from five stages.
+
+        Raises:
+            ValueError: the backbone has no shared decoder."""
+        if self.decoder is None:
+            raise ValueError("this Swin backbone has no shared decoder (backbone.decoder=shared)")
+        return self.decoder(None, stages[4], stages, None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        check_input(x, self.in_channels, self.img_size, 3)
-        stages = self.swinViT(x, self.normalize)
-        return stages[-1], list(stages)
+        stages = self.encode(x)
+        if self.decoder is not None and self.run_decoder:
+            stages.append(self.decode(stages))
+        return stages[4], stages
 
 
 
@@ -275,7 +333,10 @@ class SwinDecoder(nn.Module):
             (``feature_size * (1, 1, 2, 4, 8, 16)``). Equal to the encoder's stage-1 width it is
             Swin UNETR's decoder; smaller, the stage-4 skip gets a residual block to narrow it
             (``encoder5``, not in Swin UNETR).
-        out_channels: segmentation classes K including background.
+        out_channels: segmentation classes K including background; 0: no output layer, the
+            decoder returns its full-resolution features ``(B, feature_size, S, S, S)`` (the
+            shared, pretrained decoder of ``backbone.decoder=shared``, whose tasks each put a
+            :class:`DecoderOutputHead` on them).
         image_skip: Swin UNETR's ``encoder1`` on the raw image (see module docstring).
         fp32: compute in float32 also under bfloat16 autocast (``hardware.precision=bf16-mixed``,
             or ``auto`` on a CPU with native bfloat16): the encoder's stages are cast to float32
@@ -287,7 +348,8 @@ class SwinDecoder(nn.Module):
 
     Shapes:
         ``forward(to_grid, deepest, stages, image)`` -> logits ``(B, K, S, S, S)`` (float32 with
-        ``fp32``; contiguous).
+        ``fp32``; contiguous), or the features ``(B, feature_size, S, S, S)`` when
+        ``out_channels`` is 0. ``stages``: the encoder's five stages (a sixth entry is ignored).
     """
 
     def __init__(self, in_channels: int, stage_channels: list[int], feature_size: int,
@@ -313,7 +375,7 @@ class SwinDecoder(nn.Module):
             self.decoder1 = UnetrUpBlock(sd, fs, fs, 3, 2, norm, res_block=True)
         else:  # one transposed convolution from 1/2 to full resolution
             self.decoder1 = UnetrPrUpBlock(sd, fs, fs, 0, 3, 1, 2, norm, False, True)
-        self.out = UnetOutBlock(sd, fs, out_channels)
+        self.out = UnetOutBlock(sd, fs, out_channels) if out_channels else None
         if self.channels_last:  # after the (seeded) initialisation: the same weights
             self.to(memory_format=torch.channels_last_3d)
 
@@ -331,14 +393,14 @@ class SwinDecoder(nn.Module):
 
     def _decode(self, stages: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         """The decoder proper (:meth:`forward` without the precision and layout handling)."""
-        h0, h1, h2, h3, h4 = stages
+        h0, h1, h2, h3, h4 = stages[:5]
         dec3 = self.decoder5(self.encoder10(h4), self.encoder5(h3))
         dec2 = self.decoder4(dec3, self.encoder4(h2))
         dec1 = self.decoder3(dec2, self.encoder3(h1))
         dec0 = self.decoder2(dec1, self.encoder2(h0))
-        if self.image_skip:
-            return self.out(self.decoder1(dec0, self.encoder1(image)))
-        return self.out(self.decoder1(dec0))
+        out = (self.decoder1(dec0, self.encoder1(image)) if self.image_skip
+               else self.decoder1(dec0))
+        return out if self.out is None else self.out(out)
 
 
 def pool_stages(stages: list[torch.Tensor]) -> torch.Tensor:
@@ -351,13 +413,21 @@ class PooledRegressionHead(nn.Module):
 
     The default is a linear probe of the encoder's *final* stage (``stages=(4,)``, 1/32 of the
     input side: the representation a linear probe reads, MAE, He et al. 2022, arXiv 2111.06377):
-    its global average, normalised, then a linear layer (``width=0``). Two normalisations
+    its global average, normalised, then a linear layer (``width=0``). Three normalisations
     (``norm``):
 
-    * ``"layer"`` (default): a layer norm without affine parameters over each subject's pooled
+    * ``"train"`` (the flagship's default): each feature standardised by the mean and variance
+      of the task's *training set*, computed once at task start on the backbone of that moment
+      (:meth:`calibrate`) and frozen: MAE's affine-free BatchNorm probe with the statistics of
+      the training data, and between-subject differences kept. Under full fine-tuning the
+      backbone moves away from the statistics during the task; they are not updated (the
+      ``"batch"`` norm tracks them, which made seq_ft's loss spike).
+    * ``"layer"``: a layer norm without affine parameters over each subject's pooled
       features. It keeps no statistics, so it is valid for a frozen backbone and for one that
       trains alike (as the final LayerNorm before a ViT's linear probe, e.g. DINOv2, Oquab et
       al. 2023, arXiv 2304.07193).
+      It removes most of the variance *between* subjects (on the first Swin stage, from 3.1e-3
+      to 5.2e-4 of the mean square), which is what an age head must read.
     * ``"batch"``: MAE's BatchNorm without affine parameters, with one deviation: a batch of 2
       volumes gives no usable batch statistics (with two samples every standardised feature is
       +-1), so it always standardises with *running* statistics (``running_mean``,
@@ -381,7 +451,8 @@ class PooledRegressionHead(nn.Module):
         stage_channels: channels of the five stages; width: MLP hidden width, 0 = linear;
         stages: indices (0-4) of the pooled stages; rectify: ReLU before averaging;
         momentum: ``norm="batch"``: weight of a training batch's statistics in the running ones
-            (default 0.01, an average over ~100 steps); norm: ``"layer"`` or ``"batch"``.
+            (default 0.01, an average over ~100 steps); norm: ``"train"``, ``"layer"`` or
+            ``"batch"``.
 
     Shapes:
         ``forward(to_grid, deepest, stages, image)`` -> ``(B,)``; :meth:`pooled` -> ``(B, D)``.
@@ -397,7 +468,7 @@ class PooledRegressionHead(nn.Module):
                                "rectify": "regression_rectify", "norm": "regression_norm"})
     def __init__(self, stage_channels: list[int], width: int = 0,
                  stages: tuple[int, ...] = (4,), rectify: bool = False,
-                 momentum: float = 0.01, norm: Literal["batch", "layer"] = "layer"):
+                 momentum: float = 0.01, norm: Literal["train", "batch", "layer"] = "layer"):
         super().__init__()
         stages = tuple(int(k) for k in stages)
         if not stages or any(k < 0 or k >= len(stage_channels) for k in stages):
@@ -440,6 +511,40 @@ class PooledRegressionHead(nn.Module):
 
     def forward(self, to_grid, deepest, stages, image) -> torch.Tensor:
         return self.mlp(self.embed(deepest, stages)).squeeze(-1)
+
+
+class DecoderOutputHead(nn.Module):
+    """A task's segmentation head on the shared, pretrained decoder: Swin UNETR's output layer
+    (MONAI ``UnetOutBlock``: a 1x1x1 convolution, ``F * K + K`` parameters) on the decoder's
+    full-resolution features, the last entry of the backbone's outputs
+    (:class:`SwinEncoder` with ``decoder=True``). The paper-like budget with a pretrained
+    decoder (BrainSegFounder, arXiv 2406.10395; the brain-MRI continual-learning study,
+    arXiv 2602.23533: per-task LoRA on encoder and decoder plus a small head).
+
+    Args:
+        feature_size: F, the decoder's width; out_channels: classes K (with background).
+
+    Shapes:
+        ``forward(to_grid, deepest, stages, image)`` -> logits ``(B, K, S, S, S)`` float32.
+
+    Raises:
+        ValueError: the backbone's outputs hold no decoder features (5 entries).
+    """
+
+    #: reads the shared decoder's features (``ContinualModel`` runs the decoder for it)
+    reads_decoder = True
+
+    def __init__(self, feature_size: int, out_channels: int):
+        super().__init__()
+        self.out = UnetOutBlock(3, feature_size, out_channels)
+
+    def forward(self, to_grid, deepest, stages: list[torch.Tensor], image) -> torch.Tensor:
+        if len(stages) < 6:
+            raise ValueError("DecoderOutputHead needs the shared decoder's features "
+                             "(backbone.decoder=shared)")
+        features = stages[5]
+        with torch.autocast(features.device.type, enabled=False):
+            return self.out(features.float()).contiguous()
 
 
 class LinearSegmentationHead(nn.Module):

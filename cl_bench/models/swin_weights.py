@@ -76,7 +76,10 @@ SWIN_PREFIXES = ("swinViT.", "swin_vit.")
 SWIN_ROOTS = frozenset({"patch_embed", "layers1", "layers2", "layers3", "layers4"})
 #: Swin UNETR's decoder modules (use_v2=False)
 DECODER_ROOTS = frozenset({"encoder1", "encoder2", "encoder3", "encoder4", "encoder10", "decoder1",
-                           "decoder2", "decoder3", "decoder4", "decoder5", "out"})
+                           "decoder2", "decoder3", "decoder4", "decoder5", "out",
+                           # ours: narrows stage 4 when the decoder is thinner than the encoder
+                           # (cl_bench.models.swin.SwinDecoder; not in MONAI's Swin UNETR)
+                           "encoder5"})
 #: heads of MONAI's / BrainSegFounder's ``SSLHead`` (rotation, contrastive, reconstruction)
 SSL_HEAD_ROOTS = frozenset({"rotation_pre", "rotation_head", "contrastive_pre", "contrastive_head",
                             "conv"})

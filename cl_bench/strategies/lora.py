@@ -37,8 +37,25 @@ from cl_bench.strategies.base import Strategy
 log = logging.getLogger(__name__)
 
 
+#: the layer types peft's LoRA wraps that a backbone's targets may name
+ADAPTABLE = (nn.Linear, nn.Conv3d, nn.Conv2d)
+
+
+def _adaptable(encoder: nn.Module) -> dict[str, nn.Module]:
+    """``{name: layer}`` of the encoder's layers peft LoRA can wrap (:data:`ADAPTABLE`)."""
+    return {n: m for n, m in encoder.named_modules() if type(m) in ADAPTABLE}
+
+
+def _width(m: nn.Module) -> int:
+    """min(in, out) features / channels of a Linear or convolution."""
+    if isinstance(m, nn.Linear):
+        return min(m.in_features, m.out_features)
+    return min(m.in_channels, m.out_channels)
+
+
 def check_target_modules(model: nn.Module, target_modules: list[str] | None) -> list[str]:
-    """The backbone ``nn.Linear`` layers to adapt, checked; returns the names to give peft.
+    """The backbone layers to adapt (``nn.Linear``; ``nn.Conv3d``/``Conv2d`` too, e.g. a shared
+    Swin UNETR decoder's convolutions), checked; returns the names to give peft.
 
     ``model`` is a :class:`~cl_bench.models.ContinualModel`. A name matches a layer whose dotted
     path ends with it on a component boundary, as peft matches a list of ``target_modules``
@@ -47,16 +64,18 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | None) -> 
     (``lora_targets`` of the encoder: its attention projections).
 
     Raises:
-        ConfigError: (``strategy.target_modules``) a name that matches no backbone ``nn.Linear``.
+        ConfigError: (``strategy.target_modules``) a name that matches no adaptable backbone
+        layer (lists the Linear layers' names).
     """
     enc = model.encoder
     if target_modules is None:
         target_modules = list(getattr(enc, "lora_targets", ("qkv", "out_proj")))
-    linear = [n for n, m in enc.named_modules() if isinstance(m, nn.Linear)]
+    layers = list(_adaptable(enc))
     unknown = sorted(t for t in target_modules
-                     if not any(n == t or n.endswith("." + t) for n in linear))
+                     if not any(n == t or n.endswith("." + t) for n in layers))
     if unknown:
-        names = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in _adaptable(enc).items()
+                        if isinstance(m, nn.Linear)})
         raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
                           f"Linear layers {names}")
     return list(target_modules)
@@ -70,9 +89,8 @@ def check_rank(model: nn.Module, target_modules: list[str], rank: int,
         ConfigError: (``key``) ``rank`` > min(in, out features) of a targeted ``nn.Linear``;
             names the narrowest layer.
     """
-    widths = {n: min(m.in_features, m.out_features) for n, m in model.encoder.named_modules()
-              if isinstance(m, nn.Linear)
-              and any(n == t or n.endswith("." + t) for t in target_modules)}
+    widths = {n: _width(m) for n, m in _adaptable(model.encoder).items()
+              if any(n == t or n.endswith("." + t) for t in target_modules)}
     if widths:
         narrowest = min(widths, key=widths.get)
         if rank > widths[narrowest]:

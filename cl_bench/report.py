@@ -14,9 +14,10 @@ Writes into ``--out`` (default ``<first dir>/report``): ``report.md``, ``report.
 ``report.csv`` (numeric ``<quantity> mean`` / ``<quantity> std`` columns), ``runs.csv`` (one row
 per run), ``heatmaps.png`` (the seed-mean R of each group) and ``curves.png`` (each task's metric
 after every training step, mean ± std band per group). With ``--paper`` naming a paper that
-states claims (:mod:`cl_bench.reference`), also ``claims.md`` / ``claims.csv``: each claim judged
-on our runs, per seed, with its margin (see :func:`claims_table`), printed after the table with
-``--format markdown`` (the default).
+states claims (:mod:`cl_bench.reference`), also ``claims.csv``: each claim and each of its tests
+judged on our runs, per seed, with its margin (see :func:`claims_table`), and ``claims.md``: one
+block per setting, conf/'s default first, one short row per claim (:func:`claims_markdown`),
+printed after the table with ``--format markdown`` (the default).
 
 A directory that holds a hyperparameter search (``clbench -m hydra/sweeper=optuna``; its trials
 are runs like any other, one group per trial, measured on the validation split) also gets the
@@ -29,10 +30,13 @@ printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import operator
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -334,12 +338,17 @@ def plot_curves(runs: pd.DataFrame, keys: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-#: the columns of ``claims.csv`` (``claims.md`` shows ``claim`` ... ``verdict`` of CLAIM_MD)
+#: the columns of ``claims.csv``, the full table (one row per claim and per test of a claim)
 CLAIM_COLUMNS = ("setting", "claim", "statement", "strategy", "quantity", "value mean", "value std",
                  "per seed", "op", "threshold", "threshold mean", "margin mean", "margin std",
                  "seeds holding", "seeds measured", "verdict", "note")
-CLAIM_MD = ("claim", "statement", "strategy", "quantity", "value", "per seed ✓ holds",
-            "threshold", "margin (> 0: holds side)", "holds", "verdict")
+#: strings per test row: the value, per seed and margin as text, ``holds`` as ``k/n``
+CLAIM_TEXT = ("value", "per seed ✓ holds", "margin (> 0: holds side)", "holds")
+#: the columns of a ``claims.md`` block (one row per claim) -> their headers there
+CLAIM_MD = {"claim": "claim", "md statement": "statement", "md ours": "ours (mean ± std, n)",
+            "md paper": "paper", "md holds": "holds"}
+#: the longest line ``claims.md`` should have (notes are wrapped to fit)
+CLAIM_MD_WIDTH = 160
 
 
 def _number(v) -> float:
@@ -437,13 +446,16 @@ def _per_seed(runs: pd.DataFrame, strategy: str, spec: dict, checks: dict | None
     return values, from_checks
 
 
-def _judge(runs: pd.DataFrame, test: dict, checks: dict | None) -> dict:
-    """One claim test, seed by seed (``runs``: the complete runs of one setting).
+def _judge(runs: pd.DataFrame, test: dict, checks: dict | None,
+           partial: frozenset = frozenset()) -> dict:
+    """One claim test, seed by seed (``runs``: the complete runs of one setting; ``partial``:
+    the strategies of its partial runs).
 
     Returns:
         ``{"value", "threshold", "margin", "holds"}`` (each ``{seed: ...}`` over the seeds where
-        both value and threshold are measured) and ``notes``: why it is not measured, where a
-        value came from ``data_checks.json``, which seeds compare with a reference mean.
+        both value and threshold are measured), ``notes``: why it is not measured, where a
+        value came from ``data_checks.json``, which seeds compare with a reference mean; and
+        ``why``: why it is not measured in <= 6 words (``""`` when it is).
     """
     strategy, thr = test["strategy"], test["threshold"]
     ref_strategy = thr.get("strategy", strategy) if isinstance(thr, dict) else strategy
@@ -466,22 +478,29 @@ def _judge(runs: pd.DataFrame, test: dict, checks: dict | None) -> dict:
         thresholds = {s: float(thr) for s in values}
     holds, margin, _ = OPS[test["op"]]
     seeds = [s for s in values if math.isfinite(thresholds[s])]
+    why = ""
     if not (runs["strategy"] == strategy).any():
         notes.append(f"not measured: no complete {strategy} runs")
+        why = f"no {'complete ' if strategy in partial else ''}{strategy} runs"
     elif not values:
         notes.append(f"not measured: the {strategy} runs do not record {test['quantity']}")
+        why = f"not recorded by the {strategy} runs"
     elif not seeds and not (runs["strategy"] == ref_strategy).any():
         notes.append(f"not measured: no complete {ref_strategy} runs for the {thr['label']}")
+        why = f"no {'complete ' if ref_strategy in partial else ''}{ref_strategy} runs"
     elif not seeds:
         notes.append(f"not measured: the {ref_strategy} runs do not record the {thr['label']}"
                      + (", nor does any data_checks.json" if "data_checks" in thr["of"] else ""))
+        why = f"no {thr['label']}"
     return {"value": {s: values[s] for s in seeds}, "threshold": {s: thresholds[s] for s in seeds},
             "margin": {s: margin(values[s], thresholds[s]) for s in seeds},
-            "holds": {s: bool(holds(values[s], thresholds[s])) for s in seeds}, "notes": notes}
+            "holds": {s: bool(holds(values[s], thresholds[s])) for s in seeds}, "notes": notes,
+            "why": why}
 
 
-def _test_row(tid: str, test: dict, j: dict) -> dict:
-    """A claim test's row (both the ``claims.csv`` numbers and the ``claims.md`` strings)."""
+def _test_row(tid: str, test: dict, j: dict, stream: str | None = None) -> dict:
+    """A claim test's row: the ``claims.csv`` numbers and their strings (:data:`CLAIM_TEXT`);
+    the threshold names the ``stream``'s floor where the test states one."""
     seeds, thr, sym = list(j["value"]), test["threshold"], OPS[test["op"]][2]
     (v, v_sd), (t, _), (mg, mg_sd) = (_mean_std(list(j[k].values()))
                                       for k in ("value", "threshold", "margin"))
@@ -491,6 +510,8 @@ def _test_row(tid: str, test: dict, j: dict) -> dict:
         threshold += f" = {_pm(*_mean_std(list(j['threshold'].values())))}" if seeds else ""
     else:
         threshold = f"{sym} {thr:g}"
+    if stream in test.get("floor", {}):
+        threshold += f" ({test['floor'][stream]['label']})"
     per_seed = ", ".join(
         f"s{s} {_show(j['value'][s])}"
         + (f" ({sym} {_show(j['threshold'][s])})" if isinstance(thr, dict) else "")
@@ -531,12 +552,13 @@ def _claim_tasks(spec) -> set[str]:
     return found.union(*map(_claim_tasks, spec.values()))
 
 
-def _settings(runs: pd.DataFrame, tasks: set[str]) -> list[tuple[str, pd.DataFrame]]:
+def _settings(runs: pd.DataFrame, tasks: set[str]) -> list[tuple[str, dict, pd.DataFrame]]:
     """The runs split by the group keys but ``strategy``, the config groups' names (``tasks``,
     ``backbone`` again) and any key some runs lack (a strategy's own hyper-parameter): one
     stream, backbone and shared settings each, where the strategies are compared; only those
-    whose runs measured ``tasks`` (maybe none). Labels: ``stream / backbone``
-    (`` / key=value`` for any other key)."""
+    whose runs measured ``tasks`` (maybe none). Each as ``(label, values, runs)``: the label
+    ``stream / backbone`` (`` / key=value`` for any other key) and ``{key: value}`` (``tasks``,
+    ``backbone`` and config keys)."""
     keys = [k for k in group_keys(runs) if k != "strategy" and not k.endswith(".name")
             and runs[k].notna().all()]
     groups = runs.groupby(keys, sort=False, dropna=False) if keys else [((), runs)]
@@ -544,88 +566,222 @@ def _settings(runs: pd.DataFrame, tasks: set[str]) -> list[tuple[str, pd.DataFra
     for values, g in groups:
         if any(tasks <= set(m.columns) for m in g["_matrix"]):
             values = values if isinstance(values, tuple) else (values,)
+            named = {k.removeprefix("cfg:"): v for k, v in zip(keys, values)}
             out.append((" / ".join(f"{k[4:]}={v}" if k.startswith("cfg:") else str(v)
-                                   for k, v in zip(keys, values)) or "all runs", g))
+                                   for k, v in zip(keys, values)) or "all runs", named, g))
     return out
 
 
-def claims_table(runs: pd.DataFrame, paper: str, checks: dict | None = None
-                 ) -> tuple[pd.DataFrame, list[str]]:
-    """Judge each claim of ``paper`` (``PAPERS[paper]["claims"]``, e.g. those of the brain-MRI
-    foundation-model paper, arXiv 2602.23533) on our runs, seed by seed.
+@functools.lru_cache(maxsize=1)
+def _conf_default() -> dict:
+    """The default config of conf/ (Hydra's compose API, no overrides), flattened as
+    :func:`_load_run` reads a run's (``group.key`` -> value, lists as JSON), plus ``tasks`` and
+    ``backbone``: the groups' names; ``{}`` where conf/ cannot be composed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    Per setting (:func:`_settings`; normally one sweep: one), every test of a claim takes its
-    quantity from each complete run of its strategy (partial runs are left out and counted in the
-    notes), compares it per seed with its threshold and counts the seeds where it holds; a claim
-    holds on a seed where all its tests do. Verdicts: ``holds`` (every measured seed), ``fails``
-    (none), ``mixed (k/n)``, ``not measured`` (no seed with a value, e.g. a strategy's runs are
-    missing) — reported whichever way they come out.
+    from cl_bench.cli import CONF_DIR
 
-    Args:
-        runs: from :func:`load_runs`; paper: a key of ``PAPERS``; checks: a ``data_checks.json``
-            (``scripts/brain_data_checks.py``), used where the runs do not record a ``detail``.
+    if GlobalHydra.instance().is_initialized():  # an app ran in this process before (tests)
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config")
+        flat = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    except (HydraException, OmegaConfBaseException, OSError, ValueError):
+        return {}
+    flat = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in flat.items()}
+    return dict(flat, tasks=flat.get("tasks.name"), backbone=flat.get("backbone.name"))
 
-    Returns:
-        ``(claims, notes)``: one row per claim, plus one per test (``b.1``, ``b.2``) for a claim
-        of several tests, columns :data:`CLAIM_COLUMNS` + :data:`CLAIM_MD` (values, thresholds
-        and margins in the quantity's units: Dice, MAE in years, %; ``margin`` = value -
-        threshold signed so that > 0 is the holding side, -|value - threshold| for ``==``;
-        ``per seed`` is ``{"<seed>": value}`` JSON), and the notes (reasons, sources, and each
-        failing claim's ``why_not``).
 
-    Raises:
-        ClBenchError: an unknown ``paper``.
-        ValueError: a claim quantity :mod:`cl_bench.reference` does not define.
-    """
+def _default_first(settings: list, default: dict) -> tuple[list, bool]:
+    """``settings`` (:func:`_settings`) with the default one first: the one whose every value
+    equals ``default``'s (keys the default lacks are not compared); then by how many values
+    equal it, more runs first, as found. Returns the order and whether the first is the
+    default."""
+    def same(key, value) -> bool:
+        return key in default and (value == default[key]
+                                   or str(value) == str(default[key]))  # lists: JSON
+
+    def agree(setting) -> int:
+        return sum(same(k, v) for k, v in setting[1].items())
+
+    order = [s for _, s in sorted(enumerate(settings),
+                                  key=lambda p: (-agree(p[1]), -len(p[1][2]), p[0]))]
+    exact = bool(default) and bool(order) and all(same(k, v) for k, v in order[0][1].items()
+                                                  if k in default)
+    return order, exact
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Config keys -> their names without the group (``backbone.decoder`` -> ``decoder``)
+    where no other key of ``keys`` has that name."""
+    tails = [k.split(".", 1)[-1] for k in keys]
+    return {k: t if tails.count(t) == 1 else k for k, t in zip(keys, tails)}
+
+
+def _headings(settings: list, exact: bool, default: dict) -> tuple[list[str], str]:
+    """Each setting's heading: ``stream · backbone`` and the keys whose value differs between
+    ``settings`` (short names, :func:`_short_keys`): all of them for the first, marked
+    ``(default)`` if it is, for the others those where they differ from the first; and, for a
+    first that is not the default, a line saying so with the default's values."""
+    values = [v for _, v, _ in settings]
+    keys = [k for k in values[0] if k not in ("tasks", "backbone")
+            and len({str(v.get(k)) for v in values}) > 1]
+    short = _short_keys(keys)
+    heads = [" · ".join([str(v.get("tasks", "–")), str(v.get("backbone", "–"))]
+                        + [f"{short[k]}={v.get(k)}" for k in keys
+                           if not i or str(v.get(k)) != str(values[0].get(k))])
+             for i, v in enumerate(values)]
+    lead = ""
+    if exact:
+        heads[0] += " (default)"
+    elif default and heads:
+        off = [f"{short.get(k, k)}={default[k]}" for k, v in values[0].items()
+               if k in default and str(v) != str(default[k])]
+        lead = (f"The setting closest to the default: no setting here is conf/'s default "
+                f"({', '.join(off)}).")
+    return heads, lead
+
+
+def _judge_claims(runs: pd.DataFrame, paper: str, checks: dict | None, default: dict | None
+                  ) -> tuple[pd.DataFrame, list[dict], list[str]]:
+    """:func:`claims_table`'s work, by setting: ``(claims, blocks, notes)``, each block
+    ``{"setting", "heading", "lead", "stream", "notes"}`` in the table's order (the default
+    setting first; ``lead``: a line under the heading), ``notes`` those about no setting in
+    particular."""
     if paper not in PAPERS:
         raise ClBenchError(f"--paper {paper!r}: unknown; known: {', '.join(sorted(PAPERS))}")
     claims = PAPERS[paper].get("claims", [])
     tasks = _claim_tasks(claims)
     settings, notes = _settings(runs, tasks), []
+    default = _conf_default() if default is None else default
+    settings, exact = _default_first(settings, default)
     if not settings:  # every claim "not measured", on no runs
-        settings = [("–", runs.iloc[0:0])]
+        settings, exact = [("–", {}, runs.iloc[0:0])], False
         notes.append(f"no run measured all of {', '.join(sorted(tasks))}: nothing to judge")
-    rows = []
-    for setting, g in settings:
-        where = f"[{setting}] " if len(settings) > 1 else ""
+        heads, lead = ["–"], ""
+    else:
+        heads, lead = _headings(settings, exact, default)
+    rows, blocks = [], []
+    for (setting, values, g), heading in zip(settings, heads):
+        stream = values.get("tasks")
         done = g[g["complete"]]
         partial = [f"{r.strategy} seed {_seed(r.seed)}" for r in g[~g["complete"]].itertuples()]
+        block = {"setting": setting, "heading": heading, "lead": "" if blocks else lead,
+                 "stream": stream, "notes": []}
         if partial:
-            notes.append(f"{where}partial runs left out (claims are about the whole stream): "
-                         + ", ".join(partial))
+            block["notes"].append("partial runs left out (claims are about the whole stream): "
+                                  + ", ".join(partial))
         for claim in claims:
-            claim_rows, claim_notes = _claim_rows(claim, done, checks)
+            claim_rows, claim_notes = _claim_rows(claim, done, checks,
+                                                  frozenset(g[~g["complete"]]["strategy"]), stream)
             rows += [dict(r, setting=setting) for r in claim_rows]
-            notes += [where + n for n in claim_notes]
-    table = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys(CLAIM_COLUMNS + CLAIM_MD)))
-    return table, notes
+            block["notes"] += claim_notes
+        floors: dict[str, list[str]] = {}
+        for claim in claims:
+            for t in claim["tests"]:
+                if stream in t.get("floor", {}):
+                    floor = t["floor"][stream]
+                    floors.setdefault(f"{floor['label']}: {floor['why']}", []).append(claim["id"])
+        block["notes"] += [f"({', '.join(dict.fromkeys(ids))}) {text}"
+                           for text, ids in floors.items()]
+        blocks.append(block)
+    columns = list(dict.fromkeys(CLAIM_COLUMNS + CLAIM_TEXT + tuple(CLAIM_MD)))
+    return pd.DataFrame(rows).reindex(columns=columns), blocks, notes
 
 
-def _claim_rows(claim: dict, runs: pd.DataFrame, checks: dict | None
+def claims_table(runs: pd.DataFrame, paper: str, checks: dict | None = None,
+                 default: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Judge each claim of ``paper`` (``PAPERS[paper]["claims"]``, e.g. those of the brain-MRI
+    foundation-model paper, arXiv 2602.23533) on our runs, seed by seed.
+
+    Per setting (:func:`_settings`; normally one sweep: one; the default setting first, then the
+    closest to it: :func:`_default_first`), every test of a claim takes its quantity from each
+    complete run of its strategy (partial runs are left out and counted in the notes), compares
+    it per seed with its threshold and counts the seeds where it holds; a claim holds on a seed
+    where all its tests do. Verdicts: ``holds`` (every measured seed), ``fails`` (none),
+    ``mixed (k/n)``, ``not measured`` (no seed with a value, e.g. a strategy's runs are
+    missing) — reported whichever way they come out.
+
+    Args:
+        runs: from :func:`load_runs`; paper: a key of ``PAPERS``; checks: a ``data_checks.json``
+            (``scripts/brain_data_checks.py``), used where the runs do not record a ``detail``;
+            default: the default config, flattened (``{"tasks": ..., "backbone": ...,
+            "backbone.decoder": ...}``; ``None``: conf/'s, :func:`_conf_default`; ``{}``: none).
+
+    Returns:
+        ``(claims, notes)``: one row per claim, plus one per test (``b.1``, ``b.2``) for a claim
+        of several tests, columns :data:`CLAIM_COLUMNS` + :data:`CLAIM_TEXT` (values, thresholds
+        and margins in the quantity's units: Dice, MAE in years, %; ``margin`` = value -
+        threshold signed so that > 0 is the holding side, -|value - threshold| for ``==``;
+        ``per seed`` is ``{"<seed>": value}`` JSON) + the keys of :data:`CLAIM_MD` (a claim's
+        row in ``claims.md``), and the notes (reasons, sources, each failing claim's
+        ``why_not``, the floors; prefixed ``[setting]`` where there are several settings).
+
+    Raises:
+        ClBenchError: an unknown ``paper``.
+        ValueError: a claim quantity :mod:`cl_bench.reference` does not define.
+    """
+    table, blocks, notes = _judge_claims(runs, paper, checks, default)
+    where = len(blocks) > 1
+    return table, notes + [f"[{b['setting']}] {n}" if where else n for b in blocks
+                           for n in ([b["lead"]] if b["lead"] else []) + b["notes"]]
+
+
+def _claim_rows(claim: dict, runs: pd.DataFrame, checks: dict | None,
+                partial: frozenset = frozenset(), stream: str | None = None
                 ) -> tuple[list[dict], list[str]]:
-    """One claim on the complete ``runs`` of one setting: its row (its only test's, or a
-    summary of all tests over the seeds measured by every test) and, for several tests, one row
-    each; and the notes, prefixed with the test's id."""
+    """One claim on the complete ``runs`` of one setting (``partial``: the strategies of its
+    partial runs; ``stream``: its stream): its row (its only test's, or a summary of all tests
+    over the seeds measured by every test, with its ``claims.md`` cells) and, for several
+    tests, one row each; and the notes, prefixed with the test's id."""
     tests = claim["tests"]
     ids = [claim["id"]] if len(tests) == 1 else [f"{claim['id']}.{i}"
                                                  for i in range(1, len(tests) + 1)]
-    judged = [_judge(runs, t, checks) for t in tests]
-    parts = [_test_row(i, t, j) for i, t, j in zip(ids, tests, judged)]
+    judged = [_judge(runs, t, checks, partial) for t in tests]
+    parts = [_test_row(i, t, j, stream) for i, t, j in zip(ids, tests, judged)]
     seeds = [s for s in judged[0]["holds"] if all(s in j["holds"] for j in judged)]
     holds = {s: all(j["holds"][s] for j in judged) for s in seeds}
     k = sum(holds.values())
-    head = parts[0] if len(tests) == 1 else {
+    head = dict(parts[0]) if len(tests) == 1 else {
         "claim": claim["id"], "strategy": ", ".join(dict.fromkeys(t["strategy"] for t in tests)),
         "quantity": " and ".join(ids), "seeds holding": k, "seeds measured": len(holds),
         "holds": f"{k}/{len(holds)}" if holds else "–",
         "per seed ✓ holds": ", ".join(f"s{s} {'✓' if h else '✗'}" for s, h in holds.items())
         or "–"}
     head.update(statement=claim["claim"], verdict=_verdict(list(holds.values())))
+    head.update(_md_cells(claim, parts, judged, head))
     notes = [f"({i}) {n}" for i, j in zip(ids, judged) for n in j["notes"]]
     if head["verdict"].startswith(("fails", "mixed")) and claim.get("why_not"):
         mine = runs[runs["strategy"].isin([t["strategy"] for t in tests])]
         notes.append(f"({claim['id']}) why not: " + claim["why_not"].format(cfg=_CfgValues(mine)))
     return [head] + (parts if len(tests) > 1 else []), notes
+
+
+def _md_cells(claim: dict, parts: list[dict], judged: list[dict], head: dict) -> dict:
+    """A claim's ``claims.md`` cells (:data:`CLAIM_MD`): its ``short`` statement; ours: each
+    test's mean ± std (MAE with `` y``), ``;`` between, and the seeds counted (``(n=3)``; per
+    test where they differ), or ``not measured (why)``; the paper's numbers; the verdict with
+    ``k/n``, or ``not measured (why)`` where some tests are measured."""
+    why = next((j["why"] for j in judged if j["why"]), "") or "no seed measured by all"
+    counts = [p["seeds measured"] for p in parts]
+    cells = ["–" if not n else p["value"] + (" y" if "(years)" in p["quantity"] else "")
+             for p, n in zip(parts, counts)]
+    counted = sorted({n for n in counts if n})
+    if not counted:
+        ours = f"not measured ({why})"
+    elif len(counted) == 1:
+        ours = "; ".join(cells) + f" (n={counted[0]})"
+    else:
+        ours = "; ".join(c + (f" (n={n})" if n else "") for c, n in zip(cells, counts))
+    verdict = head["verdict"]
+    judged_cell = ("–" if not counted else f"not measured ({why})" if verdict == "not measured"
+                   else verdict if verdict.startswith("mixed") else f"{verdict} ({head['holds']})")
+    return {"md statement": claim.get("short", claim["claim"]), "md ours": ours,
+            "md paper": claim.get("paper", "–"), "md holds": judged_cell}
 
 
 def _data_checks(dirs: list[Path]) -> tuple[dict | None, str | None, list[str]]:
@@ -647,10 +803,53 @@ def _data_checks(dirs: list[Path]) -> tuple[dict | None, str | None, list[str]]:
     return None, None, problems
 
 
-def write_claims(runs: pd.DataFrame, paper: str, out: Path, dirs: list[Path]) -> str:
-    """Write ``claims.md`` and ``claims.csv`` (:func:`claims_table`) into ``out``, with the
-    mean predictor of ``data_checks.json`` from ``dirs`` (the report's inputs and ``out``)
-    where the runs lack it.
+def _bullets(notes: list[str]) -> str:
+    """Markdown list items, wrapped to 100 characters."""
+    return "".join(textwrap.fill(n, 100, initial_indent="- ", subsequent_indent="  ",
+                                 break_on_hyphens=False, break_long_words=False) + "\n"
+                   for n in notes)
+
+
+def claims_markdown(claims: pd.DataFrame, blocks: list[dict], notes: list[str], paper: str
+                    ) -> str:
+    """``claims.md``: the legend and ``notes``, then one block per setting (``blocks`` of
+    :func:`_judge_claims`): its heading, a table of one short row per claim (:data:`CLAIM_MD`)
+    and its notes but those on what was not measured (the row says why; ``claims.csv`` has
+    them whole); a ``why_not`` stated in full once."""
+    ids = [c["id"] for c in PAPERS[paper].get("claims", [])]
+    legend = (
+        "One block per setting, the default first, the others named by how they differ from "
+        "it; one row per claim. ours: mean ± std over "
+        "seeds (sample std) of each quantity the claim tests, in the statement's order, `;` "
+        "between, over n seeds; MAE in years (y); mean pred.: always predicting the training "
+        "mean age. paper: its numbers (norm.: MAE on its unstated normalised scale). holds: the "
+        "seeds where every test holds. Each test per seed, its threshold and margin: claims.csv.")
+    md = ("## The paper's claims on our runs\n\n" + _bullets(
+        [legend, f"Source: {PAPERS[paper]['citation']}."] + notes))
+    seen: set[str] = set()
+    for block in blocks:
+        rows = claims[(claims["setting"] == block["setting"]) & claims["claim"].isin(ids)]
+        shown = []
+        for n in block["notes"]:
+            if re.match(r"\([\w.]+\) not measured", n):
+                continue
+            if re.match(r"\(\w+\) why not: ", n) and n in seen:
+                n = n.split(":", 1)[0] + ": as in the first block that fails it"
+            seen.add(n)
+            shown.append(n)
+        md += (f"\n### {block['heading']}\n\n"
+               + (textwrap.fill(block["lead"], 100) + "\n\n" if block["lead"] else "")
+               + rows[list(CLAIM_MD)].rename(columns=CLAIM_MD).fillna("–").to_markdown(
+                   index=False) + "\n\n" + _bullets(shown))
+    return md
+
+
+def write_claims(runs: pd.DataFrame, paper: str, out: Path, dirs: list[Path],
+                 default: dict | None = None) -> str:
+    """Write ``claims.md`` (:func:`claims_markdown`) and ``claims.csv`` (:func:`claims_table`,
+    :data:`CLAIM_COLUMNS`) into ``out``, with the mean predictor of ``data_checks.json`` from
+    ``dirs`` (the report's inputs and ``out``) where the runs lack it; ``default`` as in
+    :func:`claims_table`.
 
     Returns:
         The markdown of ``claims.md``.
@@ -659,20 +858,11 @@ def write_claims(runs: pd.DataFrame, paper: str, out: Path, dirs: list[Path]) ->
         ClBenchError: an unknown ``paper``.
     """
     checks, where, problems = _data_checks(dirs)
-    claims, notes = claims_table(runs, paper, checks)
+    claims, blocks, notes = _judge_claims(runs, paper, checks, default)
     used = claims["note"].fillna("").str.contains("from data_checks.json", regex=False)
     if where and used.any():
         problems.append(f"data_checks.json read: {where}")
-    shown = (["setting"] if claims["setting"].nunique() > 1 else []) + list(CLAIM_MD)
-    notes = problems + notes + [
-        "value, margin: mean ± std over seeds (sample std); per seed: `s<seed> value` (a "
-        "seed's runs averaged), ✓ where it holds; margin: value - threshold, signed so that > 0 "
-        "is on the holding side (≤, ≥ hold at ≥ 0; = holds only at exactly 0, as "
-        "-|value - threshold|)",
-        f"Source: {PAPERS[paper]['citation']}."]
-    md = ("## The paper's claims on our runs\n\n"
-          + claims[shown].fillna("").to_markdown(index=False) + "\n\n"
-          + "".join(f"- {n}\n" for n in notes))
+    md = claims_markdown(claims, blocks, problems + notes, paper)
     (out / "claims.md").write_text(md)
     claims[list(CLAIM_COLUMNS)].to_csv(out / "claims.csv", index=False, float_format="%.6g")
     return md

@@ -185,6 +185,8 @@ def main() -> None:
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
     state_path = work / "state.pt"
     step, curve, seconds = 0, [], 0.0
+    window: list[list[float]] = []
+    resumed_at: list[int] = []  # the steps this run was continued from (after a stop or kill)
     if state_path.is_file():
         state = torch.load(state_path, weights_only=False)
         if state["args"]["recipe"] != args.recipe or state["args"]["steps"] != args.steps:
@@ -194,16 +196,17 @@ def main() -> None:
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, curve, seconds = state["step"], state["curve"], state["seconds"]
+        window = state.get("window", [])  # the loss curve's partial window (older states: none)
+        resumed_at = state.get("resumed_at", []) + [step]
         print(f"resuming at step {step} from {state_path}")
 
     def save_state() -> None:
         state = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                 "step": step, "curve": curve, "seconds": seconds + time.time() - start,
-                 "args": vars(args)}
+                 "step": step, "curve": curve, "window": window, "resumed_at": resumed_at,
+                 "seconds": seconds + time.time() - start, "args": vars(args)}
         atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
     start = time.time()
-    window: list[list[float]] = []
     bar = tqdm(total=args.steps, initial=step, desc=f"pretraining ({args.recipe})",
                mininterval=30)
     model.train()
@@ -234,7 +237,7 @@ def main() -> None:
             curve.append({"step": step, "loss": round(float(m[0]), 4),
                           **{k: round(float(v), 4) for k, v in zip(terms, m[1:])}})
             bar.set_postfix({k: f"{v:.3f}" for k, v in curve[-1].items() if k != "step"})
-            window = []
+            window.clear()
         if step % args.save_every == 0 or step == args.steps:
             save_state()
         if args.stop_at and step >= args.stop_at and step < args.steps:
@@ -259,7 +262,8 @@ def main() -> None:
     meta = {"script": "scripts/pretrain_swin.py",
             "command": "python scripts/pretrain_swin.py " + " ".join(sys.argv[1:]),
             "args": {**vars(args), "out": str(shown), "work_dir": None, "cache_dir": None},
-            "steps_done": step, "recipe": args.recipe, "terms": list(terms),
+            "steps_done": step, "resumed_at_steps": resumed_at, "recipe": args.recipe,
+            "terms": list(terms),
             "architecture": {**{k: list(v) if isinstance(v, tuple) else v
                                 for k, v in SWIN.items()},
                              "decoder_feature_size": DECODER_WIDTH, "normalize": False},
@@ -298,10 +302,10 @@ def _cpu() -> str:
 def probe_into_card(weights: Path, card: Path) -> None:
     """Probe ``weights`` against a random Swin UNETR of the same shape on the default stream's
     validation subjects (``clbench-probe``'s table) and store the table in ``card``."""
-    from cl_bench.probe_cli import compose
+    from cl_bench.probe_cli import compose_config
     from cl_bench.representation_probes import probe_table
 
-    cfg = compose([f"backbone.weights={weights}"])
+    cfg = compose_config([f"backbone.weights={weights}"])
     table = probe_table(cfg)
     print(table.to_string(index=False))
     meta = json.loads(card.read_text())

@@ -21,7 +21,9 @@ torch.set_num_threads(THREADS)
 
 def tiny_overrides(cache_dir: Path) -> list[str]:
     """A 32^3, 4-subject, 3-step version of the default job."""
-    return ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+    return ["tasks.size=32", "tasks.n_train=4",
+            "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+            "tasks.n_val=1", "tasks.n_test=2",
             f"tasks.cache_dir={cache_dir}",
             "backbone=vit3d_tiny", "backbone.weights=null", "backbone.num_layers=4", "train.max_steps=3",
             "train.progress_bar=false", "logger=csv",

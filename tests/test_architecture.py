@@ -24,11 +24,11 @@ FLOORS = {
     "cl_bench.strategies": 3,
     # 4: what trains and measures one task: Lightning module, evaluation, probes, progress, loggers
     "cl_bench.training": 4, "cl_bench.evaluation": 4, "cl_bench.probes": 4,
-    "cl_bench.progress": 4, "cl_bench.loggers": 4,
+    "cl_bench.progress": 4, "cl_bench.loggers": 4, "cl_bench.representation_probes": 4,
     # 5: the stream loop
     "cl_bench.runner": 5,
     # 6: entry points
-    "cl_bench.cli": 6, "cl_bench.report": 6, "cl_bench.helptext": 6,
+    "cl_bench.cli": 6, "cl_bench.report": 6, "cl_bench.helptext": 6, "cl_bench.probe_cli": 6,
     # the hyperparameter search: its objective is a pure function (1), the sweeper, the study's
     # report and clbench-best are entry points (6)
     "cl_bench.search": 6, "cl_bench.search.objective": 1,

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from cl_bench.metrics import cl_metrics
-from cl_bench.report import claims_table, load_runs, write_report
+from cl_bench.report import CLAIM_MD_WIDTH, _conf_default, claims_table, load_runs, write_claims, \
+    write_report
 
 TASKS = ["tumour_seg", "brain_age"]
 UNITS = {"tumour_seg": {"metric": "dice", "units": "", "higher_is_better": True},
@@ -23,12 +24,13 @@ UNITS = {"tumour_seg": {"metric": "dice", "units": "", "higher_is_better": True}
 def brain_run(root: Path, strategy: str, seed: int, dice: tuple[float, float], mae: float,
               mean_mae: float | None = 16.0, adapter_pct: float | None = None,
               complete: bool = True, tasks: list[str] = TASKS, stream: str = "brain_seg_age",
-              backbone: str = "swin_unetr") -> Path:
+              backbone: str = "swin_unetr", backbone_cfg: dict | None = None) -> Path:
     """A run directory as clbench writes it: R = init (Dice 0, MAE 20 y), after tumour_seg
     (Dice ``dice[0]``), after brain_age (Dice ``dice[1]``, MAE ``mae`` years; dropped if not
     ``complete``); ``mean_mae`` the mean predictor's MAE in metrics.json (None: not recorded);
     ``adapter_pct`` each task's adapter in % of the backbone in params.json (None: not recorded);
-    ``tasks``, ``stream``, ``backbone``: the task, stream and backbone names.
+    ``tasks``, ``stream``, ``backbone``: the task, stream and backbone names; ``backbone_cfg``
+    more ``backbone.*`` config values.
     """
     run = root / f"{strategy}_{backbone}_seed{seed}" / ("partial" if not complete else "")
     (run / ".hydra").mkdir(parents=True)
@@ -57,27 +59,28 @@ def brain_run(root: Path, strategy: str, seed: int, dice: tuple[float, float], m
     (run / ".hydra" / "config.yaml").write_text(
         f"seed: {seed}\nstrategy:\n  name: {strategy}\n  lr: 0.001\n"
         + ("  rank: 8\n" if strategy == "lora" else "")
-        + f"tasks:\n  name: {stream}\nbackbone:\n  name: {backbone}\n")
+        + f"tasks:\n  name: {stream}\nbackbone:\n  name: {backbone}\n"
+        + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in (backbone_cfg or {}).items()))
     return run
 
 
-def add_seq_ft(root: Path) -> None:
+def add_seq_ft(root: Path, **kw) -> None:
     """Ratios final / just learned 0.2/0.8 = 0.25, 0.4/0.8 = 0.5 (on the threshold), 0.4/0.6."""
     for seed, dice in ((0, (0.8, 0.2)), (1, (0.8, 0.4)), (2, (0.6, 0.4))):
-        brain_run(root, "seq_ft", seed, dice, 12.0)
+        brain_run(root, "seq_ft", seed, dice, 12.0, **kw)
 
 
-def add_seq_lp(root: Path, mean_mae: float | None = 16.0) -> None:
+def add_seq_lp(root: Path, mean_mae: float | None = 16.0, **kw) -> None:
     """Dice BWT 0, 0, -0.05; MAE 16.5, 17, 15 years against the mean predictor's 16."""
     for seed, dice, mae in ((0, (0.7, 0.7), 16.5), (1, (0.7, 0.7), 17.0),
                             (2, (0.7, 0.65), 15.0)):
-        brain_run(root, "seq_lp", seed, dice, mae, mean_mae=mean_mae)
+        brain_run(root, "seq_lp", seed, dice, mae, mean_mae=mean_mae, **kw)
 
 
-def add_lora(root: Path, mean_mae: float | None = 16.0, pct: float | None = 1.724) -> None:
+def add_lora(root: Path, mean_mae: float | None = 16.0, pct: float | None = 1.724, **kw) -> None:
     """Seeds 0, 1 and 3 (seq_ft has no seed 3): Dice 0.62, 0.58, 0.60 kept exactly; MAE 6, 7, 9."""
     for seed, d, mae in ((0, 0.62, 6.0), (1, 0.58, 7.0), (3, 0.60, 9.0)):
-        brain_run(root, "lora", seed, (d, d), mae, mean_mae=mean_mae, adapter_pct=pct)
+        brain_run(root, "lora", seed, (d, d), mae, mean_mae=mean_mae, adapter_pct=pct, **kw)
 
 
 @pytest.fixture
@@ -120,7 +123,7 @@ def test_each_claim_per_seed_with_margins(sweep):
     assert b2["value mean"] == pytest.approx(np.mean([16.5, 17.0, 15.0]))
     assert b2["threshold mean"] == 16.0
     assert b2["margin mean"] == pytest.approx(np.mean([0.5, 1.0, -1.0]))
-    assert b2["threshold"] == "≥ mean predictor's MAE = 16.0 ± 0.0"
+    assert b2["threshold"] == "≥ mean predictor's MAE = 16.0 ± 0.0 (generator floor ≈ 5.4 y)"
     assert r["b"]["verdict"] == "mixed (2/3)"
     assert r["b"]["per seed ✓ holds"] == "s0 ✓, s1 ✓, s2 ✗"
     # (c) lora Dice against 0.75 x seq_ft's just-learned Dice: seed-matched 0.6, 0.6; lora's
@@ -161,7 +164,9 @@ def test_claims_files_and_printed_markdown(sweep, tmp_path):
     md = (out / "claims.md").read_text()
     assert md in text and text.startswith((out / "report.md").read_text())
     assert "arXiv 2602.23533" in md and "mixed (2/3)" in md
-    assert "| e       | LoRA adapters are < 0.1 % of the parameters" in md
+    assert blocks(md)[0][1]["e"] == ["lora's adapters < 0.1 % of the backbone (tumour; age task)",
+                                     "1.724 ± 0.000; 1.724 ± 0.000 (n=3)", "< 0.1 %",
+                                     "fails (0/3)"]
     csv = pd.read_csv(out / "claims.csv")
     assert list(csv["claim"]) == ["a", "b", "b.1", "b.2", "c", "c.1", "c.2", "d", "d.1", "d.2",
                                   "e", "e.1", "e.2"]
@@ -191,6 +196,10 @@ def test_missing_strategies_are_not_measured(tmp_path):
            "tumour_seg Dice" in notes
     assert r["c.2"]["verdict"] == "mixed (2/3)"  # lora's own numbers are still judged
     assert r["d"]["verdict"] == "holds" and r["e"]["verdict"] == "fails"
+    # claims.md: one row each; c shows what was measured and says why it is not judged
+    assert (r["a"]["md ours"], r["a"]["md holds"]) == ("not measured (no seq_ft runs)", "–")
+    assert (r["c"]["md ours"], r["c"]["md holds"]) == ("–; 7.333 ± 1.528 y (n=3)",
+                                                       "not measured (no seq_ft runs)")
 
 
 def test_mean_predictor_from_data_checks_else_not_measured(tmp_path):
@@ -249,8 +258,9 @@ def test_each_backbone_is_judged_on_its_own(sweep, tmp_path):
     assert a.loc["brain_seg_age / vit3d_tiny", "verdict"] == "fails"
     assert a.loc["brain_seg_age / vit3d_tiny", "value mean"] == pytest.approx(0.875)
     md = (out / "claims.md").read_text()
-    assert "| setting " in md
-    assert "- [brain_seg_age / vit3d_tiny] (b.1) not measured: no complete seq_lp runs" in md
+    vit = dict(blocks(md))["brain_seg_age · vit3d_tiny"]
+    assert vit["a"][1:] == ["0.875 (n=1)", "0.16 / 0.80 = 0.20", "fails (0/1)"]
+    assert vit["b"][1:] == ["not measured (no seq_lp runs)", "–; 1.45 norm.", "–"]
 
 
 def test_cli_prints_the_claims(sweep, tmp_path):
@@ -259,3 +269,116 @@ def test_cli_prints_the_claims(sweep, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "## The paper's claims on our runs" in proc.stdout and "mixed (1/3)" in proc.stdout
+
+
+def blocks(md: str) -> list[tuple[str, dict[str, list[str]]]]:
+    """``claims.md`` as ``[(heading, {claim: [statement, ours, paper, holds]})]``; a claim
+    listed twice in a block fails."""
+    out = []
+    for part in md.split("\n### ")[1:]:
+        heading, body = part.split("\n", 1)
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines()
+                 if line.startswith("| ") and not line.startswith("| claim ")]
+        table = {c[0]: c[1:] for c in cells}
+        assert len(table) == len(cells), heading
+        out.append((heading, table))
+    return out
+
+
+SHARED = {"decoder": "shared", "regression_stages": [4]}
+DEFAULT = {"tasks": "brain_seg_age", "backbone": "swin_unetr", "backbone.decoder": "shared",
+           "backbone.regression_stages": "[4]", "backbone.regression_rectify": False}
+
+
+@pytest.fixture
+def ablations(tmp_path) -> Path:
+    """The default setting (``SHARED``: seq_ft, seq_lp, lora, a partial seq_ft) and two seq_lp
+    ablations (seed 0 each) whose directories sort first: decoder=unetr (BWT 0, MAE 15 y) and
+    regression_stages=[0, 1] (BWT -0.1, MAE 18 y)."""
+    root = tmp_path / "sweep"
+    add_seq_ft(root / "main", backbone_cfg=SHARED)
+    add_seq_lp(root / "main", backbone_cfg=SHARED)
+    add_lora(root / "main", backbone_cfg=SHARED)
+    brain_run(root / "main", "seq_ft", 7, (0.9, 0.0), 30.0, complete=False, backbone_cfg=SHARED)
+    brain_run(root / "a_unetr", "seq_lp", 0, (0.7, 0.7), 15.0,
+              backbone_cfg=dict(SHARED, decoder="unetr"))
+    brain_run(root / "a_shallow", "seq_lp", 0, (0.7, 0.6), 18.0,
+              backbone_cfg=dict(SHARED, regression_stages=[0, 1]))
+    return root
+
+
+def test_claims_md_one_short_row_per_claim_default_first(ablations, tmp_path):
+    runs = load_runs([ablations])[0]
+    md = write_claims(runs, "brain_mri_fm", tmp_path, [ablations], default=DEFAULT)
+    assert md == (tmp_path / "claims.md").read_text()
+    got = blocks(md)
+    # the default first, every setting named once: by the keys that differ between the settings,
+    # without "backbone."; the others by how they differ from the default
+    assert [h for h, _ in got] == [
+        "brain_seg_age · swin_unetr · decoder=shared · regression_stages=[4] (default)",
+        "brain_seg_age · swin_unetr · regression_stages=[0, 1]",
+        "brain_seg_age · swin_unetr · decoder=unetr"]
+    for name in ("decoder=shared", "decoder=unetr", "regression_stages=[0, 1]"):
+        assert md.count(name) == 1, name
+    assert "backbone.decoder" not in md and "swin_unetr / " not in md
+    # one row per claim (no b.1, b.2), with the numbers of the runs
+    for _, table in got:
+        assert list(table) == ["a", "b", "c", "d", "e"]
+        assert all(len(statement) <= 70 for statement, *_ in table.values())
+    default = got[0][1]
+    assert default["a"][1:] == ["0.472 ± 0.210 (n=3)", "0.16 / 0.80 = 0.20", "mixed (2/3)"]
+    assert default["b"][1:] == ["-0.017 ± 0.029; 16.2 ± 1.0 y (n=3)", "–; 1.45 norm.",
+                                "mixed (2/3)"]
+    assert default["c"][1:] == ["0.600 ± 0.020; 7.333 ± 1.528 y (n=3)",
+                                "0.62 ± 0.07; 0.16 ± 0.05 norm.", "mixed (1/3)"]
+    assert default["d"][1:] == ["0.000 ± 0.000; 0.000 ± 0.000 (n=3)", "0; 0", "holds (3/3)"]
+    assert default["e"][3] == "fails (0/3)"
+    shallow, unetr = got[1][1], got[2][1]
+    assert shallow["b"][1:] == ["-0.100; 18.0 y (n=1)", "–; 1.45 norm.", "fails (0/1)"]
+    assert unetr["b"][1] == "0.000; 15.0 y (n=1)" and unetr["b"][3] == "fails (0/1)"
+    for cid, why in (("a", "no seq_ft runs"), ("c", "no lora runs"), ("e", "no lora runs")):
+        assert unetr[cid][1:] != unetr["b"][1:]
+        assert unetr[cid][1] == f"not measured ({why})" and unetr[cid][3] == "–"
+    # short lines; notes per block, what is not measured only in its row (and claims.csv)
+    assert max(map(len, md.splitlines())) <= CLAIM_MD_WIDTH
+    assert "not measured:" not in md
+    assert md.count("partial runs left out") == 1 and md.count("(e) why not: LoRA of rank") == 1
+    # the generator's floor beside every brain-age MAE claim: under each block, in the thresholds
+    sections = md.split("\n### ")[1:]
+    assert all("- (b, c) generator floor ≈ 5.4 y: the embedded generator's brain-reserve factor "
+               "N(1, 0.25)" in s.replace("\n  ", " ") for s in sections)
+    csv = pd.read_csv(tmp_path / "claims.csv")
+    assert len(csv) == 3 * 13  # the CSV keeps every test of every claim
+    assert list(dict.fromkeys(csv["setting"]))[0] == (
+        "brain_seg_age / swin_unetr / backbone.decoder=shared / backbone.regression_stages=[4]")
+    thresholds = csv.set_index(["setting", "claim"])["threshold"].xs("c.2", level="claim")
+    floor = " (generator floor ≈ 5.4 y)"
+    assert set(thresholds) == {"≤ 0.5 × mean predictor's MAE = 8.000 ± 0.000" + floor,
+                               "≤ 0.5 × mean predictor's MAE" + floor}
+
+
+def test_no_floor_on_real_data_and_the_closest_setting_first(tmp_path):
+    root = tmp_path / "sweep"
+    add_seq_lp(root / "z_main", stream="brats_ixi", backbone_cfg=dict(SHARED, decoder="unetr"))
+    brain_run(root / "a_linear", "seq_lp", 0, (0.7, 0.7), 15.0, stream="brats_ixi",
+              backbone_cfg=dict(SHARED, decoder="linear"))
+    md = write_claims(load_runs([root])[0], "brain_mri_fm", tmp_path, [root],
+                      default=dict(DEFAULT, tasks="brats_ixi"))
+    assert "floor" not in md and "floor" not in (tmp_path / "claims.csv").read_text()
+    # no setting is the default (decoder=shared): the one agreeing on most keys, then with more
+    # runs, comes first, and says so
+    assert [h for h, _ in blocks(md)] == ["brats_ixi · swin_unetr · decoder=unetr",
+                                          "brats_ixi · swin_unetr · decoder=linear"]
+    assert ("The setting closest to the default: no setting here is conf/'s default "
+            "(decoder=shared).") in md
+
+
+def test_the_default_setting_is_conf_s(tmp_path):
+    decoder = _conf_default()["backbone.decoder"]
+    root = tmp_path / "sweep"
+    brain_run(root / "a", "seq_lp", 0, (0.7, 0.7), 15.0, backbone_cfg={"decoder": "zz_other"})
+    brain_run(root / "b", "seq_lp", 0, (0.7, 0.7), 17.0, backbone_cfg={"decoder": decoder})
+    md = write_claims(load_runs([root])[0], "brain_mri_fm", tmp_path, [root])
+    assert [h for h, _ in blocks(md)] == [
+        f"brain_seg_age · swin_unetr · decoder={decoder} (default)",
+        "brain_seg_age · swin_unetr · decoder=zz_other"]

@@ -74,7 +74,9 @@ def test_nan_loss_stops_with_message_and_keeps_rows(compose_cfg, tmp_path, monke
 def test_diverging_run_from_the_command_line(tmp_path):
     """An absurd learning rate: exit code 2, one message naming the task, the init row kept.
     (One of the two command-line smoke tests that start a real ``python -m cl_bench.cli``.)"""
-    proc = clbench(tmp_path, "tasks.size=32", "tasks.n_train=2", "tasks.n_val=1", "tasks.n_test=1",
+    proc = clbench(tmp_path, "tasks.size=32", "tasks.n_train=2",
+                             "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+                             "tasks.n_val=1", "tasks.n_test=1",
                    "backbone=vit3d_tiny", "backbone.weights=null", "backbone.num_layers=2",
                    "train.max_steps=4",
                    "strategy=seq_ft", "strategy.lr=1e30", "train.progress_bar=false")

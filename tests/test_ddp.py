@@ -20,7 +20,9 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "cl_bench.cli", "hardware=ddp", "hardware.accelerator=cpu",
          "hardware.devices=2", "hardware.precision=32-true", "hardware.num_threads=1",
-         "strategy=lora", "tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+         "strategy=lora", "tasks.size=32", "tasks.n_train=4",
+                          "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+                          "tasks.n_val=1", "tasks.n_test=2",
          "backbone=vit3d_tiny", "backbone.weights=null", "backbone.num_layers=4", "train.max_steps=4",
          "train.progress_bar=false", f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

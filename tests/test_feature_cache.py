@@ -22,7 +22,9 @@ def test_seq_lp_with_cached_features_trains_bit_identically(data_cache, tmp_path
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("config", overrides=[
                 "strategy=seq_lp", "backbone=swin_unetr", "backbone.weights=null", "tasks.size=64",
-                "tasks.n_train=3", "tasks.n_val=1", "tasks.n_test=2", f"tasks.cache_dir={data_cache}",
+                "tasks.n_train=3",
+                "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+                "tasks.n_val=1", "tasks.n_test=2", f"tasks.cache_dir={data_cache}",
                 "train.max_steps=8", "train.progress_bar=false", "logger=none",
                 f"train.cache_frozen_features={str(cache).lower()}"])
         out[cache] = run(cfg, tmp_path / str(cache))

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: A mid-task checkpoint every 5 epochs (10 steps): one every 2 steps made the run 5x slower
 #: (81 s against 16 s), all of it writing checkpoints. One thread (the suite's workers share
 #: the cores), given to every command (THREADS): a resume with another count rounds differently
-TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+TINY = ["tasks.size=32", "tasks.n_train=4",
+        "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+        "tasks.n_val=1", "tasks.n_test=2",
         "backbone=vit3d_tiny", "backbone.weights=null",
         "backbone.num_layers=4", "train.progress_bar=false", "train.checkpoint_every_n_epochs=5",
         "train.checkpoint_min_interval_s=0", "train.max_steps=240", "strategy=lora"]
@@ -289,10 +291,13 @@ def test_a_write_failing_mid_checkpoint_keeps_the_previous_one_and_names_the_fil
 
 #: a tiny Swin (TINY_SWIN of tests/models/test_swin.py) under bf16 autocast, with the decoder's
 #: defaults: float32 under autocast, channels_last_3d weights and Adam states
-SWIN = ["tasks.size=64", "tasks.n_train=2", "tasks.n_val=1", "tasks.n_test=1",
+SWIN = ["tasks.size=64", "tasks.n_train=2",
+        "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+        "tasks.n_val=1", "tasks.n_test=1",
         "backbone=swin_unetr", "backbone.weights=null", "backbone.feature_size=12",
         "backbone.depths=[1,1,1,1]", "backbone.num_heads=[3,3,3,3]",
         "backbone.decoder_feature_size=4", "strategy=lora", "hardware.precision=bf16-mixed",
+        "strategy.rank=2",  # <= the tiny shared decoder's width (4)
         "train.max_steps=40", "train.checkpoint_every_n_epochs=2",
         "train.checkpoint_min_interval_s=0", "train.progress_bar=false", "logger=none"]
 
@@ -314,6 +319,8 @@ def test_default_swin_decoder_resumes_bit_identically_after_kill9_in_the_segment
     assert (run_dir / "matrix.csv").read_bytes() == (tmp_path / "ref" / "matrix.csv").read_bytes()
     ours, theirs = model_state(run_dir), model_state(tmp_path / "ref")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    decoder = [k for k in ours if k.startswith("heads.tumour_seg.") and k.endswith("conv.weight")]
+    # the shared decoder's weights (the backbone's, LoRA-adapted or not) in channels_last_3d
+    decoder = [k for k in ours if ".decoder." in k and k.endswith("weight") and "lora_" not in k
+               and ours[k].dim() == 5]
     assert decoder and all(ours[k].dim() != 5 or ours[k].is_contiguous(
         memory_format=torch.channels_last_3d) for k in decoder)

@@ -21,7 +21,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+TINY = ["tasks.size=32", "tasks.n_train=4",
+        "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+        "tasks.n_val=1", "tasks.n_test=2",
         "backbone=vit3d_tiny", "backbone.weights=null",
         "backbone.num_layers=4", "train.max_steps=3", "train.progress_bar=false",
         "hardware.slurm.cpus_per_task=1", "hardware.slurm.mem_gb=2", "hardware.slurm.time_min=20"]
@@ -93,7 +95,9 @@ def test_a_requeued_job_resumes_by_itself_and_matches_an_uninterrupted_run(tmp_p
     checkpoints, continues, and ends with the uninterrupted run's matrix and weights."""
     import torch
 
-    stream = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2",
+    stream = ["tasks.size=32", "tasks.n_train=4",
+              "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+              "tasks.n_val=1", "tasks.n_test=2",
               "backbone=vit3d_tiny", "backbone.weights=null",
               "backbone.num_layers=4", "train.progress_bar=false", "train.max_steps=150",
               "train.checkpoint_every_n_epochs=1", "train.checkpoint_min_interval_s=0", "strategy=lora"]

@@ -596,4 +596,4 @@ class PooledClassificationHead(nn.Module):
         self.fc = nn.Linear(d, num_classes)
 
     def forward(self, to_grid, deepest, stages, image) -> torch.Tensor:
-        return self.fc(self.norm(pool_stages(stages)))
+        return self.fc(self.norm(pool_stages(stages[:5])))  # the encoder's (no decoder)

@@ -159,15 +159,32 @@ class LoRAFamily(Strategy):
         super().setup(model, stream)
         self.target_modules = check_target_modules(model, self.target_modules)
 
-    def _config(self) -> LoraConfig:
-        """The peft ``LoraConfig`` of every adapter (rank, alpha, dropout, targets, no bias)."""
+    def _config(self, targets: list[str] | None = None) -> LoraConfig:
+        """The peft ``LoraConfig`` of an adapter (rank, alpha, dropout, ``targets`` or
+        :attr:`target_modules`, no bias)."""
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, bias="none")
+                          target_modules=self.target_modules if targets is None else targets,
+                          bias="none")
+
+    def task_targets(self, task: Task) -> list[str]:
+        """:attr:`target_modules` that ``task``'s forward pass uses: a task whose head does not
+        read a shared decoder (``backbone.decoder=shared``; e.g. the age head, on the final
+        stage) gets no adapter in the decoder, which never runs for it (adapters there would
+        be counted as trainable and never receive a gradient)."""
+        enc = self.model.encoder
+        head = self.model.heads[task.name] if task.name in self.model.heads else None
+        if getattr(enc, "decoder", None) is None or getattr(head, "reads_decoder", False):
+            return list(self.target_modules)
+        used = [n.replace(".base_layer", "") for n in _adaptable(enc)  # also once peft wrapped
+                if not n.startswith("decoder.")]
+        return [t for t in self.target_modules if any(n == t or n.endswith("." + t)
+                                                      for n in used)]
 
     def add_task_adapter(self, task: Task) -> PeftModel:
-        """Give the backbone ``task``'s peft adapter (kept if it exists, e.g. when resuming)
-        and list it in :attr:`adapters`; returns the PeftModel (:func:`add_adapter`)."""
-        backbone = add_adapter(self.model, task.name, self._config())
+        """Give the backbone ``task``'s peft adapter (kept if it exists, e.g. when resuming) on
+        :meth:`task_targets`, and list it in :attr:`adapters`; returns the PeftModel
+        (:func:`add_adapter`)."""
+        backbone = add_adapter(self.model, task.name, self._config(self.task_targets(task)))
         if task.name not in self.adapters:
             self.adapters.append(task.name)
         return backbone

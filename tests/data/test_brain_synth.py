@@ -127,3 +127,44 @@ def test_worker_processes_make_bit_identical_subjects(monkeypatch):
     assert serial.keys() == parallel.keys()
     for k in serial:
         assert serial[k].dtype == parallel[k].dtype and np.array_equal(serial[k], parallel[k]), k
+
+
+def test_tissue_maps_leave_the_subject_unchanged_and_label_its_tissues():
+    from cl_bench.data.brain_synth import TISSUE_CLASSES, tumour_subject
+    img, label = tumour_subject(32, np.random.default_rng([5, 1, 0, 0]))
+    img2, label2, tissue = tumour_subject(32, np.random.default_rng([5, 1, 0, 0]), tissue=True)
+    assert np.array_equal(img, img2) and np.array_equal(label, label2)
+    assert tissue.shape == (32, 32, 32) and set(np.unique(tissue)) == {0, 1, 2, 3}
+    assert TISSUE_CLASSES == ("background", "csf", "gm", "wm")
+    assert np.all(img[0][tissue == 0] == 0)  # background outside the brain, as the image
+    age = age_subject(32, 70.0, np.random.default_rng([5, 2, 0, 0]))
+    age2, tissue = age_subject(32, 70.0, np.random.default_rng([5, 2, 0, 0]), tissue=True)
+    assert np.array_equal(age, age2)
+    # white matter is the brightest tissue of the T1-like image
+    means = [age[0][tissue == k].mean() for k in (1, 2, 3)]
+    assert means[0] < means[1] < means[2]
+
+
+def test_pretraining_pool_is_its_own_subjects_half_healthy(tmp_path):
+    from cl_bench.data.brain_synth import pretraining_pool
+    pool = pretraining_pool(4, str(tmp_path), size=32)
+    assert pool["images"].shape == (4, 1, 32, 32, 32) and pool["tissue"].shape == (4, 32, 32, 32)
+    assert pool["healthy"].tolist() == [True, False, True, False]
+    again = pretraining_pool(4, str(tmp_path), size=32)  # from the cache, identical
+    assert all(np.array_equal(pool[k], again[k]) for k in pool)
+    # no pool volume is a subject of a stream (any data seed: the pool's split is used by none)
+    stream = make_brain_seg_age(size=32, n_train=4, n_test=2, seed=0, cache_dir=None)
+    downstream = [t.train.images for t in stream] + [t.test.images for t in stream]
+    for v in pool["images"]:
+        assert not any(np.array_equal(v, d) for imgs in downstream for d in np.asarray(imgs))
+
+
+def test_the_age_task_has_its_own_sizes_and_keeps_its_first_subjects(tmp_path):
+    small = make_brain_seg_age(size=16, n_train=3, n_test=2, seed=0, cache_dir=None)
+    big = make_brain_seg_age(size=16, n_train=3, n_test=2, seed=0, cache_dir=str(tmp_path),
+                             age_n_train=5, age_n_test=4)
+    assert len(big[0].train) == 3 and len(big[0].test) == 2
+    assert len(big[1].train) == 5 and len(big[1].test) == 4
+    assert np.array_equal(np.asarray(big[0].train.images), np.asarray(small[0].train.images))
+    assert np.array_equal(np.asarray(big[1].train.images)[:3], np.asarray(small[1].train.images))
+    assert np.array_equal(np.asarray(big[1].test.images)[:2], np.asarray(small[1].test.images))

@@ -19,7 +19,8 @@ STREAMS = {
     "digits": [],
     "split_mnist": [],
     "seg_mnist": ["tasks.n_train=200", "tasks.n_test=50"],
-    "brain_seg_age": ["tasks.size=16", "tasks.n_train=6", "tasks.n_test=2"],
+    "brain_seg_age": ["tasks.size=16", "tasks.n_train=6", "tasks.n_test=2", "tasks.age_n_train=null",
+                      "tasks.age_n_test=null", "tasks.n_val_by_task=null"],
 }
 
 

@@ -85,7 +85,8 @@ def test_shipped_unet_checkpoint_loads_into_unet2d_and_misfits_are_named(tmp_pat
 
 
 def test_shipped_swin_checkpoint_is_the_default_backbone_and_loads_strictly():
-    """The flagship backbone: SSL-pretrained Swin (scripts/pretrain_swin.py), provenance intact."""
+    """The flagship foundation model: a whole Swin UNETR (scripts/pretrain_swin.py), its
+    provenance and probe table in the card, encoder and decoder loaded strictly."""
     import hashlib
     from pathlib import Path
 
@@ -93,24 +94,38 @@ def test_shipped_swin_checkpoint_is_the_default_backbone_and_loads_strictly():
 
     from cl_bench.models.swin import SwinEncoder
 
-    path = PRETRAINED["swin_brain_ssl"]
+    path = PRETRAINED["swin_brain_fm"]
     assert path.is_file() and path.stat().st_size <= 20 * 2**20
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     curve = meta["loss_curve"]
-    assert curve[-1]["inpainting"] < curve[0]["inpainting"]  # the SSL did learn
-    assert curve[-1]["loss"] < curve[0]["loss"]
+    assert curve[-1]["tissue"] < 0.5 * curve[0]["tissue"]  # it learned the tissues
+    assert "downstream" not in meta["pool"]["labels"] and meta["pool"]["volumes"] >= 512
+    # the card's probe table: the frozen model beats a random one where the heads read
+    probes = {(r["task"], r["stage"], r["metric"]): r for r in meta["probes"]}
+    assert probes[("tumour_seg", "decoder", "dice")]["better"]
+    assert probes[("brain_age", "stage4", "mae")]["better"]
     conf = str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose("config")
-    assert cfg.backbone.name == "swin_unetr" and cfg.backbone.weights == "swin_brain_ssl"
-    arch = {k: cfg.backbone[k] for k in ("feature_size", "window_size", "in_channels")}
+    assert cfg.backbone.name == "swin_unetr" and cfg.backbone.weights == "swin_brain_fm"
+    assert cfg.backbone.decoder == "shared"
+    arch = {k: cfg.backbone[k] for k in ("feature_size", "window_size", "in_channels",
+                                         "decoder_feature_size")}
     enc = SwinEncoder(img_size=64, depths=tuple(cfg.backbone.depths),
-                      num_heads=tuple(cfg.backbone.num_heads), weights="swin_brain_ssl", **arch)
+                      num_heads=tuple(cfg.backbone.num_heads), weights="swin_brain_fm",
+                      decoder=True, **arch)
     sd = load_file(str(path))
     for k, v in enc.swinViT.state_dict().items():
         assert torch.equal(v, sd[f"swinViT.{k}"].to(v.dtype)), k
+    for k, v in enc.decoder.state_dict().items():
+        assert torch.equal(v, sd[k].to(v.dtype)), k
     rand = SwinEncoder(img_size=64, depths=tuple(cfg.backbone.depths),
-                       num_heads=tuple(cfg.backbone.num_heads), **arch)
+                       num_heads=tuple(cfg.backbone.num_heads), decoder=True, **arch)
     key = "layers1.0.blocks.0.attn.qkv.weight"
     assert not torch.equal(enc.swinViT.state_dict()[key], rand.swinViT.state_dict()[key])
+    # the earlier encoder-only SSL checkpoint stays loadable (an ablation)
+    ssl = SwinEncoder(img_size=64, depths=tuple(cfg.backbone.depths),
+                      num_heads=tuple(cfg.backbone.num_heads), weights="swin_brain_ssl",
+                      feature_size=cfg.backbone.feature_size, window_size=cfg.backbone.window_size)
+    assert ssl.decoder is None

@@ -283,8 +283,9 @@ def _swin_decoder(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Mod
 
 
 def _swin_regressor(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
-    """A pooled-stage regression head (:class:`PooledRegressionHead`)."""
-    return PooledRegressionHead(enc.stage_channels, model.regression_width,
+    """A pooled-stage regression head (:class:`PooledRegressionHead`); with a shared decoder its
+    features are a sixth input (index 5)."""
+    return PooledRegressionHead(enc.feature_channels, model.regression_width,
                                 model.regression_stages, model.regression_rectify,
                                 norm=model.regression_norm)
 

@@ -8,10 +8,18 @@ attribute ``swinViT`` so its state-dict keys are those of MONAI's ``SwinUNETR``.
 are ``attn.qkv``, ``attn.proj``, ``mlp.linear1``, ``mlp.linear2`` (peft LoRA targets ``qkv``,
 ``proj``, ``linear1``, ``linear2``).
 
+The foundation model can be a whole Swin UNETR: with ``decoder=True`` the encoder holds Swin
+UNETR's decoder (:class:`SwinDecoder` without its output layer), pretrained and shared by the
+tasks (``backbone.decoder=shared``, the default; BrainSegFounder's setting, arXiv 2406.10395),
+whose full-resolution features are the sixth entry of its outputs.
+
 Heads:
 
+* :class:`DecoderOutputHead`: a segmentation task's 1x1x1 output layer on the shared decoder's
+  features (the paper's budget).
 * :class:`SwinDecoder` is Swin UNETR's decoder (module names as in MONAI's ``SwinUNETR``: a
-  residual block on each encoder stage, up-sampling blocks with skips) reading the encoder's five
+  residual block on each encoder stage, up-sampling blocks with skips); as a per-task head
+  (``backbone.decoder=unetr``, the earlier protocol, an ablation) it reads the encoder's five
   stages (1/2 ... 1/32 of the input side). Deviation: by default there is no ``encoder1``, Swin
   UNETR's convolutional block on the *raw image* at full resolution; the last stage is then a
   transposed convolution from 1/2 to full resolution. ``image_skip=True`` restores Swin UNETR
@@ -447,9 +455,15 @@ class PooledRegressionHead(nn.Module):
     linear stage-0 patch embedding reads almost directly, so that head is not a probe of the
     foundation model.
 
+    With a shared decoder (``backbone.decoder=shared``) the backbone's outputs have a sixth
+    entry, the decoder's full-resolution features: index 5 in ``stages`` pools them (the whole
+    Swin UNETR's final representation; the decoder then runs for the task, :attr:`reads_decoder`).
+
     Args:
-        stage_channels: channels of the five stages; width: MLP hidden width, 0 = linear;
-        stages: indices (0-4) of the pooled stages; rectify: ReLU before averaging;
+        stage_channels: channels of the backbone's outputs (five stages, and the decoder's
+            features with a shared decoder); width: MLP hidden width, 0 = linear;
+        stages: indices (0-4, 5 for the decoder) of the pooled outputs; rectify: ReLU before
+            averaging;
         momentum: ``norm="batch"``: weight of a training batch's statistics in the running ones
             (default 0.01, an average over ~100 steps); norm: ``"train"``, ``"layer"`` or
             ``"batch"``.
@@ -476,6 +490,8 @@ class PooledRegressionHead(nn.Module):
                               f"0..{len(stage_channels) - 1}, got {list(stages)}")
         self.stages, self.rectify, self.momentum = stages, bool(rectify), float(momentum)
         self.norm = norm
+        #: the head pools the shared decoder's features (``ContinualModel`` runs the decoder)
+        self.reads_decoder = len(stage_channels) > 5 and 5 in stages
         #: update the running statistics in training (set by ``ContinualModel.calibrate_head``)
         self.track = False
         d = int(sum(stage_channels[k] for k in stages))

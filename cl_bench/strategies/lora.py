@@ -8,13 +8,16 @@ re-evaluation, not by skipping it. Adapters live in peft (``add_adapter`` / ``se
 saved with ``save_pretrained`` under ``adapters/<task>/``.
 
 Deviation: the paper's rank, targets and scaling are not published; ours are config values
-(defaults r=8, alpha=16 on the backbone's attention projections: ``qkv``/``out_proj`` of a ViT,
-``attn.qkv``/``attn.proj`` of a Swin transformer: both blocks of each of its four stages; its
-stage 0, the patch embedding, is a convolution and gets none). The paper's summary puts LoRA on
-the decoder too, i.e. a pretrained decoder; we have none, so each task's head trains in full: the
-5.3 M-parameter Swin UNETR decoder by default (then adapters are ~1 % of what trains), or a
-linear segmentation probe with ``backbone.decoder=linear`` (the paper-like budget). ``params.json``
-splits what trains into adapters, head and decoder, and gives the adapters' share of the backbone.
+(defaults r=8, alpha=16 on the backbone's own targets, ``lora_targets``: the attention
+projections, ``qkv``/``out_proj`` of a ViT, ``attn.qkv``/``attn.proj`` of a Swin transformer, both
+blocks of each of its four stages; its stage 0, the patch embedding, gets none). As in the
+paper's summary, a whole Swin UNETR (``backbone.decoder=shared``, the default) also gets adapters
+in its pretrained decoder: the two 3x3x3 convolutions of each residual block (peft wraps
+``nn.Conv3d``; the transposed convolutions stay frozen), only for tasks whose head reads the
+decoder (:meth:`LoRAFamily.task_targets`); each task's head is small (a 1x1x1 output layer, a
+linear age head). With ``backbone.decoder=unetr`` (an ablation) each segmentation task's 5.3 M
+parameter decoder trains in full instead. ``params.json`` splits what trains into adapters,
+head and decoder, and gives the adapters' share of the backbone.
 """
 
 from __future__ import annotations

@@ -64,7 +64,12 @@ def _decoder(fp32: bool = False, channels_last: bool = False) -> list[str]:
     """The decoder keys spelt out: the options before issue 25's decoder change ran the decoder
     in the encoder's precision and contiguous (both keys false), as ``before`` must."""
     return [f"backbone.decoder_fp32={str(fp32).lower()}",
-            f"backbone.decoder_channels_last={str(channels_last).lower()}"]
+            f"backbone.decoder_channels_last={str(channels_last).lower()}", *ISSUE25]
+
+
+#: the protocol these options were measured on (before issue 37 made the shared decoder default)
+ISSUE25 = ["backbone.decoder=unetr", "backbone.regression_stages=[4]",
+           "backbone.regression_norm=layer", "backbone.weights=swin_brain_ssl"]
 
 
 #: the options measured before hardware.fill_uninitialized_memory had a key ran with PyTorch's
@@ -78,7 +83,7 @@ OPTIONS = {
     "bf16_unfused": ([BF16, UNFUSED, *OLD], {}, None),
     "bf16": ([BF16, *OLD], {}, None),
     "bf16_channels_last": ([BF16, *OLD], {"channels_last": True}, None),
-    "bf16_linear_decoder": ([BF16, "backbone.decoder=linear", *OLD], {}, None),
+    "bf16_linear_decoder": ([BF16, *OLD, "backbone.decoder=linear"], {}, None),
     "bf16_narrow_decoder": ([BF16, "backbone.decoder_feature_size=6", *OLD], {}, None),
     "seq_ft_before": ([FP32, UNFUSED, *OLD], {}, "seq_ft"),
     "seq_ft_bf16": ([BF16, *OLD], {}, "seq_ft"),

@@ -6,9 +6,10 @@
 # report beside the paper's numbers and the paper's claims judged on ours (claims.md). Then the
 # ablation rows, each strategy x seed once more with:
 #   unetr_decoder   the earlier protocol's segmentation head: a Swin UNETR decoder per task
-#                   (5.3 M parameters) trained in full from scratch, on the same encoder
+#                   (5.3 M parameters) trained in full from scratch, on the same encoder; with
+#                   no shared decoder the age head reads the final stage (regression_stages=[4])
 #   ssl_checkpoint  the earlier encoder-only SSL checkpoint (swin_brain_ssl) with that decoder
-#   shallow_age     the earlier age head (ReLU-averaged stages 0-1) instead of the final-stage probe
+#   shallow_age     the earlier age head (ReLU-averaged stages 0-1) instead of the decoder's
 #   image_skip      Swin UNETR's raw-image encoder1 in a per-task tumour decoder
 #   linear_decoder  a linear segmentation probe of the five encoder stages (3 k parameters)
 #
@@ -19,6 +20,8 @@
 #   STRATEGIES="lora" SEEDS="0" bash scripts/reproduce_brain_mri.sh         # a subset
 #   ABLATIONS="" bash scripts/reproduce_brain_mri.sh          # the main rows only
 #   ABLATION_STRATEGIES="lora" ABLATION_SEEDS="0" ...         # fewer ablation runs
+#   SWEEP=results/brain_mri_fm/sweep_X bash scripts/reproduce_brain_mri.sh  # continue a cut sweep:
+#       finished runs are kept, a run cut short continues from its checkpoint (clbench resume=)
 #
 # The table is made with the defaults' numerics (hardware.precision=auto: bf16 autocast for the
 # encoder on a CPU with native bf16, the decoder in fp32; fused attention). The tables before
@@ -52,14 +55,26 @@ one() {  # strategy seed ablation
   local name="$1_seed$2" over=""
   case "$3" in
     default) ;;
-    unetr_decoder) over="backbone.decoder=unetr" ;;
-    ssl_checkpoint) over="backbone.weights=swin_brain_ssl backbone.decoder=unetr" ;;
+    unetr_decoder) over="backbone.decoder=unetr backbone.regression_stages=[4]" ;;
+    ssl_checkpoint) over="backbone.weights=swin_brain_ssl backbone.decoder=unetr backbone.regression_stages=[4]" ;;
     shallow_age) over="backbone.regression_stages=[0,1] backbone.regression_rectify=true" ;;
     image_skip) over="backbone.decoder_image_skip=true" ;;
-    linear_decoder) over="backbone.decoder=linear" ;;
+    linear_decoder) over="backbone.decoder=linear backbone.regression_stages=[4]" ;;
     *) echo "unknown ablation $3"; return 1 ;;
   esac
   [ "$3" = default ] || name="$3_$name"
+  local dir="$SWEEP/$name"
+  if [ -f "$dir/metrics.json" ] && "$BIN/python" -c \
+      'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("complete") else 1)' \
+      "$dir/metrics.json"; then
+    echo "done: $name"; return 0
+  fi
+  if [ -f "$dir/checkpoints/config.yaml" ]; then  # cut short (a session's end, a kill): continue
+    echo "resume: $name"
+    "$BIN/clbench" "resume=$dir" train.progress_bar=false "hardware.num_threads=$THREADS" \
+      >> "$SWEEP/logs/$name.log" 2>&1 || { echo "FAILED: see $SWEEP/logs/$name.log"; return 1; }
+    return 0
+  fi
   echo "run: $name"
   "$BIN/clbench" -m experiment=brain_mri_fm train.progress_bar=false logger=none \
     "strategy=$1" "seed=$2" "hardware.num_threads=$THREADS" "hydra.sweep.dir=$SWEEP" \

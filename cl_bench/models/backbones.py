@@ -19,13 +19,19 @@ from cl_bench.models.weights import WRAPPER_PREFIXES, read_state_dict
 
 log = logging.getLogger(__name__)
 
-#: checkpoint shipped inside the package, produced by ``scripts/pretrain_backbone.py``
+#: checkpoints shipped inside the package; each one's card (``<name>.json`` beside it) names the
+#: script and command that produced it (:data:`PRODUCED_BY`)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 PRETRAINED = {"vit3d_tiny_mae": ASSETS / "vit3d_tiny_mae.safetensors",
               "vit2d_mnist_uci": ASSETS / "vit2d_mnist_uci.safetensors",
               "unet2d_uci": ASSETS / "unet2d_uci.safetensors",
               "swin_brain_ssl": ASSETS / "swin_brain_ssl.safetensors",
               "swin_brain_fm": ASSETS / "swin_brain_fm.safetensors"}
+PRODUCED_BY = {"vit3d_tiny_mae": "scripts/pretrain_backbone.py",
+               "vit2d_mnist_uci": "scripts/pretrain_backbone_2d.py",
+               "unet2d_uci": "scripts/pretrain_backbone_2d.py --target unet2d_uci",
+               "swin_brain_ssl": "scripts/pretrain_swin_ssl.py",
+               "swin_brain_fm": "scripts/pretrain_swin.py --recipe tissue_inpaint_volumes --steps 2000"}
 
 # prefixes under which other codebases store a MONAI ViT state dict
 _PREFIXES = WRAPPER_PREFIXES + ("state_dict.", "encoder.", "vit.", "swinViT.")
@@ -138,7 +144,7 @@ def resolve_weights(weights: str) -> Path:
         path = PRETRAINED[weights]
         if not path.is_file():
             raise ConfigError(f"backbone.weights={weights}: the shipped checkpoint {path} is missing;"
-                              " reinstall cl_bench or run scripts/pretrain_backbone.py")
+                              f" reinstall cl_bench or rebuild it with {PRODUCED_BY[weights]}")
         return path
     path = Path(weights).expanduser()
     if not path.is_file():

@@ -486,8 +486,10 @@ class PooledRegressionHead(nn.Module):
         super().__init__()
         stages = tuple(int(k) for k in stages)
         if not stages or any(k < 0 or k >= len(stage_channels) for k in stages):
+            hint = (" (5 is the shared decoder's features: it needs backbone.decoder=shared)"
+                    if 5 in stages and len(stage_channels) == 5 else "")
             raise ConfigError(f"backbone.regression_stages: expected indices in "
-                              f"0..{len(stage_channels) - 1}, got {list(stages)}")
+                              f"0..{len(stage_channels) - 1}, got {list(stages)}{hint}")
         self.stages, self.rectify, self.momentum = stages, bool(rectify), float(momentum)
         self.norm = norm
         #: the head pools the shared decoder's features (``ContinualModel`` runs the decoder)

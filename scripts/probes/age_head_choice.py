@@ -1,7 +1,7 @@
 """Choose the age head's weight decay and early stopping on validation subjects.
 
 The age head of the default protocol (``backbone.regression_norm=train``): the global average
-of the final Swin stage, standardised by the training subjects' statistics (frozen at task
+of what it reads (``backbone.regression_stages``; the shared decoder's features), standardised by the training subjects' statistics (frozen at task
 start), one linear layer. On a frozen backbone (seq_lp, and lora's first step) it is a linear
 model on fixed features, so it is trained here as the runner trains it, on features computed
 once: AdamW at ``strategy.head_lr`` with weight decay ``wd``, batch ``train.batch_size``,
@@ -30,14 +30,15 @@ import torch
 
 
 def pooled_features(model, dataset, batch_size: int = 4) -> torch.Tensor:
-    """``(N, C_4)`` global averages of the final stage of a frozen backbone."""
+    """``(N, D)`` global averages of what the age head reads (``backbone.regression_stages``:
+    the decoder's features by default) from a frozen backbone."""
     out = []
     with torch.inference_mode():
         for i in range(0, len(dataset), batch_size):
             x = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch_size,
                                                                         len(dataset)))])
             _, stages = model.features(x, ["brain_age"])
-            out.append(stages[4].float().flatten(2).mean(-1))
+            out.append(model.heads["brain_age"].pooled([s.float() for s in stages]))
     return torch.cat(out)
 
 

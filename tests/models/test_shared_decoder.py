@@ -85,9 +85,11 @@ def test_whole_swin_unetr_checkpoint_round_trips_and_an_encoder_only_one_is_refu
         SwinEncoder(**TINY, decoder=True, decoder_feature_size=4, weights=str(encoder_only))
 
 
-def test_lora_adapts_encoder_and_decoder_and_the_age_task_skips_the_decoder(cache, tmp_path,
-                                                                           monkeypatch):
-    cfg = tiny_cfg(cache, "strategy=lora", "strategy.rank=2")  # <= the tiny decoder's width 4
+def test_lora_adapts_encoder_and_decoder_and_an_encoder_stage_age_head_skips_the_decoder(
+        cache, tmp_path, monkeypatch):
+    # the age head on stage 4 (the default reads the decoder: test_seq_ft_trains_the_decoder...)
+    cfg = tiny_cfg(cache, "strategy=lora", "strategy.rank=2",  # <= the tiny decoder's width 4
+                   "backbone.regression_stages=[4]")
     calls = []
     from cl_bench.models import swin
     original = swin.SwinEncoder.decode
@@ -146,8 +148,10 @@ def test_seq_ft_trains_the_decoder_and_seq_lp_only_the_heads(cache, tmp_path):
     run(tiny_cfg(cache, "strategy=seq_lp"), tmp_path / "lp")
     lp = json.loads((tmp_path / "lp" / "params.json").read_text())["tasks"]
     assert lp["tumour_seg"]["trainable"] == lp["tumour_seg"]["head"] == 20
-    assert lp["brain_age"]["trainable"] == 192 + 1
-    run(tiny_cfg(cache, "strategy=seq_ft"), tmp_path / "ft")
+    # the default age head: a linear layer on the decoder's pooled 4 channels
+    assert lp["brain_age"]["trainable"] == 4 + 1
+    ft = run(tiny_cfg(cache, "strategy=seq_ft"), tmp_path / "ft")
+    assert ft.model.heads["brain_age"].stages == (5,) and ft.model.heads["brain_age"].reads_decoder
     moved = json.loads((tmp_path / "ft" / "probes.json").read_text())["movement"]
     assert moved["after_tumour_seg"]["decoder"]["rel_change_task"] > 0
-    assert moved["after_brain_age"]["decoder"]["rel_change_task"] == 0  # the age head skips it
+    assert moved["after_brain_age"]["decoder"]["rel_change_task"] > 0  # the age task trains it too

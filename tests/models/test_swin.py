@@ -21,7 +21,7 @@ TINY_SWIN = ["backbone=swin_unetr", "backbone.weights=null", "backbone.feature_s
              "backbone.num_heads=[3,3,3,3]", "backbone.decoder_feature_size=4",
              # a Swin UNETR decoder per task (the earlier protocol, now an ablation); the shared
              # decoder of the default is tested in test_shared_decoder.py
-             "backbone.decoder=unetr"]
+             "backbone.decoder=unetr", "backbone.regression_stages=[4]"]
 
 
 def tiny_cfg(cache: Path, *overrides: str):
@@ -150,7 +150,7 @@ def test_baselines_run_on_swin(strategy, norm, cache, tmp_path):
         assert {"stages1-4", "all_but_stage1", "all_but_stage4"} <= set(row["dice"])
         assert all(0 <= d <= 1 for d in row["dice"].values())
     rel = pd.read_csv(tmp_path / "probes_reliance.csv")
-    assert len(rel) == 2 * 10 and {"none", *stages, "stages1-4"} <= set(rel["input"])
+    assert len(rel) == 2 * 11 and {"none", *stages, "stages1-4"} <= set(rel["input"])
     assert (tmp_path / "probes_movement.csv").is_file()
     if strategy == "seq_lp":
         assert R.loc["after_brain_age", "tumour_seg"] == R.loc["after_tumour_seg", "tumour_seg"]

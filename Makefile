@@ -29,7 +29,7 @@ run: install
 	$(VENV)/bin/clbench $(ARGS)
 
 test: install
-	$(PY) -m pytest -q $(TEST_WORKERS)
+	$(PY) -m pytest -q --durations=20 $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check cl_bench scripts tests

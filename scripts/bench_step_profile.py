@@ -183,8 +183,9 @@ def profile_strategy(strategy_name: str, overrides: list[str], threads: int, war
 
     # components: capture each module's inputs in one real forward, then time it alone
     swin = next(m for m in model.modules() if isinstance(m, SwinTransformer))
-    decoder = next(m for n, m in model.named_modules() if isinstance(m, SwinDecoder)
-                   and task.name in n)
+    decoders = [(n, m) for n, m in model.named_modules() if isinstance(m, SwinDecoder)]
+    # the task's own decoder (backbone.decoder=unetr) or the backbone's shared one
+    decoder = next((m for n, m in decoders if task.name in n), decoders[0][1])
     parts = [("backbone: patch embedding (1/2)", swin.patch_embed)]
     parts += [(f"backbone: stage {k} (Swin blocks + merging, 1/{2 ** (k + 1)})",
                getattr(swin, f"layers{k}")[0]) for k in range(1, 5)]

@@ -1,17 +1,17 @@
 """Choose the age head's weight decay and early stopping on validation subjects.
 
-The age head of the default protocol (``backbone.regression_norm=train``): the global average
-of what it reads (``backbone.regression_stages``; the shared decoder's features), standardised by the training subjects' statistics (frozen at task
-start), one linear layer. On a frozen backbone (seq_lp, and lora's first step) it is a linear
-model on fixed features, so it is trained here as the runner trains it, on features computed
-once: AdamW at ``strategy.head_lr`` with weight decay ``wd``, batch ``train.batch_size``,
-``train.max_steps`` steps over the shuffled training subjects, the mean squared error on the
-normalised age (``kinds``' regression loss); with early stopping, the validation loss is
-checked every ``train.val_every_n_steps`` steps and training stops after ``patience`` checks
-without a lower one (Lightning's ``EarlyStopping``, which keeps the last weights). Scored by the
-validation MAE in years (``tasks.n_val_by_task``: 32 subjects), over seeds (the run's seed sets
-the validation split, the head's initialisation and the batch order). Test subjects are never
-read.
+The age head of the default protocol (``backbone.regression_norm=train``): the global average of
+what it reads (``backbone.regression_stages``; the shared decoder's features), standardised by
+the training subjects' statistics (frozen at task start), one linear layer. On a frozen backbone
+(seq_lp, and lora's first step) it is a linear model on fixed features, so it is trained here as
+the runner trains it, on features computed once: AdamW at ``strategy.head_lr`` with weight decay
+``wd``, batch ``train.batch_size``, ``train.max_steps`` steps over the shuffled training
+subjects, the mean squared error on the normalised age (``kinds``' regression loss); with early
+stopping, the validation loss is checked every ``train.val_every_n_steps`` steps and training
+stops after ``patience`` checks without a lower one (Lightning's ``EarlyStopping``, which keeps
+the last weights). Scored by the validation MAE in years (``tasks.n_val_by_task``: 32 subjects),
+over seeds (the run's seed sets the validation split, the head's initialisation and the batch
+order). Test subjects are never read.
 
     python scripts/probes/age_head_choice.py --seeds 0 1 2 --out age_head_choice.csv
 

@@ -372,8 +372,10 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
 
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
     (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution;
-    ``regression_width`` 0 = a linear regression head on the ``regression_stages``, averaged
-    after a ReLU with ``regression_rectify``; ``decoder``: ``unetr`` or ``linear``;
+    ``regression_width`` 0 = a linear regression head on the ``regression_stages`` (0-4: encoder
+    stages; 5: the shared decoder's features, the config's default; this function's default 4
+    works with every ``decoder``), averaged after a ReLU with ``regression_rectify``;
+    ``decoder``: ``shared`` (the backbone's pretrained decoder), ``unetr`` or ``linear``;
     ``decoder_fp32`` / ``decoder_channels_last``: see :class:`~cl_bench.models.swin.SwinDecoder`).
 
     Raises:

@@ -1,8 +1,9 @@
 """Sequential linear probing: frozen backbone, only the current task's head trains.
 
 A linear probe in the field's sense (MAE, He et al. 2022, arXiv 2111.06377): the age head is a
-linear layer on the standardised global average of the final stage. For segmentation, on the
-default whole Swin UNETR (``backbone.decoder=shared``) the head is a 1x1x1 output layer on the
+linear layer on the standardised global average of the foundation model's final representation
+(on the default whole Swin UNETR, the shared decoder's features; ``backbone.regression_stages``).
+For segmentation, on the default whole Swin UNETR (``backbone.decoder=shared``) the head is a 1x1x1 output layer on the
 frozen pretrained decoder's features: a linear per-voxel probe of the foundation model; with
 ``backbone.decoder=unetr`` (an ablation) it is a 5.3 M-parameter decoder trained from scratch,
 which is not linear. Old tasks' heads

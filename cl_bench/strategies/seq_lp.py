@@ -8,8 +8,8 @@ linear layer on the standardised global average of the foundation model's final 
 decoder's features: a linear per-voxel probe of the foundation model; with
 ``backbone.decoder=unetr`` (an ablation) it is a 5.3 M-parameter decoder trained from scratch,
 which is not linear. Old tasks' heads never change and the backbone is frozen, so BWT is exactly
-0 by construction. The "sequential LP" baseline of the brain-MRI foundation-model study (arXiv
-2602.23533).
+0 by construction. The "sequential LP" baseline of the brain-MRI foundation-model study
+(arXiv 2602.23533).
 """
 
 from __future__ import annotations

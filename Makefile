@@ -38,8 +38,11 @@ lint: install
 # These rows came out bit-identical on two CPUs (the Xeon of 2026-12-01 that made them and the AMX
 # Xeon of 2026-12-03); split_mnist's task-IL seq_ft row did not (0.03 apart, the same code), so it
 # is not here. --atol leaves room for rounding on another CPU, not for a changed method.
+# On a 2-core AMD EPYC (2026-12-07) the task-IL ER row put two more of mnist_4_5's 200 test images
+# right (0.995 vs 0.985) with this code and with 0f505f4's alike, so it is CPU rounding: the ER rows
+# allow two test images of a task's 200 (0.01); every other cell stayed within 0.002.
 check-reference: install
-	$(PY) scripts/check_reference.py results/reference/split_mnist --atol 0.005 \
+	$(PY) scripts/check_reference.py results/reference/split_mnist --atol 0.011 \
 	    --select strategy=er seed=0
 	$(PY) scripts/check_reference.py results/reference/split_mnist --atol 0.005 \
 	    --select strategy=seq_ft seed=0 cfg:tasks.scenario=class_il

@@ -7,7 +7,7 @@
 # ablation rows, each strategy x seed once more with:
 #   unetr_decoder   the earlier protocol's segmentation head: a Swin UNETR decoder per task
 #                   (5.3 M parameters) trained in full from scratch, on the same encoder; with
-#                   no shared decoder the age head reads the final stage (regression_stages=[4])
+#                   no shared decoder the age head reads the encoder's final stage
 #   ssl_checkpoint  the earlier encoder-only SSL checkpoint (swin_brain_ssl) with that decoder
 #   shallow_age     the earlier age head (ReLU-averaged stages 0-1) instead of the decoder's
 #   image_skip      Swin UNETR's raw-image encoder1 in a per-task tumour decoder
@@ -55,11 +55,11 @@ one() {  # strategy seed ablation
   local name="$1_seed$2" over=""
   case "$3" in
     default) ;;
-    unetr_decoder) over="backbone.decoder=unetr backbone.regression_stages=[4]" ;;
-    ssl_checkpoint) over="backbone.weights=swin_brain_ssl backbone.decoder=unetr backbone.regression_stages=[4]" ;;
+    unetr_decoder) over="backbone.decoder=unetr" ;;
+    ssl_checkpoint) over="backbone.weights=swin_brain_ssl backbone.decoder=unetr" ;;
     shallow_age) over="backbone.regression_stages=[0,1] backbone.regression_rectify=true" ;;
-    image_skip) over="backbone.decoder_image_skip=true" ;;
-    linear_decoder) over="backbone.decoder=linear backbone.regression_stages=[4]" ;;
+    image_skip) over="backbone.decoder=unetr backbone.decoder_image_skip=true" ;;
+    linear_decoder) over="backbone.decoder=linear" ;;
     *) echo "unknown ablation $3"; return 1 ;;
   esac
   [ "$3" = default ] || name="$3_$name"

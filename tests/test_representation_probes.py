@@ -184,7 +184,7 @@ def test_command_end_to_end(monkeypatch, capsys, tmp_path, one_thread):
         monkeypatch, capsys, tmp_path, "backbone=swin_unetr", "tasks=brain_seg_age",
         "tasks.n_train=7", "tasks.n_val=3", "tasks.n_test=1", "tasks.age_n_train=7",
         "tasks.age_n_test=1", "tasks.n_val_by_task.brain_age=3", "backbone.weights=null",
-        "backbone.decoder=unetr", "backbone.regression_stages=[4]", "backbone.feature_size=12",
+        "backbone.decoder=unetr", "backbone.feature_size=12",
         "hardware.num_threads=1",
         "probe.out=out/probes.csv", "probe.max_voxels=500")
     assert code == 0, err

@@ -362,7 +362,7 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
                     weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
                     decoder_feature_size: PositiveInt = 12, decoder_image_skip: bool = False,
                     regression_width: NonNegativeInt = 0,
-                    regression_stages: list[NonNegativeInt] = (4,),
+                    regression_stages: list[NonNegativeInt] | None = None,
                     regression_rectify: bool = False,
                     decoder: Literal["shared", "unetr", "linear"] = "shared",
                     regression_norm: Literal["train", "batch", "layer"] = "train",
@@ -373,14 +373,22 @@ def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge
     Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
     (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution;
     ``regression_width`` 0 = a linear regression head on the ``regression_stages`` (0-4: encoder
-    stages; 5: the shared decoder's features, the config's default; this function's default 4
-    works with every ``decoder``), averaged after a ReLU with ``regression_rectify``;
+    stages; 5: the shared decoder's features; ``None``, the default: the backbone's final
+    representation, 5 with ``decoder="shared"`` and 4 otherwise), averaged after a ReLU with
+    ``regression_rectify``;
     ``decoder``: ``shared`` (the backbone's pretrained decoder), ``unetr`` or ``linear``;
     ``decoder_fp32`` / ``decoder_channels_last``: see :class:`~cl_bench.models.swin.SwinDecoder`).
 
     Raises:
-        ConfigError, DataError: see :class:`~cl_bench.models.swin.SwinEncoder`.
+        ConfigError: ``decoder_image_skip`` with the shared decoder (pretrained without one);
+            and see :class:`~cl_bench.models.swin.SwinEncoder`. DataError: see there.
     """
+    if decoder_image_skip and decoder == "shared":
+        raise ConfigError("backbone.decoder_image_skip=true: the shared pretrained decoder "
+                          "(backbone.decoder=shared) has no raw-image skip; use it with "
+                          "backbone.decoder=unetr")
+    if regression_stages is None:  # the final representation of what the backbone is
+        regression_stages = (5,) if decoder == "shared" else (4,)
     enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
                       window_size, dropout_rate, normalize, weights, decoder_weights,
                       fused_attention, decoder == "shared", decoder_feature_size,

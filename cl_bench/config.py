@@ -35,7 +35,8 @@ from cl_bench.ranges import (_BOUNDS, _constraints, _describe, _type_ok,  # noqa
 #: resumption (cl_bench.checkpoint, cl_bench.cli) and never split runs into groups in a report
 #: (cl_bench.report)
 RUN_LOCAL_KEYS = ("resume", "results_dir", "train.progress_bar", "hardware.num_threads", "logger",
-                  "search.objective", "search.spaces", "hardware.fill_uninitialized_memory")
+                  "search.objective", "search.spaces", "hardware.fill_uninitialized_memory",
+                  "eval.probes")
 
 
 #: Lightning 2's precision names (``lightning.fabric.connector._PRECISION_INPUT``)
@@ -135,6 +136,9 @@ class EvalConfig:
     #: ``oracle`` (each test sample runs with its own task's adapter and head) or ``predicted``
     #: (the strategy retrieves the task: task-agnostic inference; proteus, duallora)
     task_id: str = field(default="oracle", metadata=hint(Literal["oracle", "predicted"]))
+    #: the representation probes after each task (``probes.json``: weight movement per stage,
+    #: the reliance probe's rows); false skips them (R and every metric are unchanged)
+    probes: bool = True
 
 
 @dataclass

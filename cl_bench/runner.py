@@ -19,6 +19,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
+from torch import nn
 
 from cl_bench import checkpoint as ckpt
 from cl_bench import interrupts
@@ -34,6 +35,7 @@ from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.progress import row_line
 from cl_bench.results import matrix_frame, write_probes, write_results, write_task_agnostic
+from cl_bench.strategies.base import Strategy
 from cl_bench.training import compile_model, fit_task
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,29 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         ConfigError, DataError, TrainingError: user-caused problems, with rows done so far kept;
         ConfigError also when ``run_dir`` holds a run of another config (nothing is touched).
     """
-    validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
     run_dir = Path(run_dir)
+    main = getattr(rank_zero_only, "rank", 0) == 0  # DDP: only rank 0 evaluates and writes
+    model, strategy, stream = build_run(cfg)
+    # one writer per run directory (cl_bench.lock): held from before anything is written; the
+    # directory is made only now, so a refused config leaves none behind
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        return _run_claimed(cfg, run_dir, stream, model, strategy, main)
+
+
+def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list]:
+    """Everything :func:`run` builds before it trains, checked: ``(model, strategy, stream)``.
+
+    The config's ranges and keys are checked first, then the strategy, the backbone (checked
+    against the strategy, e.g. a LoRA rank), the stream (with ``tasks.n_val`` validation
+    samples per task), the heads, the strategy's ``setup`` (adapters in place) and, with
+    ``hardware.compile``, compilation. Sets the thread count and the seeds as a run does.
+
+    Raises:
+        ConfigError, DataError: a bad key or value, a backbone or stream the strategy refuses
+            (one line naming it); nothing is written.
+    """
+    validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
     torch.set_num_threads(cfg.hardware.num_threads)
     # with hardware.deterministic: PyTorch's NaN-filling of every new tensor (off by default;
     # a resumed run's saved config has no run-local keys, hence the default here)
@@ -77,7 +100,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         check_node(cfg[key], key)
     if cfg.get("logger") and cfg.logger.get("_target_"):
         check_node(cfg.logger, "logger")
-    main = getattr(rank_zero_only, "rank", 0) == 0  # DDP: only rank 0 evaluates and writes
     strategy = build(cfg.strategy, "strategy")
     strategy.seed = int(cfg.seed)  # the strategy's own generators (replay buffer, Fisher subset)
     strategy.cache_frozen = bool(cfg.train.cache_frozen_features)  # backbone and teacher caches
@@ -98,11 +120,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     if cfg.eval.task_id == "predicted" and not strategy.task_agnostic:
         raise ConfigError(f"eval.task_id=predicted: strategy={strategy.name} does not predict "
                           "task ids; use eval.task_id=oracle or strategy=proteus|duallora")
-    # one writer per run directory (cl_bench.lock): held from before anything is written; the
-    # directory is made only now, so a refused config leaves none behind
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir) if main else contextlib.nullcontext():
-        return _run_claimed(cfg, run_dir, stream, model, strategy, main)
+    return model, strategy, stream
 
 
 class _SigTerm(BaseException):
@@ -330,6 +348,8 @@ class _StreamRun:
         """Row ``label``'s probes (:func:`cl_bench.probes.row_probes`) into ``probes.json``;
         returns the seconds they took."""
         start = time.perf_counter()
+        if not self.cfg.eval.get("probes", True):  # eval.probes=false (a run saved before
+            return 0.0                              # the key existed: on)
         found = self.state.probes
         found["movement"][label], reliance = probes.row_probes(
             self.model, self.strategy, self.stream, task, self.reference, self.task_start,

@@ -5,8 +5,10 @@ Chen, Li, Zhuang, Chen & Lyu 2024, "Dual Low-Rank Adaptation for Continual Learn
 Pre-Trained Models", arXiv 2411.00623 (later "Replay-Free Continual Low-Rank Adaptation with
 Dynamic Memory"). No public code: a reconstruction from the paper and summaries (docs/architecture.md §7).
 
-Per adapted ``nn.Linear`` ``y = W x`` (default targets: attention ``qkv`` and ``out_proj``, the
-same layers as our ``lora`` strategy) the layer becomes :class:`DualLoRALinear`::
+Per adapted ``nn.Linear`` ``y = W x`` (default targets: the backbone's Linear ``lora_targets``,
+the attention projections of our ``lora`` strategy: a ViT's ``qkv`` and ``out_proj``, a Swin's
+``attn.qkv`` and ``attn.proj``; a shared Swin UNETR decoder's convolutions stay frozen, as the
+method's subspaces are of token features) the layer becomes :class:`DualLoRALinear`::
 
     y = W x + s · B_o A_o x + sum_t  w_t(x) · B_t U_tᵀ x
 
@@ -27,7 +29,8 @@ same layers as our ``lora`` strategy) the layer becomes :class:`DualLoRALinear`:
 * **dynamic memory**: ``w_t(x) = ||U_tᵀ x̄||² / ||x̄||²`` per sample, ``x̄`` the sample's mean
   token at that layer's input. The task-id guess (:meth:`DualLoRA.predict_task_id`) is the
   argmax over the trained tasks of ``w_t`` at the *first adapted layer* in forward order (block
-  0's ``qkv`` by default) with that layer's energy bases (``threshold``, no rank cap). That layer's
+  0's ``qkv`` by default; on a Swin, whose attention sees windows, ``x̄`` is the mean over all
+  of a sample's windows) with that layer's energy bases (``threshold``, no rank cap). That layer's
   input depends on no adapter, so the bases of task 1 are still valid after task 5; one cheap
   partial forward pass (stopped at that layer).
 
@@ -58,7 +61,9 @@ Raises:
     outside (0, 1], an unknown ``residual_weights`` (construction); a target module the backbone
     does not have or a rank larger than a target's output width (``setup``).
 
-Deviations: the mean token stands in for the [CLS] token (our ViTs have none); ``B_o`` is a fixed
+Deviations: the mean token stands in for the [CLS] token (our ViTs have none); on a Swin the
+statistics and the dynamic memory's per-sample weights are per attention window (the layer's
+input rows), while retrieval averages over each sample's windows; ``B_o`` is a fixed
 random orthonormal frame and only ``A_o`` trains (with both factors trainable,
 ``ΔW = ΔB·A + B·ΔA + ...`` would not vanish on old inputs); ``k_t`` is capped at
 ``residual_rank`` and ``U_t`` zero-padded to it (fixed parameter shapes, so a resumed run's
@@ -82,7 +87,7 @@ from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_write
 from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, PositiveFloat, PositiveFraction,
                              PositiveInt)
-from cl_bench.strategies.lora import LoRAFamily
+from cl_bench.strategies.lora import LoRAFamily, matches_target
 from cl_bench.strategies.subspace import (energy_basis, gpm_update, projector,
                                           relative_overlap, task_layer_inputs)
 
@@ -194,7 +199,8 @@ class DualLoRA(LoRAFamily):
         residual_rank: at most this many basis directions per task and layer (residual width).
         threshold: energy share of the GPM bases (residual ``U_t``, memory ``M``, retrieval), in
             (0, 1] (paper's range ~0.95-0.99).
-        target_modules: names of the backbone's ``nn.Linear`` layers to adapt.
+        target_modules: names of the backbone's ``nn.Linear`` layers to adapt; ``None``: the
+            backbone's ``lora_targets`` that are Linear layers.
         residual_weights: ``"task"`` or ``"dynamic"`` (module docstring).
         stat_batch_size, stat_max_samples: the statistics passes over a task's training data.
         lr, head_lr, weight_decay: optimiser settings (adapters at ``lr``).
@@ -208,10 +214,11 @@ class DualLoRA(LoRAFamily):
     task_agnostic = True
     #: the adapter list's key in state.pt (runs saved before LoRAFamily used it)
     adapters_key = "tasks"
+    linear_only = True
 
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 8.0,
                  residual_rank: PositiveInt = 16, threshold: PositiveFraction = 0.97,
-                 target_modules: NonEmptyStrList = ("qkv", "out_proj"),
+                 target_modules: NonEmptyStrList | None = None,
                  residual_weights: ResidualWeights = "task",
                  stat_batch_size: PositiveInt = 16, stat_max_samples: PositiveInt | None = None,
                  lr: PositiveFloat = 1e-3, head_lr: PositiveFloat = 3e-3,
@@ -247,7 +254,7 @@ class DualLoRA(LoRAFamily):
         super().setup(model, stream)
         encoder = model.encoder
         linear = {n: m for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
-        targets = {n: m for n, m in linear.items() if n.rsplit(".", 1)[-1] in self.target_modules}
+        targets = {n: m for n, m in linear.items() if matches_target(n, self.target_modules)}
         too_narrow = sorted({n.rsplit(".", 1)[-1] for n, m in targets.items()
                              if m.out_features < self.rank})
         if too_narrow:
@@ -337,7 +344,9 @@ class DualLoRA(LoRAFamily):
         finally:
             handle.remove()
             self.model.train(was_training)
-        return memory_weights(_mean_token(seen["x"]), self.retrieval)
+        # a ViT's rows are samples; a Swin's are windows, batch-major: one mean per sample
+        return memory_weights(_mean_token(seen["x"].reshape(x.shape[0], -1, seen["x"].shape[-1])),
+                              self.retrieval)
 
     def predict_task_id(self, x: torch.Tensor) -> torch.Tensor:
         """Stream index of the trained task with the largest memory weight, ``(B,)`` long

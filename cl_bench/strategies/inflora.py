@@ -31,20 +31,25 @@ only). Since the branches are always on and sum, merging them into the weights
 (``merge_and_unload``) gives the same function exactly.
 
 Implementation: MONAI's attention has one fused ``qkv`` Linear (rows ``[0:D]`` q, ``[D:2D]`` k,
-``[2D:3D]`` v). Each task is one peft LoRA adapter on ``qkv`` (``lora_alpha = r``, so the scale
-is 1): ``lora_A`` (r, D) is set to ``A_t`` and frozen, ``lora_B`` (3D, r) is zero-initialised and
-a gradient hook zeroes its q rows, so ``B[0:D]`` stays exactly 0 and the branch is InfLoRA's
-``(B^k, B^v)`` pair with a shared ``A_t`` (as in the code, where ``lora_A_k`` and ``lora_A_v`` get
-the same matrix). All adapters are active at once (peft ``set_adapter([...])``). The trainable B's
-are picked by the exact adapter key in each layer's ``lora_B`` dict, never by a substring of a
-parameter name (the official code's ``"lora_B_k.1" in name`` also unfreezes task 10's branch).
+``[2D:3D]`` v), in a ViT's blocks and in a Swin transformer's window attention alike (there ``x``
+is a window's tokens and ``D`` grows per stage); every such attention gets a branch. The targets
+are therefore the method's own (every fused ``qkv``), not the backbone's ``lora_targets``: a shared
+Swin UNETR decoder stays frozen. Each task is one peft LoRA adapter on ``qkv`` (``lora_alpha = r``,
+so the scale is 1): ``lora_A`` (r, D) is set to ``A_t`` and frozen, ``lora_B`` (3D, r) is
+zero-initialised and a gradient hook zeroes its q rows, so ``B[0:D]`` stays exactly 0 and the
+branch is InfLoRA's ``(B^k, B^v)`` pair with a shared ``A_t`` (as in the code, where ``lora_A_k``
+and ``lora_A_v`` get the same matrix). All adapters are active at once (peft
+``set_adapter([...])``). The trainable B's are picked by the exact adapter key in each layer's
+``lora_B`` dict, never by a substring of a parameter name (the official code's ``"lora_B_k.1" in
+name`` also unfreezes task 10's branch).
 
 Shapes: attention input ``x`` ``(B, N, D)``; ``C`` ``(D, D)``; ``M`` ``(D, k)``; ``A_t`` ``(r, D)``;
 peft ``lora_B`` ``(3D, r)``.
 
 Raises:
     ConfigError: a non-positive rank, thresholds outside (0, 1], non-positive statistics batch
-    size / sample cap (at construction), a backbone without fused ViT attention (at ``setup``).
+    size / sample cap (at construction), a backbone without an attention with a fused ``qkv``
+    Linear (at ``setup``).
 
 Deviations: the energy rule on the first task reaches the threshold (the code stops one direction
 short) and the basis is always stored as such, not as its complement (see
@@ -114,29 +119,32 @@ class InfLoRA(LoRAFamily):
 
     # ------------------------------------------------------------------ wiring
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
-        """Check the backbone's fused attention (before LoRAFamily's check of the ``qkv``
-        target, so a backbone without it is named as such) and attach.
+        """Find the backbone's attentions with a fused ``qkv`` Linear (before LoRAFamily's
+        check of the ``qkv`` target, so a backbone without one is named as such) and attach.
 
         Raises:
-            ConfigError: a backbone without ViT blocks with a fused ``qkv`` Linear.
+            ConfigError: a backbone without an attention with a fused ``qkv`` Linear
+                (``out_features = 3 * in_features``).
         """
-        blocks = getattr(getattr(model.encoder, "vit", None), "blocks", None)
-        if not blocks or not all(isinstance(getattr(getattr(b, "attn", None), "qkv", None),
-                                            nn.Linear) for b in blocks):
-            raise ConfigError("strategy=inflora: the backbone needs ViT blocks with a fused "
-                              "attention 'qkv' Linear (MONAI ViT/UNETR encoders)")
+        attentions = fused_attentions(model.encoder)
+        if not attentions:
+            raise ConfigError("strategy=inflora: the backbone has no attention with a fused "
+                              "'qkv' Linear (MONAI ViT/UNETR blocks, Swin window attention); "
+                              "InfLoRA adapts attention keys and values")
         super().setup(model, stream)
-        self.dim = blocks[0].attn.qkv.in_features
+        self._attentions = attentions
 
     def _blocks(self) -> dict[str, nn.Module]:
-        return {f"blocks.{i}": b for i, b in enumerate(self.model.encoder.vit.blocks)}
+        """``{name: attention module}``, in forward order: a ViT's ``blocks.<i>`` (the names
+        of runs saved before the Swin was supported), else the attention's module path."""
+        return self._attentions
 
     def _threshold(self, t: int) -> float:
         return self.eps_start + (self.eps_end - self.eps_start) * t / len(self.stream)
 
     def _attention_covariances(self, task: Task) -> dict[str, torch.Tensor]:
         """``C`` per block on ``task.train`` with the model as it is now (eval mode)."""
-        return task_layer_inputs(self.model, {n: b.attn for n, b in self._blocks().items()},
+        return task_layer_inputs(self.model, self._blocks(),
                                  task.train, self.stat_batch_size, self.stat_max_samples,
                                  "covariance")
 
@@ -150,7 +158,7 @@ class InfLoRA(LoRAFamily):
 
     def qkv_layers(self) -> dict[str, nn.Module]:
         """The peft LoRA layer wrapping each block's ``qkv`` (after the first ``before_task``)."""
-        return {n: b.attn.qkv for n, b in self._blocks().items()}
+        return {n: attn.qkv for n, attn in self._blocks().items()}
 
     # ------------------------------------------------------------------- hooks
     def before_task(self, t: int, task: Task) -> None:
@@ -173,8 +181,8 @@ class InfLoRA(LoRAFamily):
         for layer in self.qkv_layers().values():
             b = layer.lora_B[task.name].weight  # exact key: this task's branch only
             b.requires_grad_(True)
-            if id(b) not in self._hooks:
-                self._hooks[id(b)] = b.register_hook(_zero_rows(self.dim))
+            if id(b) not in self._hooks:  # q rows: the first in_features of qkv's 3 in_features
+                self._hooks[id(b)] = b.register_hook(_zero_rows(b.shape[0] // 3))
         head = self.model.heads[task.name]
         head.requires_grad_(True)
         if isinstance(head, TaskView):
@@ -241,6 +249,20 @@ class InfLoRA(LoRAFamily):
         super().load_state_dict(state)
         self.bases = {n: b.to(torch.float64) for n, b in state.get("bases", {}).items()}
         self.basis_sizes = [dict(s) for s in state.get("basis_sizes", [])]
+
+
+def fused_attentions(encoder: nn.Module) -> dict[str, nn.Module]:
+    """The encoder's attention modules with a fused ``qkv`` ``nn.Linear`` (``out_features =
+    3 * in_features``), in module order: ``{"blocks.<i>": attn}`` for a MONAI ViT (``vit.blocks``),
+    ``{module path: attn}`` otherwise (a Swin's ``swinViT.layers1.0.blocks.0.attn`` ...)."""
+    blocks = getattr(getattr(encoder, "vit", None), "blocks", None)
+    if blocks is not None:
+        named = {f"blocks.{i}": getattr(b, "attn", None) for i, b in enumerate(blocks)}
+    else:
+        named = {n: m for n, m in encoder.named_modules() if hasattr(m, "qkv")}
+    return {n: m for n, m in named.items()
+            if isinstance(getattr(m, "qkv", None), nn.Linear)
+            and m.qkv.out_features == 3 * m.qkv.in_features}
 
 
 def _keep_rows(rows: slice):

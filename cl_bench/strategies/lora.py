@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
+import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
@@ -56,32 +57,76 @@ def _width(m: nn.Module) -> int:
     return min(m.in_channels, m.out_channels)
 
 
-def check_target_modules(model: nn.Module, target_modules: list[str] | None) -> list[str]:
+def matches_target(name: str, targets) -> bool:
+    """Whether the layer path ``name`` ends with one of ``targets`` on a component boundary
+    (peft's rule for a list of ``target_modules``: ``attn.qkv`` matches
+    ``swinViT.layers1.0.blocks.0.attn.qkv``, ``qkv`` matches it too)."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def check_target_modules(model: nn.Module, target_modules: list[str] | None,
+                         linear_only: str | None = None) -> list[str]:
     """The backbone layers to adapt (``nn.Linear``; ``nn.Conv3d``/``Conv2d`` too, e.g. a shared
     Swin UNETR decoder's convolutions), checked; returns the names to give peft.
 
     ``model`` is a :class:`~cl_bench.models.ContinualModel`. A name matches a layer whose dotted
-    path ends with it on a component boundary, as peft matches a list of ``target_modules``
-    (MONAI ViT: ``qkv``, ``out_proj``, ``linear1``, ``linear2``; Swin: ``attn.qkv``,
-    ``attn.proj``, ``mlp.linear1``, ``mlp.linear2``). ``None`` gives the backbone's default
-    (``lora_targets`` of the encoder: its attention projections).
+    path ends with it on a component boundary (:func:`matches_target`; MONAI ViT: ``qkv``,
+    ``out_proj``, ``linear1``, ``linear2``; Swin: ``attn.qkv``, ``attn.proj``,
+    ``mlp.linear1``, ``mlp.linear2``). ``None`` gives the backbone's default (``lora_targets``
+    of the encoder: its attention projections, and a shared decoder's convolutions).
+
+    ``linear_only``: a method defined on ``nn.Linear`` weight matrices and token features (its
+    name, e.g. ``"duallora"``). The backbone's default is then cut to its targets that are
+    Linear layers (a Swin UNETR's decoder convolutions are left frozen, which is logged), and a
+    named target that is not a Linear layer is refused.
 
     Raises:
         ConfigError: (``strategy.target_modules``) a name that matches no adaptable backbone
-        layer (lists the Linear layers' names).
+        layer (lists the Linear layers' names); with ``linear_only``, a name that matches a
+        convolution, or a backbone whose default targets hold no Linear layer.
     """
     enc = model.encoder
-    if target_modules is None:
+    default = target_modules is None
+    layers = _adaptable(enc)
+    linear_names = sorted({n.rsplit(".", 1)[-1] for n, m in layers.items()
+                           if isinstance(m, nn.Linear)})
+    if default and not hasattr(enc, "lora_targets") and not linear_names:
+        convs = sorted({".".join(n.split(".")[-2:]) for n in layers})
+        raise ConfigError(f"strategy.target_modules: the backbone ({type(enc).__name__}) has no "
+                          f"attention layers and declares no LoRA targets; name the layers to "
+                          f"adapt, among its convolutions {convs[:8]}"
+                          f"{' ...' if len(convs) > 8 else ''}")
+    if default:
         target_modules = list(getattr(enc, "lora_targets", ("qkv", "out_proj")))
-    layers = list(_adaptable(enc))
-    unknown = sorted(t for t in target_modules
-                     if not any(n == t or n.endswith("." + t) for n in layers))
+    unknown = sorted(t for t in target_modules if not any(matches_target(n, [t]) for n in layers))
     if unknown:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in _adaptable(enc).items()
-                        if isinstance(m, nn.Linear)})
         raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
-                          f"Linear layers {names}")
+                          f"Linear layers {linear_names}")
+    if linear_only:
+        convs = [t for t in target_modules
+                 if any(matches_target(n, [t]) and not isinstance(m, nn.Linear)
+                        for n, m in layers.items())]
+        if convs and not default:
+            raise ConfigError(f"strategy.target_modules: {convs} are convolutions; "
+                              f"strategy={linear_only} is defined on Linear layers (weight "
+                              f"matrices acting on tokens); choose among {linear_names}")
+        target_modules = [t for t in target_modules if t not in convs]
+        if not target_modules:
+            raise ConfigError(f"strategy={linear_only}: the backbone's default targets "
+                              f"{list(enc.lora_targets)} hold no Linear layer; set "
+                              f"strategy.target_modules to some of {linear_names}")
+        if convs:
+            log.info("strategy=%s adapts the backbone's Linear targets %s; %s (convolutions) "
+                     "stay frozen: the method is defined on Linear layers", linear_only,
+                     target_modules, convs)
     return list(target_modules)
+
+
+def lora_delta(layer: LoraLayer, name: str) -> torch.Tensor:
+    """The unscaled update ``B A`` of adapter ``name`` of a peft LoRA layer as a matrix:
+    ``(d_out, d_in)`` for a Linear, ``(C_out, C_in * k^3)`` for a convolution (its weight
+    flattened as ``weight.flatten(1)``; peft's conv ``B`` is a 1x1x1 convolution)."""
+    return layer.lora_B[name].weight.flatten(1) @ layer.lora_A[name].weight.flatten(1)
 
 
 def check_rank(model: nn.Module, target_modules: list[str], rank: int,
@@ -93,7 +138,7 @@ def check_rank(model: nn.Module, target_modules: list[str], rank: int,
             names the narrowest layer.
     """
     widths = {n: _width(m) for n, m in _adaptable(model.encoder).items()
-              if any(n == t or n.endswith("." + t) for t in target_modules)}
+              if matches_target(n, target_modules)}
     if widths:
         narrowest = min(widths, key=widths.get)
         if rank > widths[narrowest]:
@@ -143,6 +188,9 @@ class LoRAFamily(Strategy):
 
     #: the key of :attr:`adapters` in :meth:`state_dict` (``state.pt``)
     adapters_key = "adapters"
+    #: True for a method defined on Linear weight matrices and token features (its default
+    #: targets are the backbone's Linear ones; :func:`check_target_modules`)
+    linear_only = False
 
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
                  dropout: OpenFraction = 0.0, target_modules: NonEmptyStrList | None = None,
@@ -160,7 +208,8 @@ class LoRAFamily(Strategy):
             ConfigError: as :meth:`Strategy.setup`; a target module the backbone does not have.
         """
         super().setup(model, stream)
-        self.target_modules = check_target_modules(model, self.target_modules)
+        self.target_modules = check_target_modules(model, self.target_modules,
+                                                   self.name if self.linear_only else None)
 
     def _config(self, targets: list[str] | None = None) -> LoraConfig:
         """The peft ``LoraConfig`` of an adapter (rank, alpha, dropout, ``targets`` or
@@ -180,8 +229,7 @@ class LoRAFamily(Strategy):
             return list(self.target_modules)
         used = [n.replace(".base_layer", "") for n in _adaptable(enc)  # also once peft wrapped
                 if not n.startswith("decoder.")]
-        return [t for t in self.target_modules if any(n == t or n.endswith("." + t)
-                                                      for n in used)]
+        return [t for t in self.target_modules if any(matches_target(n, [t]) for n in used)]
 
     def add_task_adapter(self, task: Task) -> PeftModel:
         """Give the backbone ``task``'s peft adapter (kept if it exists, e.g. when resuming) on

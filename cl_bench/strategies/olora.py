@@ -19,7 +19,10 @@ trainer, the *sum of the (non-squared) Frobenius norms* of each new LoRA matrix 
 every layer), not a squared norm; the paper's default lambda2 = 0 switches it off.
 
 Shapes: ``A_i`` ``(r, d_in)``, ``B_i`` ``(d_out, r)``; the orthogonality matrix per layer is
-``(t * r, r)``.
+``(t * r, r)``. On a convolution (a shared Swin UNETR decoder's 3x3x3 convolutions, adapted by
+peft as ``A`` a ``C_in -> r`` convolution and ``B`` a 1x1x1 one) ``A`` is its weight flattened,
+``(r, C_in * k^3)``: the rows are filters over input patches, and the penalty keeps the new
+filters orthogonal to the old ones, the same statement for the unfolded input.
 
 Adapters live in peft: one ``add_adapter`` per task, several active at once through
 ``LoraModel.set_adapter([names])``; peft makes active adapters trainable, so the old ones are
@@ -30,9 +33,10 @@ Deviations:
     * The official code keeps the old adapters concatenated in one ``lora_A``/``lora_B`` pair
       and the new one in ``loranew_A``/``loranew_B``; separate peft adapters with the same
       scale s = alpha/r compute the same sum (B_cat A_cat = sum_i B_i A_i).
-    * Paper targets: the query and value projections of a T5/LLaMA attention. MONAI's ViT fuses
-      q, k, v into one ``qkv`` Linear, so the default adapts ``qkv`` (q, k and v) and
-      ``out_proj``; ``target_modules`` changes it.
+    * Paper targets: the query and value projections of a T5/LLaMA attention. Ours default to
+      the backbone's own targets (``lora_targets``, as ``lora``): a ViT's fused ``qkv`` (q, k
+      and v) and ``out_proj``; a Swin UNETR's ``attn.qkv``, ``attn.proj`` and its shared
+      decoder's convolutions. ``target_modules`` changes it.
     * Our heads: task-IL streams give each task its own head (old heads frozen); class-IL
       streams share one growing head (trained by every task). The paper's model is a generative
       LM with no heads.
@@ -57,8 +61,9 @@ def orthogonality_loss(old_As: list[torch.Tensor], new_A: torch.Tensor) -> torch
     """O-LoRA's orthogonality penalty of one layer: ``sum |[A_old_1; ...] @ new_A^T|``.
 
     Args:
-        old_As: the earlier adapters' A matrices of this layer, each ``(r_i, d)``.
-        new_A: the current adapter's A, ``(r, d)``.
+        old_As: the earlier adapters' A matrices of this layer, each ``(r_i, d)`` (a
+            convolution's ``(r_i, C_in, *kernel)``, flattened here to ``(r_i, d)``).
+        new_A: the current adapter's A, ``(r, d)`` (or a convolution's, flattened).
 
     Returns:
         0-d tensor: the entry-wise L1 norm of ``cat(old_As) @ new_A.T`` (``(sum r_i, r)``):
@@ -68,6 +73,8 @@ def orthogonality_loss(old_As: list[torch.Tensor], new_A: torch.Tensor) -> torch
     Raises:
         ValueError: an old A whose width differs from ``new_A``'s.
     """
+    new_A = new_A.flatten(1)
+    old_As = [a.flatten(1) for a in old_As]
     if not old_As:
         return new_A.sum() * 0.0
     for a in old_As:
@@ -87,8 +94,8 @@ class OLoRA(LoRAFamily):
         dropout: dropout on the LoRA input, in [0, 1).
         lambda1: weight of the orthogonality penalty (>= 0; paper 0.5).
         lambda2: weight of the norm penalty on the new adapter (>= 0; paper 0).
-        target_modules: names of the backbone's ``nn.Linear`` modules to adapt (MONAI ViT:
-            ``qkv``, ``out_proj``, ``linear1``, ``linear2``).
+        target_modules: names of the backbone's layers to adapt (MONAI ViT: ``qkv``,
+            ``out_proj``, ``linear1``, ``linear2``); ``None``: the backbone's ``lora_targets``.
         lr, head_lr, weight_decay: optimiser settings (adapter at ``lr``, head at ``head_lr``).
 
     Attributes:
@@ -106,7 +113,7 @@ class OLoRA(LoRAFamily):
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 32.0,
                  dropout: OpenFraction = 0.0, lambda1: NonNegativeFloat = 0.5,
                  lambda2: NonNegativeFloat = 0.0,
-                 target_modules: NonEmptyStrList = ("qkv", "out_proj"), lr: PositiveFloat = 1e-3,
+                 target_modules: NonEmptyStrList | None = None, lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
                          lr=lr, head_lr=head_lr, weight_decay=weight_decay)

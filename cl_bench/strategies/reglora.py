@@ -35,9 +35,11 @@ new adapter and deletes the previous one. (peft's own ``merge`` marks a layer as
 refuses ``delete_adapter`` and skips every adapter in ``forward``, hence the explicit add.)
 
 Deviations:
-    * Paper: LoRA r = 128, alpha = 256 on every Linear layer of LLaVA-1.5's LLM. Our tiny ViT
-      defaults to r = 8, alpha = 16 (the same alpha/r = 2) on all four ViT Linear layers
-      (``qkv``, ``out_proj``, ``linear1``, ``linear2``).
+    * Paper: LoRA r = 128, alpha = 256 on every Linear layer of LLaVA-1.5's LLM. Ours: r = 8,
+      alpha = 16 (the same alpha/r = 2) on the backbone's own targets (``lora_targets``, as
+      ``lora``: the attention projections, and a shared Swin UNETR decoder's convolutions,
+      whose ``(C_out, C_in, k, k, k)`` weight is masked as the matrix ``(C_out, C_in k^3)``).
+      The paper's every-Linear choice is an override (:class:`RegLoRA`'s ``target_modules``).
     * Heads: task-IL streams train a head per task (old heads frozen), class-IL streams one
       shared growing head; the paper's model is generative (no heads). Heads are not masked.
     * Ties in |B A| at the k-th value are broken by ``torch.topk`` (exactly k positions).
@@ -66,7 +68,7 @@ from cl_bench.errors import ConfigError
 from cl_bench.files import atomic_dir
 from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, OpenFraction, Percent,
                              PositiveFloat, PositiveInt)
-from cl_bench.strategies.lora import LoRAFamily
+from cl_bench.strategies.lora import LoRAFamily, lora_delta
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +128,9 @@ class RegLoRA(LoRAFamily):
         dropout: dropout on the LoRA input, in [0, 1).
         top_p: percentage of each matrix's entries kept in a task's mask, in (0, 100] (paper 2).
         reg_lambda: weight lambda of L_reg (>= 0; paper 2500).
-        target_modules: the backbone's ``nn.Linear`` module names to adapt.
+        target_modules: the backbone's layer names to adapt; ``None``: its ``lora_targets``
+            (the paper's choice, every Linear layer, is ``[qkv, out_proj, linear1, linear2]``
+            on a ViT, ``[attn.qkv, attn.proj, mlp.linear1, mlp.linear2]`` on a Swin).
         data_transform: dotted path of ``fn(task, dataset) -> dataset`` applied to each task's
             training set in :meth:`before_task` (SEFE's ASD seam); None = identity.
         lr, head_lr, weight_decay: optimiser settings (LoRA at ``lr``, head at ``head_lr``).
@@ -151,7 +155,7 @@ class RegLoRA(LoRAFamily):
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
                  dropout: OpenFraction = 0.0, top_p: Percent = 2.0,
                  reg_lambda: NonNegativeFloat = 2500.0,
-                 target_modules: NonEmptyStrList = ("qkv", "out_proj", "linear1", "linear2"),
+                 target_modules: NonEmptyStrList | None = None,
                  data_transform: Optional[str] = None, lr: PositiveFloat = 1e-3,
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
@@ -185,8 +189,9 @@ class RegLoRA(LoRAFamily):
             backbone.base_model.set_adapter(task.name)
         self.model.requires_grad_(False)
         for layer in self.lora_layers().values():
-            layer.lora_A[task.name].requires_grad_(True)
-            layer.lora_B[task.name].requires_grad_(True)
+            if task.name in layer.lora_A:  # a layer outside the task's forward has none
+                layer.lora_A[task.name].requires_grad_(True)
+                layer.lora_B[task.name].requires_grad_(True)
         self.model.heads[task.name].requires_grad_(True)
 
     def regularizer(self) -> torch.Tensor:
@@ -198,7 +203,7 @@ class RegLoRA(LoRAFamily):
             mask = self.masks.get(key)
             if mask is None or name is None or name not in layer.lora_A:
                 continue
-            delta = layer.lora_B[name].weight @ layer.lora_A[name].weight  # (d_out, d_in)
+            delta = lora_delta(layer, name)  # (d_out, d_in)
             if mask.device != delta.device:
                 mask = self.masks[key] = mask.to(delta.device)
             terms.append(masked_mean_abs(delta, mask))
@@ -222,7 +227,7 @@ class RegLoRA(LoRAFamily):
         for key, layer in self.lora_layers().items():
             if name not in layer.lora_A:
                 continue
-            delta = layer.lora_B[name].weight @ layer.lora_A[name].weight  # unscaled B A
+            delta = lora_delta(layer, name)  # unscaled B A, (d_out, d_in)
             new = top_fraction_mask(delta, self.top_p)
             counts[key] = int(new.sum())
             old = self.masks.get(key)

@@ -10,7 +10,9 @@ by construction and the R matrix's diagonal is an upper bound per task *for this
   1.4 M parameters in 3D);
 * regression / classification: the same U-Net's encoder (its ``conv_0`` and four ``down``
   blocks), the global average of every level concatenated, then an MLP (regression: one scalar
-  on the task's normalised target) or a linear classifier.
+  on the task's normalised target) or a linear classifier. On images smaller than 32 pixels a
+  side the ``down`` blocks that would leave a level of one pixel (where instance norm has nothing
+  to normalise) are left out: 8x8 digits keep ``conv_0``, ``down_1`` and ``down_2``.
 
 The foundation-model backbone built from ``backbone=`` is dropped at ``setup`` (the run's
 ``params.json`` then counts only the per-task networks). Class-incremental streams are refused:
@@ -77,20 +79,24 @@ class ScratchEncoderHead(nn.Module):
     Args:
         spatial_dims, in_channels: of the images; features: the U-Net's widths;
         out: 1 (regression: ``(B,)``) or the number of classes (logits ``(B, K)``);
-        width: MLP hidden width (regression).
+        width: MLP hidden width (regression);
+        side: the images' smallest side (pixels / voxels); levels that would be 1 wide are
+            dropped (``None``: all five).
 
     Shapes: ``forward(to_grid, image, hidden, image)`` -> ``(B,)`` or ``(B, K)``.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, features: tuple[int, ...],
-                 out: int, width: int = 64, regression: bool = True):
+                 out: int, width: int = 64, regression: bool = True, side: int | None = None):
         super().__init__()
         from monai.networks.nets import BasicUNet
         unet = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1,
                          features=features)
-        self.levels = nn.ModuleList([unet.conv_0, unet.down_1, unet.down_2, unet.down_3,
-                                     unet.down_4])
-        d = sum(features[:5])
+        levels = [unet.conv_0, unet.down_1, unet.down_2, unet.down_3, unet.down_4]
+        if side is not None:  # level k is side / 2^k wide: keep those at least 2 wide
+            levels = levels[:max(1, min(5, int(side).bit_length() - 1))]
+        self.levels = nn.ModuleList(levels)
+        d = sum(features[:len(levels)])
         self.norm = nn.LayerNorm(d)
         self.regression = regression
         self.out = (nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.Linear(width, 1))
@@ -103,6 +109,11 @@ class ScratchEncoderHead(nn.Module):
             pooled.append(x.flatten(2).mean(-1))
         y = self.out(self.norm(torch.cat(pooled, dim=1)))
         return y.squeeze(-1) if self.regression else y
+
+
+def _side(task: Task) -> int:
+    """The smallest spatial side of ``task``'s images (its first training sample's)."""
+    return int(min(task.train[0]["image"].shape[1:]))
 
 
 class Scratch(Strategy):
@@ -135,9 +146,9 @@ class Scratch(Strategy):
         builders = {  # a fresh network per head family (cl_bench.kinds.KindSpec.head)
             "decoder": lambda task: ScratchSegmenter(sd, c, task.num_classes, self.features),
             "regressor": lambda task: ScratchEncoderHead(sd, c, self.features, 1,
-                                                         self.regression_width),
+                                                         self.regression_width, side=_side(task)),
             "classifier": lambda task: ScratchEncoderHead(sd, c, self.features, task.num_classes,
-                                                          regression=False)}
+                                                          regression=False, side=_side(task))}
         for task in stream:
             spec = kind_spec(task.kind)
             if spec.head not in builders or spec.shared_head(task):
@@ -145,6 +156,11 @@ class Scratch(Strategy):
                     f"strategy=scratch: task {task.name!r} ({task.kind}, {task.scenario}) shares "
                     "a label space with other tasks; a fresh model per task cannot score it. "
                     "Use strategy=joint as the upper bound of a class-incremental stream")
+            if spec.head == "decoder" and _side(task) < 32:
+                raise ConfigError(
+                    f"strategy=scratch: task {task.name!r} has images {_side(task)} wide; its "
+                    "U-Net (MONAI BasicUNet) halves them four times and needs at least 32 "
+                    "(e.g. tasks.size=32)")
             model.heads[task.name] = builders[spec.head](task)
         model.backbone = NoBackbone(c, sd)
 

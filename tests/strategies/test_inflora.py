@@ -186,8 +186,8 @@ def test_digits_end_to_end(digits_run):
         assert strategy.orthogonality_residual(t) < 1e-6
     eps = [strategy._threshold(t) for t in range(3)]
     assert eps == pytest.approx([0.95, 0.95 + 0.05 / 3, 0.95 + 0.1 / 3])
-    dim = strategy.dim
     for name, layer in strategy.qkv_layers().items():
+        dim = layer.in_features  # q rows: the first in_features of the fused qkv's 3x
         for task in strategy.adapters:
             b = layer.lora_B[task].weight
             assert torch.count_nonzero(b[:dim]) == 0  # the q rows never move

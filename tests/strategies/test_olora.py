@@ -191,3 +191,15 @@ def test_unknown_target_module_is_refused_at_setup():
     with pytest.raises(ConfigError, match=r"strategy\.target_modules.*q_proj"):
         built("strategy.target_modules=[qkv,q_proj]")
     assert isinstance(build(digits_cfg().strategy, "strategy"), OLoRA)
+
+
+def test_orthogonality_of_convolution_adapters_uses_their_flattened_filters():
+    """A conv LoRA's A, (r, C_in, k, k, k), is compared as the matrix (r, C_in k^3): its rows
+    are filters over input patches (the Swin UNETR decoder's adapters)."""
+    old = torch.zeros(2, 3, 3, 3, 3)
+    old[0, 0, 1, 1, 1], old[1, 1, 0, 0, 0] = 1.0, 1.0
+    new = torch.zeros(2, 3, 3, 3, 3)
+    new[0, 2, 1, 1, 1], new[1, 0, 0, 0, 0] = 1.0, 2.0  # other positions: orthogonal
+    assert orthogonality_loss([old], new).item() == 0.0
+    new[1, 0, 1, 1, 1] = 0.5  # shares one weight with old filter 0
+    assert orthogonality_loss([old], new).item() == 0.5

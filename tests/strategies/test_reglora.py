@@ -22,7 +22,10 @@ from cl_bench.strategies.reglora import RegLoRA, top_fraction_mask
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 #: 1 thread: on a shared 2-core machine 2 threads oversubscribe and run ~100x slower
 DIGITS = ["tasks=digits", "strategy=reglora", "train.max_steps=100", "train.batch_size=32",
-          "train.progress_bar=false", "logger=none", "hardware.num_threads=1"]
+          "train.progress_bar=false", "logger=none", "hardware.num_threads=1",
+          # the paper's targets, every Linear layer (an override: the default is the backbone's
+          # own lora_targets, the attention projections)
+          "strategy.target_modules=[qkv,out_proj,linear1,linear2]"]
 NAMES = ["digits_0_1", "digits_2_3", "digits_4_5"]
 
 
@@ -251,3 +254,23 @@ def test_unknown_target_module_is_refused_at_setup():
     with pytest.raises(ConfigError, match=r"strategy\.target_modules.*fc9"):
         built("strategy.target_modules=[qkv,fc9]")
     assert isinstance(build(digits_cfg().strategy, "strategy"), RegLoRA)
+
+
+def test_a_convolution_update_is_masked_as_its_flattened_matrix():
+    """peft's conv LoRA (A a 3x3x3 convolution to r channels, B a 1x1x1 one): the unscaled
+    update B A is the (C_out, C_in k^3) matrix of the weight's flattening, and its mask holds
+    ceil(p %) of those entries (the Swin UNETR decoder's targets)."""
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    from cl_bench.strategies.lora import lora_delta
+
+    torch.manual_seed(0)
+    net = get_peft_model(nn.Sequential(nn.Conv3d(4, 6, 3, padding=1)),
+                         LoraConfig(r=2, lora_alpha=4, target_modules=["0"]))
+    layer = net.base_model.model[0]
+    nn.init.normal_(layer.lora_B["default"].weight)
+    delta = lora_delta(layer, "default")
+    assert delta.shape == (6, 4 * 27)
+    torch.testing.assert_close(2 * delta, layer.get_delta_weight("default").flatten(1))  # s = 2
+    assert int(top_fraction_mask(delta, 2.0).sum()) == math.ceil(0.02 * 6 * 4 * 27)

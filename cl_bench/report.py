@@ -117,6 +117,12 @@ def _load_run(metrics_path: Path) -> dict:
     for task, vals in (m["details"][last].items() if last and last != "init" else []):
         if "mae_normalised" in vals:
             rec[f"{task} mae_normalised ↓"] = vals["mae_normalised"]
+    agnostic = m.get("task_agnostic") or {}
+    if "retrieval_mean_seen" in agnostic:  # a task-agnostic strategy (proteus, duallora)
+        rec["retrieval accuracy"] = agnostic["retrieval_mean_seen"]
+        cost = [v["retrieval_ms_per_sample"] for v in m["details"][last].values()
+                if "retrieval_ms_per_sample" in v] if last else []
+        rec["retrieval ms / sample"] = float(np.mean(cost)) if cost else np.nan
     for metric, g in m.get("groups", {}).items():
         for key in GROUP_KEYS:
             if key in ("final_average", "mft") and len(g.get("tasks", [])) < 2:
@@ -153,7 +159,9 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
         ``(runs, skipped)``: one row per run (group keys, ``seed``, ``complete``, one column per
         task's final metric in native units, per-metric-group BWT/forgetting/MFN/MFT/MAA,
         ``trainable %``, ``wall time (s)``, ``peak RSS (MB)`` (and ``peak GPU (MB)`` for runs on a
-        GPU); the R matrix in the ``_matrix`` column, ``metrics.json`` / ``params.json`` as
+        GPU; ``retrieval accuracy``, the mean over seen tasks of the share of test samples whose
+        task is retrieved, and ``retrieval ms / sample``, its wall time per sample, for a
+        task-agnostic strategy); the R matrix in the ``_matrix`` column, ``metrics.json`` / ``params.json`` as
         dicts in ``_metrics`` / ``_params``) and
         ``"<file>: <reason>"`` for each run that could not be read.
 

@@ -174,3 +174,23 @@ def test_permission_error_while_reading_is_one_clear_error(tmp_path, monkeypatch
     monkeypatch.setattr(Path, "rglob", refuse)
     with pytest.raises(ClBenchError, match="cannot read results dir .*Permission denied"):
         load_runs([tmp_path])
+
+
+def test_task_agnostic_runs_report_retrieval_accuracy_and_its_cost(tmp_path):
+    """A task-agnostic strategy's run (metrics.json ``task_agnostic``, per-task
+    ``retrieval_ms_per_sample`` in the last row's details) gets both columns, averaged over
+    seeds; other strategies get none."""
+    root = tmp_path / "sweep"
+    fake_run(root, "0_seq_ft_seed0", "seq_ft", 0, [[0.0, 20.0], [0.5, 20.0], [0.3, 10.0]])
+    for seed, (acc, ms) in enumerate([(0.75, (10.0, 8.0)), (0.25, (12.0, 6.0))]):
+        run = fake_run(root, f"{seed + 1}_duallora_seed{seed}", "duallora", seed,
+                       [[0.0, 20.0], [0.5, 20.0], [0.5, 9.0]])
+        m = json.loads((run / "metrics.json").read_text())
+        m["task_agnostic"] = {"other_mode": "predicted", "retrieval_mean_seen": acc}
+        for task, cost in zip(TASKS, ms):
+            m["details"][f"after_{TASKS[-1]}"][task]["retrieval_ms_per_sample"] = cost
+        (run / "metrics.json").write_text(json.dumps(m))
+    s = summarise(load_runs([root])[0]).set_index("strategy")
+    assert s.loc["duallora", "retrieval accuracy mean"] == pytest.approx(0.5)
+    assert s.loc["duallora", "retrieval ms / sample mean"] == pytest.approx(9.0)
+    assert np.isnan(s.loc["seq_ft", "retrieval accuracy mean"])

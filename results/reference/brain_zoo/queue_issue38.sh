@@ -5,15 +5,16 @@
 # later session continues them on), two runs at a time, one thread each. The seq_ft / seq_lp / lora /
 # scratch rows come from the issue-37 table (results/reference/brain_mri_fm/): issue 38 changed
 # neither those strategies nor the protocol.
-# Code: a git worktree at 7e6b8a9, the commit that made the LoRA family run on the Swin UNETR
-# (git worktree add --detach /work/wt_zoo 7e6b8a9). Start it after queue_issue37.sh has finished
+# Code: a git worktree at e7e22f8 (the LoRA family on the Swin UNETR, 7e6b8a9, and the report's retrieval
+# columns)
+# (git worktree add --detach /work/wt_zoo e7e22f8). Start it after queue_issue37.sh has finished
 # (both fill the machine). Rerun this file to continue: finished runs are kept, cut ones continue
 # from their checkpoints (clbench resume=); say in the README which were resumed (their cli.log).
 # When it ends: move this folder's table (made on vit3d_tiny before issue 24) to before_issue24/,
 # collect the runs here (scripts/collect_runs.sh), and rewrite the README's zoo section from it.
 set -euo pipefail
 WT=${WT:-/work/wt_zoo}
-[ -d "$WT" ] || git -C "$(dirname "$0")" worktree add --detach "$WT" 7e6b8a9
+[ -d "$WT" ] || git -C "$(dirname "$0")" worktree add --detach "$WT" e7e22f8
 cd "$WT"
 export PYTHONPATH=$WT BIN=${BIN:-/work/main/.venv/bin}
 export SWEEP=${SWEEP:-/work/zoo/sweep} OUT=${OUT:-/work/zoo/report} THREADS=1 PARALLEL=2

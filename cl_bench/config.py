@@ -371,7 +371,13 @@ def build_stream(cfg: DictConfig) -> list:
     """
     from cl_bench.data.base import carve_validation
 
-    stream = build(cfg.tasks, "tasks")[:cfg.tasks.get("max_tasks")]  # its range: STREAM_KEYS
+    full = build(cfg.tasks, "tasks")
+    stream = full[:cfg.tasks.get("max_tasks")]  # its range: STREAM_KEYS
+    if len(stream) < len(full):  # a CISS stream's classes are those of the steps kept
+        kept = [c for t in stream for c in t.classes]
+        for t in stream:
+            if t.stream_classes:
+                t.stream_classes = list(kept)
     by_task = cfg.tasks.get("n_val_by_task")
     stream = carve_validation(stream, cfg.tasks.get("n_val", 0), int(cfg.seed),
                               None if by_task is None else OmegaConf.to_container(by_task))

@@ -143,3 +143,24 @@ def test_iou_from_confusion_and_mean_iou():
     assert np.isnan(mean_iou(iou, [2])) and np.isnan(mean_iou(iou, []))
     with pytest.raises(ValueError, match="square"):
         iou_from_confusion(np.zeros((2, 3)))
+
+
+def test_a_stream_cut_by_max_tasks_keeps_only_its_steps_classes():
+    """``+tasks.max_tasks=2`` on seg_mnist 6-1: the heads and the loss both cover classes 1..7
+    (the labels once spanned all 10 classes of the whole stream: a shape error at the loss)."""
+    from hydra import compose, initialize_config_dir
+
+    from cl_bench.config import build_stream
+    from cl_bench.models.losses import TaskLoss
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["tasks=seg_mnist", "tasks.n_train=16", "tasks.n_test=4",
+                                           "tasks.size=32", "tasks.scale_min=10",
+                                           "tasks.scale_max=14", "+tasks.max_tasks=2"])
+    stream = build_stream(cfg)
+    assert len(stream) == 2
+    assert [t.stream_classes for t in stream] == [list(range(1, 8))] * 2
+    loss = TaskLoss(stream[1])
+    label = torch.randint(0, 8, (2, 1, 32, 32))
+    assert torch.isfinite(loss(torch.randn(2, 7, 32, 32), label))  # 7 channels: classes 1..7

@@ -161,8 +161,8 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
         ``trainable %``, ``wall time (s)``, ``peak RSS (MB)`` (and ``peak GPU (MB)`` for runs on a
         GPU; ``retrieval accuracy``, the mean over seen tasks of the share of test samples whose
         task is retrieved, and ``retrieval ms / sample``, its wall time per sample, for a
-        task-agnostic strategy); the R matrix in the ``_matrix`` column, ``metrics.json`` / ``params.json`` as
-        dicts in ``_metrics`` / ``_params``) and
+        task-agnostic strategy); the R matrix in the ``_matrix`` column, ``metrics.json`` /
+        ``params.json`` as dicts in ``_metrics`` / ``_params``) and
         ``"<file>: <reason>"`` for each run that could not be read.
 
     Raises:

@@ -64,6 +64,12 @@ def matches_target(name: str, targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def default_targets(encoder: nn.Module) -> list[str]:
+    """The encoder's own LoRA targets (``lora_targets``); a MONAI ViT's attention projections
+    ``["qkv", "out_proj"]`` for an encoder that declares none."""
+    return list(getattr(encoder, "lora_targets", ("qkv", "out_proj")))
+
+
 def check_target_modules(model: nn.Module, target_modules: list[str] | None,
                          linear_only: str | None = None) -> list[str]:
     """The backbone layers to adapt (``nn.Linear``; ``nn.Conv3d``/``Conv2d`` too, e.g. a shared
@@ -97,7 +103,7 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | None,
                           f"adapt, among its convolutions {convs[:8]}"
                           f"{' ...' if len(convs) > 8 else ''}")
     if default:
-        target_modules = list(getattr(enc, "lora_targets", ("qkv", "out_proj")))
+        target_modules = default_targets(enc)
     unknown = sorted(t for t in target_modules if not any(matches_target(n, [t]) for n in layers))
     if unknown:
         raise ConfigError(f"strategy.target_modules: {unknown} not found among the backbone's "
@@ -113,7 +119,7 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | None,
         target_modules = [t for t in target_modules if t not in convs]
         if not target_modules:
             raise ConfigError(f"strategy={linear_only}: the backbone's default targets "
-                              f"{list(enc.lora_targets)} hold no Linear layer; set "
+                              f"{default_targets(enc)} hold no Linear layer; set "
                               f"strategy.target_modules to some of {linear_names}")
         if convs:
             log.info("strategy=%s adapts the backbone's Linear targets %s; %s (convolutions) "
@@ -295,7 +301,7 @@ class LoRA(LoRAFamily):
         target names are reported by :meth:`setup`, after the stream-level checks)."""
         targets = self.target_modules
         if targets is None:
-            targets = list(getattr(model.encoder, "lora_targets", ("qkv", "out_proj")))
+            targets = default_targets(model.encoder)
         check_rank(model, targets, self.rank)
 
     def setup(self, model: nn.Module, stream: list[Task]) -> None:

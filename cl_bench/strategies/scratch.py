@@ -144,11 +144,12 @@ class Scratch(Strategy):
         enc = model.encoder
         c, sd = enc.in_channels, enc.spatial_dims
         builders = {  # a fresh network per head family (cl_bench.kinds.KindSpec.head)
-            "decoder": lambda task: ScratchSegmenter(sd, c, task.num_classes, self.features),
-            "regressor": lambda task: ScratchEncoderHead(sd, c, self.features, 1,
-                                                         self.regression_width, side=_side(task)),
-            "classifier": lambda task: ScratchEncoderHead(sd, c, self.features, task.num_classes,
-                                                          regression=False, side=_side(task))}
+            "decoder": lambda task, side: ScratchSegmenter(sd, c, task.num_classes,
+                                                           self.features),
+            "regressor": lambda task, side: ScratchEncoderHead(sd, c, self.features, 1,
+                                                               self.regression_width, side=side),
+            "classifier": lambda task, side: ScratchEncoderHead(
+                sd, c, self.features, task.num_classes, regression=False, side=side)}
         for task in stream:
             spec = kind_spec(task.kind)
             if spec.head not in builders or spec.shared_head(task):
@@ -156,12 +157,13 @@ class Scratch(Strategy):
                     f"strategy=scratch: task {task.name!r} ({task.kind}, {task.scenario}) shares "
                     "a label space with other tasks; a fresh model per task cannot score it. "
                     "Use strategy=joint as the upper bound of a class-incremental stream")
-            if spec.head == "decoder" and _side(task) < 32:
+            side = _side(task)
+            if spec.head == "decoder" and side < 32:
                 raise ConfigError(
-                    f"strategy=scratch: task {task.name!r} has images {_side(task)} wide; its "
-                    "U-Net (MONAI BasicUNet) halves them four times and needs at least 32 "
+                    f"strategy=scratch: task {task.name!r} has images {side} wide; its U-Net "
+                    "(MONAI BasicUNet) halves them four times and needs at least 32 "
                     "(e.g. tasks.size=32)")
-            model.heads[task.name] = builders[spec.head](task)
+            model.heads[task.name] = builders[spec.head](task, side)
         model.backbone = NoBackbone(c, sd)
 
     def before_task(self, t: int, task: Task) -> None:

@@ -94,7 +94,7 @@ class TrainConfig:
     #: after this many validation checks without a lower loss (0 = off: every task trains
     #: max_steps). Off by default, chosen on validation data: on the main job (lora, 3 seeds,
     #: patience 2 every 100 steps) it kept Dice but worsened age MAE by 0.7 years on average
-    #: (results/reference/bench/issue25/README.md)
+    #: (results/reference/bench/swin_speed_options/README.md)
     early_stopping_patience: NonNegativeInt = 0
     #: steps between validation checks when early stopping is on
     val_every_n_steps: PositiveInt = 50
@@ -122,7 +122,7 @@ class HardwareConfig:
     #: and changes no result of a correct kernel, so it is off by default
     fill_uninitialized_memory: bool = False
     #: torch.compile the encoder and heads (cl_bench.runner.compile_model); off: 7 min of
-    #: compilation on 2 cores for the Swin job (results/reference/bench/issue25/speed_options.md)
+    #: compilation on 2 cores for the Swin job (results/reference/bench/swin_speed_options/speed_options.md)
     compile: bool = False
     #: torch intra-op threads
     num_threads: PositiveInt = 2

@@ -5,7 +5,7 @@ autocast (``bf16-mixed``) where the CPU computes bfloat16 natively (Intel AMX or
 and the encoder class declares ``AUTO_BF16 = True`` because its quality was checked under it
 (:class:`~cl_bench.models.swin.SwinEncoder`: the main job's validation Dice and age MAE over 5
 paired seeds, with its segmentation decoder kept in fp32, ``backbone.decoder_fp32``;
-``results/reference/bench/issue25/README.md``). Everywhere else fp32 (``32-true``): emulated
+``results/reference/bench/swin_speed_options/README.md``). Everywhere else fp32 (``32-true``): emulated
 bfloat16 is slower than fp32, and an unchecked model may lose accuracy (DualLoRA's task
 retrieval on the digits ViT drops from 1.0 to 0.61 on one task under bf16). Weights, optimiser
 states and losses stay fp32 either way (Lightning's mixed precision). A run records the

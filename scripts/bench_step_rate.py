@@ -6,7 +6,7 @@ model, the strategy's adapters and optimiser, as the runner builds them) from th
 ``--root`` (its ``cl_bench``, ``conf`` and ``scripts``), runs ``--warmup`` steps, then prints the
 mean wall time of ``--steps`` steps per task. ``clbench``'s training time of a task is about
 ``train.max_steps`` times this, so two commits' rates on one idle machine compare their ``make run``
-training without running both (``results/reference/bench/issue37_make_run``):
+training without running both (``results/reference/bench/make_run_fm_protocol``):
 
     git worktree add --detach /tmp/old 0f505f4
     python scripts/bench_step_rate.py --root /tmp/old hardware.precision=32-true

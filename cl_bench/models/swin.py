@@ -70,7 +70,7 @@ class FusedWindowAttention(WindowAttention):
     flash-attention CPU kernel when the bias needs no gradient, e.g. a frozen backbone with
     LoRA; its math path when the bias trains, e.g. full fine-tuning). In fp32 it made the main
     job's lora step 0.82x (tumour) and 0.70x (age) as long (``scripts/bench_speed_options.py``,
-    results/reference/bench/issue25/).
+    results/reference/bench/swin_speed_options/).
 
     Shapes: ``x`` ``(B * windows, N, C)`` tokens of each window, ``mask`` ``None`` or
     ``(windows, N, N)`` (0 / -100, shifted windows); returns ``(B * windows, N, C)``.
@@ -238,7 +238,7 @@ class SwinEncoder(GridFeatures, nn.Module):
     run_decoder: bool = True
     #: hardware.precision=auto may pick bf16 autocast: with the segmentation decoder kept in fp32
     #: (backbone.decoder_fp32, the default) the main job's validation Dice and age MAE match fp32
-    #: over 5 paired seeds (+0.001 Dice; with a bf16 decoder -0.006: results/reference/bench/issue25)
+    #: over 5 paired seeds (+0.001 Dice; with a bf16 decoder -0.006: results/reference/bench/swin_speed_options)
     AUTO_BF16 = True
 
     @checked("backbone")

@@ -6,8 +6,8 @@
 # lost 0.006 validation Dice and fp32 with only the fused attention did not; the decoder is the
 # part trained from scratch at full resolution. Nothing is chosen from test numbers; validation
 # only. Two lanes, one thread each (the 2 cores of the machine), from a worktree at a fixed commit:
-#   LANE=a bash results/reference/bench/issue25/queue_fp32_decoder.sh &   # seeds 0, 2, 4
-#   LANE=b bash results/reference/bench/issue25/queue_fp32_decoder.sh &   # seeds 1, 3
+#   LANE=a bash results/reference/bench/swin_speed_options/queue_fp32_decoder.sh &   # seeds 0, 2, 4
+#   LANE=b bash results/reference/bench/swin_speed_options/queue_fp32_decoder.sh &   # seeds 1, 3
 cd "$(dirname "$0")/../../../.."
 SWEEP=${SWEEP:-results/bench_issue25/fp32_decoder}
 mkdir -p "$SWEEP/logs"

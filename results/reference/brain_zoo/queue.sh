@@ -7,10 +7,10 @@
 # neither those strategies nor the protocol.
 # Code: a git worktree at e7e22f8 (the LoRA family on the Swin UNETR, 7e6b8a9, and the report's retrieval
 # columns)
-# (git worktree add --detach /work/wt_zoo e7e22f8). Start it after queue_issue37.sh has finished
+# (git worktree add --detach /work/wt_zoo e7e22f8). Start it after ../brain_mri_fm/queue.sh has finished
 # (both fill the machine). Rerun this file to continue: finished runs are kept, cut ones continue
 # from their checkpoints (clbench resume=); say in the README which were resumed (their cli.log).
-# When it ends: move this folder's table (made on vit3d_tiny before issue 24) to before_issue24/,
+# When it ends: (this folder's old vit3d_tiny table is already in vit3d_tiny_no_val_split/)
 # collect the runs here (scripts/collect_runs.sh), and rewrite the README's zoo section from it.
 set -euo pipefail
 WT=${WT:-/work/wt_zoo}

@@ -4,8 +4,8 @@
 # (hardware.precision=auto: bf16-mixed on this CPU, fused attention), so that the bf16 default's
 # -0.005 validation Dice of seeds 0-2 can be judged over 5 paired seeds. Nothing is chosen from
 # these runs; they only add seeds. Two lanes, one thread each (the 2 cores of the machine):
-#   LANE=a bash results/reference/bench/issue25/queue_seeds34.sh &   # seed 3: before, default
-#   LANE=b bash results/reference/bench/issue25/queue_seeds34.sh &   # seed 4: before, default
+#   LANE=a bash results/reference/bench/swin_speed_options/queue_seeds34.sh &   # seed 3: before, default
+#   LANE=b bash results/reference/bench/swin_speed_options/queue_seeds34.sh &   # seed 4: before, default
 # (from a worktree at a fixed commit).
 cd "$(dirname "$0")/../../../.."
 SWEEP=${SWEEP:-results/bench_issue25/seeds34}

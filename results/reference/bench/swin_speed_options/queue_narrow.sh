@@ -3,7 +3,7 @@
 # validation Dice and MAE in the speed-options table (its step: 0.53x / 0.64x of the old one).
 # Run after / beside queue_candidates.sh: it starts a run whenever fewer than two clbench runs
 # are going (one thread each), on the 2-core Intel Xeon (AMX) of 2026-12-03.
-#   bash results/reference/bench/issue25/queue_narrow.sh
+#   bash results/reference/bench/swin_speed_options/queue_narrow.sh
 cd "$(dirname "$0")/../../../.."
 SWEEP=${SWEEP:-results/bench_issue25/candidates}
 mkdir -p "$SWEEP/logs"

@@ -5,7 +5,7 @@
 # 600-step reference runs' (explicit attention) only in the attention kernel, so the spread of
 # its validation Dice/MAE around the reference's is the noise floor that the bf16 default's
 # -0.005 Dice is judged against. One run at a time, one thread (the other core stays free).
-#   bash results/reference/bench/issue25/queue_fp32.sh     (from a worktree at a fixed commit)
+#   bash results/reference/bench/swin_speed_options/queue_fp32.sh     (from a worktree at a fixed commit)
 cd "$(dirname "$0")/../../../.."
 SWEEP=${SWEEP:-results/bench_issue25/fp32_fused}
 mkdir -p "$SWEEP/logs"

@@ -5,7 +5,7 @@ paired difference (default - before) over every seed found. Reads the final row 
 matrix_val.csv; prints a markdown table.
 
     W=<worktree of queue_seeds34.sh>
-    python results/reference/bench/issue25/paired_seeds.py \\
+    python results/reference/bench/swin_speed_options/paired_seeds.py \\
         --before 'results/reference/brain_mri_fm/runs/lora_seed{s}' \\
                  "$W/results/bench_issue25/seeds34/before_seed{s}" \\
         --default 'results/bench_issue25/default_b6503d9/lora_seed{s}' \\

@@ -8,7 +8,7 @@ process (the progress callback, the batches' sample indices, the Ctrl-C check ho
 left over the plain loop with all of them in is Lightning's fit loop. A second part times
 one-step fits, the per-task fixed cost of a new Trainer (``--rounds`` of each).
 
-    .venv/bin/python results/reference/bench/issue25/floor_parts.py --rounds 7
+    .venv/bin/python results/reference/bench/swin_speed_options/floor_parts.py --rounds 7
 """
 import argparse
 import copy

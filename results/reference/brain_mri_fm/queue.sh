@@ -4,7 +4,7 @@
 # Started 2026-12-07 13:40 on a 2-core AMD EPYC (two runs at a time, one thread each) from a git
 # worktree at fc8abfd (git worktree add --detach /work/wt_table fc8abfd). Rerun this file to
 # continue: finished runs are kept, cut ones continue from their checkpoints (clbench resume=).
-# When it ends: move this folder's issue-24 table to before_issue37/, collect the runs here
+# When it ends (the issue-24 table is already in swin_brain_ssl_val_split/): collect the runs here
 # (scripts/collect_runs.sh) and rewrite README.md and the README's "What the default job gives".
 set -euo pipefail
 cd /work/wt_table

@@ -5,7 +5,7 @@
 # *validation* Dice and MAE (matrix_val.csv; results/reference/brain_mri_fm/runs/lora_seed*).
 #   es:         Lightning EarlyStopping on each task's validation loss (checked every 100 steps,
 #               patience 2: a task stops after 200 steps without a lower validation loss)
-#   bash results/reference/bench/issue25/queue_candidates.sh
+#   bash results/reference/bench/swin_speed_options/queue_candidates.sh
 # Tried first and stopped (2026-12-03): narrow_es (the same plus backbone.decoder_feature_size=6).
 # Its tumour training loss fell far slower than the default decoder's (seed 1: 1.50 at step 290,
 # where every default seed is below 0.1 by step 200), so it was dropped before any validation

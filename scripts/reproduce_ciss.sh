@@ -5,7 +5,7 @@
 #
 # star and star_lite run with STAR_OPTS (default strategy.old_negative_weight=1.0: our documented
 # deviation, old classes' logits pushed to 0 on pixels labelled a new class; without it STAR's
-# new classes collapse on look-alike digits, see README "CISS"). STAR_OPTS= runs the official loss.
+# new classes collapse on look-alike digits, see docs/streams.md (STAR on look-alike classes)). STAR_OPTS= runs the official loss.
 #
 #   bash scripts/reproduce_ciss.sh                      # one run at a time (~3.5 h on one core)
 #   PARALLEL=2 bash scripts/reproduce_ciss.sh           # two at a time (~1 h 50 min on 2 cores)

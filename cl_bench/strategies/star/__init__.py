@@ -106,7 +106,7 @@ Deviations:
   (:func:`old_negative_loss`). On seg_mnist the official loss lets old digit classifiers claim
   the new digits (after step 1 of 6-2 disjoint: mean max old-class probability 0.75 on
   new-class pixels vs 0.44 / 0.33 for the new classes; new-class mIoU 0.006 after the last
-  step, seed 0); with weight 1 it is 0.11 (README "CISS" has the 3-seed table).
+  step, seed 0); with weight 1 it is 0.11 (results/reference/ciss/README.md has the 3-seed table).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def search_text(conf_dir: str | Path) -> str:
 
     from cl_bench.search.objective import ALIASES, STATS
 
-    lines = ["Hyperparameter search on the validation R (Optuna; README \"Hyperparameter search\"):",
+    lines = ["Hyperparameter search on the validation R (Optuna; README \"Search\", docs/search.md):",
              "  clbench -m hydra/sweeper=optuna tasks.n_val=100 'strategy.lr=tag(log,interval(1e-4,1e-2))'",
              "  clbench-best <sweep dir> seed=0,1,2    the best trial's config on the test split, "
              "mean ± std",

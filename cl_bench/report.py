@@ -3,21 +3,27 @@
     clbench-report results/brain_mri_fm/brain_seg_age/2026-11-24_15-00-00 --paper brain_mri_fm
     clbench-report results/multirun/* --format latex --out paper/
 
-Every directory holding a ``metrics.json`` under the given paths is one run. Runs are grouped by
-the sweep's varying keys — always ``tasks``, ``strategy``, ``backbone``, plus every config key
-whose value differs between runs (paths, ``seed``, ``results_dir``, ``resume``, ``hydra.*`` and
-run-local keys excluded) — and averaged over seeds. A group with unfinished runs is shown with
-status ``partial``: its ``runs`` column says how many, its metrics average the runs' completed
-tasks (as in ``metrics.json``'s partial convention), never silently dropping them.
+Every directory holding a ``metrics.json`` under the given paths is one run. A group is the runs
+whose configs match except for the seed (:func:`group_keys`: run-local keys and the
+places data and results live aside; a key one run sets with ``+key=`` and another lacks
+differs); its numbers are the mean ± std over those seeds. The report names each group ``G1``,
+``G2``, ... in its tables and figures and says which config keys separate the groups. A group
+with unfinished runs is shown with status ``partial``: its ``runs`` column says how many, its
+metrics average the runs' completed tasks (as in ``metrics.json``'s partial convention), never
+silently dropping them. A regression task's mean predictor (always answering the training
+mean) stands beside its MAE, and a line says whether the model beats it.
 
-Writes into ``--out`` (default ``<first dir>/report``): ``report.md``, ``report.tex``,
-``report.csv`` (numeric ``<quantity> mean`` / ``<quantity> std`` columns), ``runs.csv`` (one row
-per run), ``heatmaps.png`` (the seed-mean R of each group) and ``curves.png`` (each task's metric
-after every training step, mean ± std band per group). With ``--paper`` naming a paper that
-states claims (:mod:`cl_bench.reference`), also ``claims.csv``: each claim and each of its tests
-judged on our runs, per seed, with its margin (see :func:`claims_table`), and ``claims.md``: one
-block per setting, conf/'s default first, one short row per claim (:func:`claims_markdown`),
-printed after the table with ``--format markdown`` (the default).
+Writes into ``--out`` (default ``<first dir>/report``): ``report.md``, ``report.tex`` (a pdflatex
+document in ASCII, tables of at most 10 columns), ``report.csv`` (numeric ``<quantity> mean`` /
+``<quantity> std`` columns), ``runs.csv`` (one row per run), ``heatmaps.png`` (the seed-mean R
+of each group, one colour scale per metric), ``curves.png`` (each task's metric after every
+training step, mean ± std band per group) and ``losses.png`` (each task's training loss per
+step, from the CSV logger; not written without one). Every number is rounded as the terminal
+summary rounds it (:func:`cl_bench.summary.fmt_value`). With ``--paper`` naming a paper that
+states claims (:mod:`cl_bench.reference`), also ``claims.csv``: each claim and each of its
+tests judged on our runs, per seed, with its margin (see :func:`claims_table`), and
+``claims.md``: one block per setting, conf/'s default first, one short row per measured claim
+(:func:`claims_markdown`), printed after the table with ``--format markdown`` (the default).
 
 A directory that holds a hyperparameter search (``clbench -m hydra/sweeper=optuna``; its trials
 are runs like any other, one group per trial, measured on the validation split) also gets the
@@ -37,6 +43,7 @@ import operator
 import re
 import sys
 import textwrap
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import matplotlib
@@ -45,13 +52,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from omegaconf import OmegaConf
 
 from cl_bench.config import RUN_LOCAL_KEYS
 from cl_bench.errors import ClBenchError
 from cl_bench.reference import PAPERS
 from cl_bench.search.study import best_line, is_study_dir, load_study, write_study_report
-from cl_bench.summary import decimals, fmt_value
+from cl_bench.summary import decimals, fmt_value, metric_label
+
+
+# ------------------------------------------------------------------ runs and groups
+# Reading run directories and grouping them: what ``clbench-report`` averages over seeds.
+#
+# A group is a set of runs whose configs (``.hydra/config.yaml``) match except for the seed, the
+# run-local keys (:data:`cl_bench.config.RUN_LOCAL_KEYS`) and the places where data or results
+# live (keys ending in ``dir`` or ``root``). A key that some runs set and others lack (``+key=``)
+# differs like any value: a ``+tasks.max_tasks=1`` run never joins a full run's group. The keys
+# that separate the groups are :func:`group_keys`; :func:`separating_keys` also names the keys
+# that differ between groups without being group keys (a strategy's own hyper-parameters).
 
 #: config keys never used for grouping (they do not define an experiment): the run-local keys
 #: (``logger`` as its ``logger.*`` leaves, below), the seed and the run's directory
@@ -59,15 +79,18 @@ IGNORED = RUN_LOCAL_KEYS + ("seed", "run_dir")
 #: per metric group, the stream-level quantities reported (metrics.json "groups")
 GROUP_KEYS = ("final_average", "mft", "maa", "bwt_gem", "bwt_sefe", "forgetting_max")
 ARROW = {True: "↑", False: "↓"}
-#: per-run columns holding objects (R, units, raw metrics.json / params.json), never reported
-PRIVATE = ("_units", "_matrix", "_metrics", "_params")
-#: a claim test's comparison op -> (holds(value, threshold), margin(value, threshold), symbol);
-#: the margin is positive on the holding side, -|value - threshold| for "==" (0 when it holds)
-OPS = {"<=": (operator.le, lambda v, t: t - v, "≤"),
-       ">=": (operator.ge, lambda v, t: v - t, "≥"),
-       "<": (operator.lt, lambda v, t: t - v, "<"),
-       ">": (operator.gt, lambda v, t: v - t, ">"),
-       "==": (operator.eq, lambda v, t: -abs(v - t), "=")}
+#: per-run columns holding objects (R, units, raw metrics.json / params.json, the run's
+#: directory, its loss curves), never reported
+PRIVATE = ("_units", "_matrix", "_metrics", "_params", "_dir", "_losses", "_baselines")
+#: the fixed columns of a run record that are not quantities
+RUN_FIELDS = ("run", "seed", "complete", "tasks_completed", "num_tasks", "tasks", "strategy",
+              "backbone", "eval_split")
+#: the config groups' names, read into the ``tasks``, ``strategy`` and ``backbone`` columns
+NAMES = ("tasks.name", "strategy.name", "backbone.name")
+#: the text a group shows for a key its runs do not set
+UNSET = "–"
+#: how a baseline (metrics.json ``baselines``) is named in the report's columns and lines
+MEAN_PREDICTOR = "predicting the mean"
 
 
 def _flatten(d, prefix: str = "") -> dict:
@@ -80,12 +103,97 @@ def _flatten(d, prefix: str = "") -> dict:
 
 
 def _ignored(key: str) -> bool:
-    return (key in IGNORED or key.startswith(("hydra.", "logger.")) or key.endswith(
-        ("_dir", "dir", "path", "root", "table", "weights", "_target_")))
+    """Whether config ``key`` is left out of the comparison of two runs' configs: run-local,
+    Hydra's or the logger's, or where something lives on disk (``tasks.cache_dir``,
+    ``tasks.root``), or a class path (``_target_``, fixed by the group's name)."""
+    return (key in IGNORED or key.startswith(("hydra.", "logger."))
+            or key.endswith(("dir", "root", "_target_")))
 
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _task_col(task: str, u: dict) -> str:
+    unit = f" ({u['units']})" if u.get("units") else ""
+    return f"{task} {u['metric']}{unit} {ARROW[bool(u['higher_is_better'])]}"
+
+
+def baseline_col(task: str, u: dict) -> str:
+    """The report's column of a regression task's mean predictor.
+
+    Args:
+        task: the task's name; u: its ``units`` entry of metrics.json.
+
+    Returns:
+        ``"<task> mae (<units>), predicting the mean"``.
+    """
+    unit = f" ({u['units']})" if u.get("units") else ""
+    return f"{task} {u['metric']}{unit}, {MEAN_PREDICTOR}"
+
+
+def run_baselines(m: dict) -> dict[str, float]:
+    """Each regression task's mean-predictor score recorded by a run: metrics.json's
+    ``baselines`` (``{task: {"mean_predictor": v}}``), else, for runs written before it existed,
+    the last row of ``details`` that has the task's ``mae_mean_predictor``.
+
+    Args:
+        m: the run's metrics.json.
+
+    Returns:
+        ``{task: value}`` for the tasks with a finite mean predictor (maybe none).
+    """
+    out = {}
+    for task, b in (m.get("baselines") or {}).items():
+        v = (b or {}).get("mean_predictor")
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out[task] = float(v)
+    for row in reversed(list((m.get("details") or {}).values())):
+        for task, vals in (row or {}).items():
+            v = (vals or {}).get("mae_mean_predictor")
+            if task not in out and isinstance(v, (int, float)) and math.isfinite(v):
+                out[task] = float(v)
+    return out
+
+
+def read_losses(run: Path) -> pd.DataFrame:
+    """The training loss curves the CSV logger wrote (``<run>/logs/csv/version_*/metrics.csv``,
+    columns ``<task>/task_loss`` and ``step``); a resumed run's later versions win on the steps
+    they repeat.
+
+    Args:
+        run: the run directory.
+
+    Returns:
+        Columns ``task``, ``step``, ``loss`` (empty when the run logged no loss, e.g.
+        ``logger=none`` or ``logger=wandb``).
+    """
+    parts = []
+    for order, path in enumerate(sorted((run / "logs").glob("*/version_*/metrics.csv"),
+                                        key=lambda p: (p.parent.parent.name,
+                                                       _version(p.parent.name)))):
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue
+        if "step" not in df:
+            continue
+        for col in (c for c in df.columns if c.endswith("/task_loss")):
+            x = df[["step", col]].dropna()
+            parts.append(pd.DataFrame({"task": col[:-len("/task_loss")], "step": x["step"],
+                                       "loss": x[col], "_order": order}))
+    if not parts:
+        return pd.DataFrame({"task": [], "step": [], "loss": []})
+    out = pd.concat(parts, ignore_index=True).sort_values(["task", "step", "_order"])
+    out = out.drop_duplicates(["task", "step"], keep="last")
+    return out.drop(columns="_order").reset_index(drop=True)
+
+
+def _version(name: str) -> int:
+    try:
+        return int(name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def _load_run(metrics_path: Path) -> dict:
@@ -104,9 +212,11 @@ def _load_run(metrics_path: Path) -> dict:
                tasks_completed=m.get("tasks_completed", 0), num_tasks=m.get("num_tasks"),
                eval_split=m.get("eval_split", "test"))  # "val": a search trial's R
     units = m.get("units", {})
+    baselines = run_baselines(m)
     for task, u in units.items():
-        col = _task_col(task, u)
-        rec[col] = m.get("per_task", {}).get(task, {}).get("final", np.nan)
+        rec[_task_col(task, u)] = m.get("per_task", {}).get(task, {}).get("final", np.nan)
+        if task in baselines and not u.get("higher_is_better", True):
+            rec[baseline_col(task, u)] = baselines[task]
         rec[f"{task} {u['metric']} (just learned)"] = (
             m.get("per_task", {}).get(task, {}).get("just_learned", np.nan))
     val = m.get("val") or {}
@@ -125,9 +235,8 @@ def _load_run(metrics_path: Path) -> dict:
         rec["retrieval ms / sample"] = float(np.mean(cost)) if cost else np.nan
     for metric, g in m.get("groups", {}).items():
         for key in GROUP_KEYS:
-            if key in ("final_average", "mft") and len(g.get("tasks", [])) < 2:
-                continue  # one task: the same as its final / just-learned column
             rec[f"{key} {metric}"] = g.get(key, np.nan) if g.get(key) is not None else np.nan
+        rec[f"_tasks {metric}"] = len(g.get("tasks", []))  # dropped by load_runs
     for key, value in m.get("ciss", {}).get("last", {}).items():  # CISS: base / new / all
         rec[f"{key} (last step)"] = value if value is not None else np.nan
     params = _read_json(run / "params.json") or {}
@@ -144,26 +253,41 @@ def _load_run(metrics_path: Path) -> dict:
     rec["_units"] = units
     rec["_matrix"] = pd.read_csv(run / "matrix.csv", index_col=0)
     rec["_metrics"], rec["_params"] = m, params  # raw, for the paper's claims
+    rec["_dir"], rec["_losses"], rec["_baselines"] = str(run), read_losses(run), baselines
     return rec
 
 
-def _task_col(task: str, u: dict) -> str:
-    unit = f" ({u['units']})" if u.get("units") else ""
-    return f"{task} {u['metric']}{unit} {ARROW[bool(u['higher_is_better'])]}"
+def _drop_single_task_averages(runs: pd.DataFrame) -> pd.DataFrame:
+    """Without a run that has two tasks of a metric, its stream averages MFN and MFT are its
+    one task's final and just-learned columns again: dropped. A run cut to one task
+    (``+tasks.max_tasks=1``) beside longer runs keeps them, so it shows its MFN too."""
+    drop = []
+    for col in [c for c in runs.columns if c.startswith("_tasks ")]:
+        metric = col[len("_tasks "):]
+        if not (pd.to_numeric(runs[col], errors="coerce") >= 2).any():
+            drop += [c for c in (f"final_average {metric}", f"mft {metric}") if c in runs]
+        drop.append(col)
+    return runs.drop(columns=drop)
 
 
 def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     """Read every run (a directory with ``metrics.json``) under ``dirs``.
 
+    Args:
+        dirs: run or sweep directories, searched recursively.
+
     Returns:
         ``(runs, skipped)``: one row per run (group keys, ``seed``, ``complete``, one column per
-        task's final metric in native units, per-metric-group BWT/forgetting/MFN/MFT/MAA,
-        ``trainable %``, ``wall time (s)``, ``peak RSS (MB)`` (and ``peak GPU (MB)`` for runs on a
-        GPU; ``retrieval accuracy``, the mean over seen tasks of the share of test samples whose
-        task is retrieved, and ``retrieval ms / sample``, its wall time per sample, for a
-        task-agnostic strategy); the R matrix in the ``_matrix`` column, ``metrics.json`` /
-        ``params.json`` as dicts in ``_metrics`` / ``_params``) and
-        ``"<file>: <reason>"`` for each run that could not be read.
+        task's final metric in native units, beside a regression task's its mean predictor
+        (``<task> mae (years), predicting the mean``), per-metric-group BWT/forgetting/MFN/MFT/
+        MAA, ``trainable %``, ``wall time (s)``, ``peak RSS (MB)`` (and ``peak GPU (MB)`` for
+        runs on a GPU; ``retrieval accuracy``, the mean over seen tasks of the share of test
+        samples whose task is retrieved, and ``retrieval ms / sample``, its wall time per
+        sample, for a task-agnostic strategy); the R matrix in the ``_matrix`` column,
+        ``metrics.json`` / ``params.json`` as dicts in ``_metrics`` / ``_params``, the run's
+        directory in ``_dir``, its training losses in ``_losses`` (:func:`read_losses`) and its
+        mean predictors in ``_baselines``) and ``"<file>: <reason>"`` for each run that could
+        not be read.
 
     Raises:
         ClBenchError: a directory that does not exist or cannot be read, or no runs at all.
@@ -188,25 +312,155 @@ def load_runs(dirs: list[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     if not records:
         raise ClBenchError(f"no runs (metrics.json) under {', '.join(map(str, dirs))}"
                            + (f"; unreadable: {'; '.join(skipped)}" if skipped else ""))
-    return pd.DataFrame.from_records(records), skipped
+    return _drop_single_task_averages(pd.DataFrame.from_records(records)), skipped
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _compared(key: str, v) -> str:
+    """A config value as two runs' values are compared: unset (a key the run lacks, or null)
+    as one value of its own, a checkpoint (``*weights``) by its file name (the same checkpoint
+    in two places is one), anything else as its text."""
+    if _missing(v):
+        return "\0unset"
+    if key.endswith("weights") and isinstance(v, str) and "/" in v:
+        return Path(v).name
+    if isinstance(v, float) and v.is_integer():  # 1 and 1.0 (a column with NaNs): one value
+        return str(int(v))
+    return str(v)
+
+
+def _compare_frame(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """``runs[cols]`` as compared (:func:`_compared`), one string per cell."""
+    return pd.DataFrame({c: [_compared(c.removeprefix("cfg:"), v) for v in runs[c]]
+                         for c in cols}, index=runs.index)
+
+
+def config_columns(runs: pd.DataFrame) -> list[str]:
+    """The ``cfg:`` columns that define an experiment (all but :func:`_ignored` ones and the
+    config groups' names, :data:`NAMES`: the ``tasks``, ``strategy`` and ``backbone`` columns).
+
+    Args:
+        runs: from :func:`load_runs`.
+
+    Returns:
+        The column names, in the runs' order.
+    """
+    return [c for c in runs.columns if c.startswith("cfg:") and not _ignored(c[4:])
+            and c[4:] not in NAMES]
 
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
-    """``tasks``, ``strategy``, ``backbone`` + config keys that vary between runs of the
-    same strategy (so a strategy's own hyper-parameters do not split it by themselves)."""
+    """The keys whose values make a group: ``tasks``, ``strategy``, ``backbone`` and every
+    config key (``cfg:<key>``) whose value differs between two runs of one strategy (a key one
+    run lacks counts as a value: unset). A key that differs only between strategies (a
+    strategy's own hyper-parameter) is not one: the strategy already separates it. Runs of one
+    group have the same config but for the seed (and :func:`_ignored` keys).
+
+    Args:
+        runs: from :func:`load_runs`.
+
+    Returns:
+        The column names of ``runs``.
+    """
     keys = ["tasks", "strategy", "backbone"]
-    cfg_cols = [c for c in runs.columns if c.startswith("cfg:") and not _ignored(c[4:])]
-    for col in cfg_cols:
-        values = runs[col].astype(str)
-        if values.nunique() > 1 and (runs.assign(_v=values).groupby("strategy")["_v"]
-                                     .nunique() > 1).any():
+    cols = config_columns(runs)
+    compared = _compare_frame(runs, cols)
+    by_strategy = runs["strategy"].astype(str)
+    for col in cols:
+        if compared[col].nunique() > 1 and (compared[col].groupby(by_strategy).nunique()
+                                            > 1).any():
             keys.append(col)
     return keys
 
 
-def _quantities(runs: pd.DataFrame) -> list[str]:
-    skip = {"run", "seed", "complete", "tasks_completed", "num_tasks", "tasks", "strategy",
-            "backbone", "eval_split", *PRIVATE}
+def iter_groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """The groups of ``runs`` by ``keys``, in the order their first run appears.
+
+    Args:
+        runs: from :func:`load_runs`; keys: from :func:`group_keys`.
+
+    Returns:
+        ``[(values, runs of the group)]``, ``values`` ``{key: the first run's value}`` (NaN or
+        None for a key the group's runs do not set).
+    """
+    if not len(runs):
+        return []
+    compared = _compare_frame(runs, keys)
+    out = []
+    for _, g in runs.groupby([compared[k] for k in keys], sort=False, dropna=False):
+        first = g.iloc[0]
+        out.append(({k: first[k] for k in keys}, g))
+    return out
+
+
+def show_value(v) -> str:
+    """A config value as the report shows it: :data:`UNSET` for a key the runs do not set,
+    ``1`` for 1.0.
+
+    Args:
+        v: the value.
+
+    Returns:
+        The text.
+    """
+    if _missing(v):
+        return UNSET
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Config keys -> their names without the group (``backbone.decoder`` -> ``decoder``,
+    ``cfg:tasks.max_tasks`` -> ``max_tasks``) where no other key of ``keys`` has that name.
+
+    Args:
+        keys: config keys, with or without the ``cfg:`` prefix.
+
+    Returns:
+        ``{key: short name}``.
+    """
+    bare = [k.removeprefix("cfg:") for k in keys]
+    tails = [k.split(".", 1)[-1] for k in bare]
+    return {k: t if tails.count(t) == 1 else b for k, b, t in zip(keys, bare, tails)}
+
+
+def separating_keys(runs: pd.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
+    """Which keys separate the groups, for the line above the report's table.
+
+    Args:
+        runs: from :func:`load_runs`.
+
+    Returns:
+        ``(keys, others)``: the group keys (:func:`group_keys`) whose value differs between
+        groups, and the other config keys that differ between them (each strategy's own
+        hyper-parameters, constant within a strategy), each with its values in group order.
+    """
+    keys = group_keys(runs)
+    compared = _compare_frame(runs, keys + config_columns(runs))
+    split = [k for k in keys if compared[k].nunique() > 1]
+    others = {}
+    for col in config_columns(runs):
+        if col not in keys and compared[col].nunique() > 1:
+            values = [show_value(g.iloc[0][col]) for _, g in iter_groups(runs, keys)]
+            others[col] = values
+    return split, others
+
+
+def quantities(runs: pd.DataFrame) -> list[str]:
+    """The numeric columns the report averages over seeds: the final metrics (a mean predictor
+    right after its task), stream metrics and costs, then the just-learned values.
+
+    Args:
+        runs: from :func:`load_runs`.
+
+    Returns:
+        The column names.
+    """
+    skip = {*RUN_FIELDS, *PRIVATE}
     cols = [c for c in runs.columns if c not in skip and not c.startswith("cfg:")]
     return [c for c in cols if "(just learned)" not in c] + [c for c in cols if
                                                              "(just learned)" in c]
@@ -215,22 +469,27 @@ def _quantities(runs: pd.DataFrame) -> list[str]:
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per group (std with ddof=1; NaN for a single run).
 
+    Args:
+        runs: from :func:`load_runs`.
+
     Returns:
-        One row per group: the group keys, ``runs`` (``"3"`` or ``"3 (1 partial)"``),
-        ``status`` (``complete`` / ``partial``), ``n`` and ``<quantity> mean`` /
-        ``<quantity> std`` for every quantity of :func:`load_runs`.
+        One row per group (:func:`iter_groups` by :func:`group_keys`): ``group`` (``G1``,
+        ``G2``, ...; the figures' panels carry the same names), the group keys (config keys
+        without ``cfg:``), ``runs`` (``"3"`` or ``"3 (1 partial)"``), ``status`` (``complete``
+        / ``partial``), ``n`` and ``<quantity> mean`` / ``<quantity> std`` for every quantity
+        of :func:`load_runs`.
     """
     keys = group_keys(runs)
     rows = []
-    for values, g in runs.groupby(keys, sort=False, dropna=False):
-        row = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+    for i, (values, g) in enumerate(iter_groups(runs, keys), start=1):
+        row = {"group": f"G{i}", **values}
         partial = int((~g["complete"]).sum())
         row["runs"] = f"{len(g)}" + (f" ({partial} partial)" if partial else "")
         row["status"] = "partial" if partial else "complete"
         if "eval_split" in g and (g["eval_split"] == "val").all():  # search trials (cl_bench.search)
             row["status"] += " (validation R)"
         row["n"] = len(g)
-        for q in _quantities(runs):
+        for q in quantities(runs):
             x = pd.to_numeric(g[q], errors="coerce").dropna()
             row[f"{q} mean"] = x.mean() if len(x) else np.nan
             row[f"{q} std"] = x.std(ddof=1) if len(x) > 1 else np.nan
@@ -238,113 +497,636 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     return out.rename(columns={k: k[4:] for k in keys if k.startswith("cfg:")})
 
+# ------------------------------------------------------------------ tables
+# The report's tables: numbers as text (one rounding rule), ``report.md`` and ``report.tex``.
+#
+# Every number the report prints goes through :func:`cl_bench.summary.fmt_value` (the terminal
+# summary's rule), a standard deviation with its mean's decimals (:func:`fmt_mean_std`).
+# ``report.tex`` is a whole pdflatex document in ASCII: the groups' key table, then the
+# quantities in tables of at most :data:`LATEX_COLUMNS` columns, each scaled to the text width.
 
-def _fmt(mean, std) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+#: the most columns one table of ``report.tex`` has
+LATEX_COLUMNS = 10
+#: what ``report.tex`` writes for the report's non-ASCII characters (anything else: ``?``)
+LATEX_TEXT = {"↑": r"$\uparrow$", "↓": r"$\downarrow$", "±": r"$\pm$", "–": "--", "—": "---",
+              "≤": r"$\le$", "≥": r"$\ge$", "×": r"$\times$", "≈": r"$\approx$",
+              "·": r"$\cdot$", "→": r"$\to$", "✓": "yes", "✗": "no", "µ": r"$\mu$",
+              "’": "'", "‘": "`", "“": "``", "”": "''", "…": "...", "°": r"$^\circ$"}
+#: LaTeX's special characters, escaped
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                 "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+                 "|": r"\textbar{}"}
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fixed(v: float, digits: int) -> str:
+    """``v`` with ``digits`` decimals by :func:`cl_bench.summary.fmt_value`'s rule: the value
+    itself where ``digits`` is what that rule gives it; otherwise (a std beside its mean) its 6
+    significant digits rounded half up in decimal arithmetic, as ``fmt_value`` does.
+
+    Args:
+        v: a finite number; digits: the decimals.
+
+    Returns:
+        The text.
+    """
+    if decimals(v) == digits:
+        return fmt_value(v)
+    d = Decimal(f"{v:.6g}").quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{d.copy_abs() if d.is_zero() else d:f}"
+
+
+def fmt_mean_std(mean, std) -> str:
+    """``mean ± std`` as every table of the report shows it.
+
+    Args:
+        mean: the mean (None or NaN: not measured); std: its std (None or NaN: one value).
+
+    Returns:
+        ``–`` where not measured, ``fmt_value(mean)`` for one value, else ``<mean> ± <std>``
+        with the std given the mean's decimals (``16.2 ± 1.0``, ``0.400 ± 0.141``).
+    """
+    if _missing(mean):
         return "–"
-    digits = decimals(mean)
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if _missing(std):
+        return fmt_value(mean)
+    return f"{fmt_value(mean)} ± {fixed(float(std), decimals(float(mean)))}"
 
 
 def table(summary: pd.DataFrame, paper: str | None = None) -> pd.DataFrame:
     """The human table: ``mean ± std`` strings (``–`` where not measured), plus the paper's rows.
+
+    Args:
+        summary: from :func:`summarise`; paper: a key of
+            :data:`cl_bench.reference.PAPERS` whose published rows are appended (None: none).
+
+    Returns:
+        One row per group (then per published row): the fixed columns (``group``, the group
+        keys, ``runs``, ``status``; a key a group does not set as ``–``) and one text column per
+        quantity measured by some group.
 
     Raises:
         ClBenchError: an unknown ``paper`` (lists the known ones).
     """
     quantities = [c[:-5] for c in summary.columns if c.endswith(" mean")]
     quantities = [q for q in quantities if summary[f"{q} mean"].notna().any()]
-    fixed = [c for c in summary.columns if not c.endswith((" mean", " std")) and c != "n"]
+    fixed_cols = [c for c in summary.columns if not c.endswith((" mean", " std")) and c != "n"]
     rows = []
     for _, r in summary.iterrows():
-        row = {c: r[c] for c in fixed}
-        row.update({q: _fmt(r[f"{q} mean"], r[f"{q} std"]) for q in quantities})
+        row = {c: (show_value(r[c]) if c not in ("runs", "status") else r[c])
+               for c in fixed_cols}
+        row.update({q: fmt_mean_std(r[f"{q} mean"], r[f"{q} std"]) for q in quantities})
         rows.append(row)
     if paper is not None:
         if paper not in PAPERS:
             raise ClBenchError(f"--paper {paper!r}: unknown; known: {', '.join(sorted(PAPERS))}")
         for strategy, ref in PAPERS[paper]["rows"].items():
-            row = {c: "" for c in fixed}
+            row = {c: "" for c in fixed_cols}
             row.update(strategy=ref["label"], status="published", runs="")
             for q in quantities:
                 base = q.replace(" (years)", "").replace(" ↑", "").replace(" ↓", "")
                 v = ref.get(base, ref.get(q))
-                row[q] = ("–" if v is None else _fmt(*v) if isinstance(v, tuple)
-                          else v if isinstance(v, str) else _fmt(float(v), None))
+                row[q] = ("–" if v is None else fmt_mean_std(*v) if isinstance(v, tuple)
+                          else v if isinstance(v, str) else fmt_value(float(v)))
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def plot_heatmaps(runs: pd.DataFrame, keys: list[str], path: Path) -> None:
-    """A grid of seed-mean R matrices, one panel per group; each column coloured on its own
-    scale from worse (dark) to better (bright), values annotated in native units."""
-    groups = list(runs.groupby(keys, sort=False, dropna=False))
+def markdown_table(human: pd.DataFrame) -> str:
+    """``human`` (:func:`table`) as a markdown table, every cell exactly as formatted (no
+    re-parsing of numbers: ``0.500`` stays ``0.500``).
+
+    Args:
+        human: the table of text cells.
+
+    Returns:
+        The markdown.
+    """
+    return human.to_markdown(index=False, disable_numparse=True)
+
+
+def baseline_lines(summary: pd.DataFrame) -> list[str]:
+    """One line per group and regression task whose mean predictor the runs recorded: the
+    group's final MAE beside predicting the mean, said plainly (``G2 seq_ft: brain_age MAE
+    18.9 years, worse than predicting the mean (16.3 years)``), compared as both are shown.
+
+    Args:
+        summary: from :func:`summarise`.
+
+    Returns:
+        The lines (none without a mean predictor).
+    """
+    suffix = f", {MEAN_PREDICTOR} mean"
+    lines = []
+    for col in [c for c in summary.columns if c.endswith(suffix)]:
+        task_metric = col[:-len(suffix)]  # "<task> mae (years)"
+        value_col = f"{task_metric} ↓ mean"
+        if value_col not in summary:
+            continue
+        task, metric = task_metric.split(" ", 1)
+        unit = metric.split("(", 1)[1].rstrip(")") if "(" in metric else ""
+        name = metric.split(" (", 1)[0].upper() if metric.startswith("mae") else metric
+        for _, r in summary.iterrows():
+            v, b = r[value_col], r[col]
+            if _missing(v) or _missing(b):
+                continue
+            ours, theirs = float(fmt_value(v)), float(fmt_value(b))
+            verdict = ("no better than" if ours == theirs else "better than" if ours < theirs
+                       else "worse than")
+            u = f" {unit}" if unit else ""
+            lines.append(f"{r['group']} {r['strategy']}: {task} {name} {fmt_value(v)}{u}, "
+                         f"{verdict} {MEAN_PREDICTOR} ({fmt_value(b)}{u})")
+    return lines
+
+
+def latex_escape(text) -> str:
+    """``text`` as LaTeX source in ASCII: its special characters escaped, the report's symbols
+    as LaTeX (:data:`LATEX_TEXT`: ``↑`` -> ``$\\uparrow$``, ``±`` -> ``$\\pm$``, ``–`` ->
+    ``--``), any other non-ASCII character as ``?``; a leading ``[`` braced (after ``\\\\`` it
+    would read as a length).
+
+    Args:
+        text: any value (shown with ``str``).
+
+    Returns:
+        The LaTeX source.
+    """
+    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    out = "".join(LATEX_TEXT.get(ch, ch) for ch in out)
+    out = out.encode("ascii", "replace").decode("ascii")
+    return "{}" + out if out.startswith("[") else out
+
+
+def _header(name: str, width: int = 14) -> str:
+    """A column header in LaTeX, broken into lines of about ``width`` characters (at spaces,
+    or after a ``.`` or ``_`` of a config key)."""
+    lines: list[str] = []
+    for piece in re.findall(r"[^ ._]*[._]?(?: |$)?|.", str(name)):
+        if lines and len(lines[-1]) + len(piece.rstrip()) <= width:
+            lines[-1] += piece
+        elif piece:
+            lines.append(piece)
+    lines = [line.strip() for line in lines if line.strip()]
+    if len(lines) <= 1:
+        return latex_escape(name)
+    return (r"\begin{tabular}[b]{@{}c@{}}" + r"\\".join(latex_escape(line) for line in lines)
+            + r"\end{tabular}")
+
+
+def _tabular(frame: pd.DataFrame, caption: str, left: int) -> str:
+    """One LaTeX table of ``frame`` (text cells; the first ``left`` columns flush left, the
+    numbers flush right), scaled to the text width."""
+    spec = "l" * min(left, frame.shape[1]) + "r" * max(0, frame.shape[1] - left)
+    lines = [r"\begin{table}[htbp]", r"\centering", r"\caption{" + latex_escape(caption) + "}",
+             r"\resizebox{\textwidth}{!}{%", r"\begin{tabular}{" + spec + "}", r"\hline",
+             " & ".join(_header(c) for c in frame.columns) + r" \\", r"\hline"]
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\"
+              for row in frame.astype(str).itertuples(index=False)]
+    lines += [r"\hline", r"\end{tabular}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def latex_document(human: pd.DataFrame, keys: list[str], notes: list[str],
+                   title: str = "clbench-report") -> str:
+    """``report.tex``: a pdflatex document (``article``, ``graphicx`` only) in ASCII.
+
+    The columns every group shares one value of (``tasks``, ``backbone`` of a one-stream
+    report) go into the first caption; the groups' keys (``group``, ``strategy``, the other
+    group keys, ``runs``, ``status``) form a key table; the quantities follow in tables of
+    ``group``, ``strategy`` and at most :data:`LATEX_COLUMNS` - 2 quantities. A table whose
+    key columns alone exceed :data:`LATEX_COLUMNS` is split the same way.
+
+    Args:
+        human: from :func:`table`; keys: its columns that are not quantities (``group``, the
+            group keys, ``runs``, ``status``); notes: paragraphs printed under the title (the groups'
+            keys, baselines, the paper's note); title: the section title.
+
+    Returns:
+        The document's source.
+    """
+    keys = [c for c in human.columns if c in keys]
+    qty = [c for c in human.columns if c not in keys]
+    ours = human[human["status"] != "published"] if "status" in human else human
+    shared = {c: ours[c].iloc[0] for c in keys
+              if c not in ("group", "strategy") and len(ours) > 1
+              and ours[c].astype(str).nunique() == 1 and str(ours[c].iloc[0]) not in ("", UNSET)}
+    keys = [c for c in keys if c not in shared]
+    lead = ["group", "strategy"] if "strategy" in keys else ["group"]
+    body = [r"\documentclass{article}", r"\usepackage{graphicx}", r"\begin{document}",
+            r"\sloppy",
+            r"\section*{" + latex_escape(title) + "}", ""]
+    body += [latex_escape(n) + "\n" for n in notes]
+    groups_caption = "Groups" + ("; all: " + ", ".join(f"{k} {v}" for k, v in shared.items())
+                                 if shared else "")
+    rest = [c for c in keys if c not in lead]
+    step = LATEX_COLUMNS - len(lead)
+    for i in range(0, max(len(rest), 1), step):
+        part = ours[lead + rest[i:i + step]]
+        body.append(_tabular(part, groups_caption + (" (continued)" if i else ""),
+                             part.shape[1]))
+    for k, i in enumerate(range(0, len(qty), step)):
+        part = human[lead + qty[i:i + step]]
+        body.append(_tabular(part, f"Results ({k + 1}/{math.ceil(len(qty) / step)}): mean "
+                                   f"± std over seeds", len(lead)))
+    body.append(r"\end{document}")
+    return "\n".join(body) + "\n"
+
+# ------------------------------------------------------------------ figures
+# The report's figures: ``heatmaps.png`` (each group's seed-mean R), ``curves.png`` (each
+# task's metric after every training step) and ``losses.png`` (the training loss of each task).
+#
+# Every figure names a group as the tables do (``G1``, ``G2``, ...) with a short label (the values
+# that differ between groups) and ends in a key: each group's full setting, the values all groups
+# share and the abbreviations. In ``heatmaps.png`` a metric has one colour scale in every panel,
+# shown by its colour bar (bright = better whatever the metric's direction), so one value has one
+# colour; a regression task's mean predictor is a row of its own.
+
+#: colour maps of the first, second, ... metric of a report (reversed for lower-is-better)
+CMAPS = ("viridis", "cividis", "plasma", "magma")
+#: the label of a heatmap's mean-predictor row
+BASELINE_ROW = "predicting the mean"
+#: points per character of the figures' text, roughly (DejaVu Sans): what fits a panel
+_CHAR_PT = 0.6
+
+
+def describe_groups(runs: pd.DataFrame, keys: list[str]) -> tuple[list[dict], list[str]]:
+    """The groups as the figures name them.
+
+    Args:
+        runs: from :func:`load_runs`; keys: the group keys.
+
+    Returns:
+        ``(groups, shared)``: per group ``{"name": "G1", "label": "lora · max_tasks=1",
+        "runs": its runs}`` (the label: the group keys' values that differ between groups,
+        a config key as ``short name=value``, a key the group does not set left out), and the
+        values every group shares (``tasks digits``, ``backbone vit2d_digits``).
+    """
+    groups = iter_groups(runs, keys)
+    varying = [k for k in keys if len({_compared(k.removeprefix("cfg:"), v[k])
+                                       for v, _ in groups}) > 1]
+    short = short_keys([k for k in varying if k.startswith("cfg:")])
+    out = []
+    for i, (values, g) in enumerate(groups, start=1):
+        parts = []
+        for k in varying:
+            if k.startswith("cfg:"):
+                if not _missing(values[k]):
+                    parts.append(f"{short[k]}={show_value(values[k])}")
+            else:
+                parts.append(show_value(values[k]))
+        out.append({"name": f"G{i}", "label": " · ".join(parts), "runs": g})
+    first = groups[0][0] if groups else {}
+    shared = [f"{short_keys([k])[k] if k.startswith('cfg:') else k} {show_value(first[k])}"
+              for k in keys if k not in varying and not _missing(first.get(k))]
+    return out, shared
+
+
+def _fits(text: str, width_in: float, fontsize: float) -> bool:
+    return len(text) * fontsize * _CHAR_PT <= width_in * 72
+
+
+def panel_title(group: dict, width_in: float, fontsize: float = 9) -> str:
+    """A panel's title: ``G1 lora · max_tasks=1 (n=2)``, shortened to its name, first value
+    and run count, then its name and run count, until it fits ``width_in`` inches (the key
+    under the figure says the rest).
+
+    Args:
+        group: from :func:`describe_groups`; width_in: the panel's width; fontsize: in points.
+
+    Returns:
+        The title.
+    """
+    n = f"(n={len(group['runs'])})"
+    parts = group["label"].split(" · ") if group["label"] else []
+    for text in (" ".join([group["name"], group["label"], n]),
+                 " ".join([group["name"], parts[0] + " …" if len(parts) > 1 else "", n])
+                 if parts else "", f"{group['name']} {n}"):
+        if text and _fits(text.replace("  ", " "), width_in, fontsize):
+            return text.replace("  ", " ")
+    return group["name"]
+
+
+def short_label(group: dict, max_chars: int = 30) -> str:
+    """A group's name in a legend: ``G1 lora · max_tasks=1``, or ``G1 lora …`` (its first
+    value) when longer than ``max_chars`` (the figure's key says the rest).
+
+    Args:
+        group: from :func:`describe_groups`; max_chars: the longest label.
+
+    Returns:
+        The label.
+    """
+    text = f"{group['name']} {group['label']}".strip()
+    if len(text) <= max_chars:
+        return text
+    first = group["label"].split(" · ")[0]
+    text = f"{group['name']} {first} …"
+    return text if len(text) <= max_chars else group["name"]
+
+
+def figure_key(groups: list[dict], shared: list[str], extra: list[str], width_in: float,
+               fontsize: float = 8) -> list[str]:
+    """The lines of a figure's key: each group's full label and run count, the values every
+    group shares, then ``extra`` (abbreviations), wrapped to ``width_in`` inches.
+
+    Args:
+        groups, shared: from :func:`describe_groups`; extra: more lines; width_in: the
+            figure's width; fontsize: in points.
+
+    Returns:
+        The lines.
+    """
+    lines = [f"{g['name']}: {g['label'] or 'the others'} ({len(g['runs'])} run"
+             f"{'s' if len(g['runs']) != 1 else ''})" for g in groups]
+    if shared:
+        lines.append("all groups: " + ", ".join(shared))
+    lines += extra
+    width = max(int(width_in * 72 / (fontsize * _CHAR_PT)), 30)
+    return [w for line in lines for w in textwrap.wrap(line, width, subsequent_indent="    ",
+                                                       break_long_words=False,
+                                                       break_on_hyphens=False)]
+
+
+def _mean_matrix(g: pd.DataFrame) -> pd.DataFrame:
+    """The seed-mean R of a group (the longest run's rows; a partial run's missing rows are
+    NaN, left out of the mean)."""
+    mats = list(g["_matrix"])
+    index = max((m.index for m in mats), key=len)
+    return pd.concat([m.reindex(index) for m in mats]).groupby(level=0).mean().reindex(index)
+
+
+def _mean_baselines(g: pd.DataFrame) -> dict[str, float]:
+    """Per regression task, the group's mean predictor (the mean over its runs)."""
+    found: dict[str, list[float]] = {}
+    for b in g["_baselines"]:
+        for task, v in (b or {}).items():
+            found.setdefault(task, []).append(v)
+    return {t: float(np.mean(v)) for t, v in found.items()}
+
+
+def _metric_of(units: dict, task: str) -> tuple[str, str, bool]:
+    u = units.get(task, {})
+    return u.get("metric", ""), u.get("units", ""), bool(u.get("higher_is_better", True))
+
+
+def metric_scales(runs: pd.DataFrame, keys: list[str]) -> dict[tuple, dict]:
+    """One colour scale per metric (name, units, direction) for every heatmap panel.
+
+    A higher-is-better metric whose values all lie in [0, 1] (Dice, accuracy) runs from 0 to 1;
+    a lower-is-better one with a mean predictor from 0 (perfect) to the largest mean predictor
+    (as bad as always guessing the mean: the worst colour, whatever the other cells); any other
+    from the smallest to the largest seed-mean value of any group.
+
+    Args:
+        runs: from :func:`load_runs`; keys: the group keys.
+
+    Returns:
+        ``{(metric, units, higher_is_better): {"vmin", "vmax", "cmap", "extend"}}`` in the order
+        the metrics first appear; ``cmap`` is reversed for lower-is-better, so bright is better.
+    """
+    values: dict[tuple, list[float]] = {}
+    bases: dict[tuple, list[float]] = {}
+    for _, g in iter_groups(runs, keys):
+        units = {k: v for u in g["_units"] for k, v in u.items()}
+        mean = _mean_matrix(g)
+        for task in mean.columns:
+            key = _metric_of(units, task)
+            values.setdefault(key, []).extend(mean[task].to_numpy(float).tolist())
+        for task, b in _mean_baselines(g).items():
+            bases.setdefault(_metric_of(units, task), []).append(b)
+    scales = {}
+    for i, (key, vals) in enumerate(values.items()):
+        x = np.array([v for v in vals if np.isfinite(v)], float)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
+        extend = "neither"
+        if key[2] and x.size and lo >= 0 and hi <= 1:
+            lo, hi = 0.0, 1.0
+        elif not key[2] and bases.get(key):
+            lo, hi = min(0.0, lo), max(bases[key])
+            extend = "max" if x.size and x.max() > hi else "neither"
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        cmap = CMAPS[i % len(CMAPS)] + ("" if key[2] else "_r")
+        scales[key] = {"vmin": lo, "vmax": hi, "cmap": cmap, "extend": extend}
+    return scales
+
+
+def _scale_label(key: tuple) -> str:
+    metric, units, hib = key
+    return f"{metric_label(metric)}{f' ({units})' if units else ''} {ARROW[hib]}"
+
+
+def _versus(v: float, b: float) -> str:
+    """A lower-is-better value against its mean predictor, compared as both are shown."""
+    ours, theirs = float(fmt_value(v)), float(fmt_value(b))
+    return "= the mean" if ours == theirs else "" if ours < theirs else "worse than the mean"
+
+
+def plot_heatmaps(runs: pd.DataFrame, keys: list[str], path: Path) -> dict:
+    """A grid of seed-mean R matrices, one panel per group, titled by the group's short name
+    (:func:`panel_title`), with one colour scale and colour bar per metric
+    (:func:`metric_scales`), values annotated in native units by
+    :func:`cl_bench.summary.fmt_value`; a regression task's mean predictor as a last row, and a
+    cell no better than it marked so; the key (:func:`figure_key`) under the grid.
+
+    Args:
+        runs: from :func:`load_runs`; keys: the group keys; path: the PNG.
+
+    Returns:
+        What was drawn: ``titles`` (per panel), ``scales`` (:func:`metric_scales`), ``cells``
+        (``{(group, row, task): (text, RGBA colour)}``) and ``key`` (its lines).
+    """
+    groups, shared = describe_groups(runs, keys)
+    scales = metric_scales(runs, keys)
+    mats = [_mean_matrix(g["runs"]) for g in groups]
+    bases = [_mean_baselines(g["runs"]) for g in groups]
     ncol = min(3, len(groups))
     nrow = math.ceil(len(groups) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, squeeze=False, figsize=(4.6 * ncol, 3.4 * nrow))
+    n_tasks = max(m.shape[1] for m in mats)
+    n_rows = max(len(m) + bool(b) for m, b in zip(mats, bases))
+    panel_w, panel_h = 1.9 + 1.15 * n_tasks, 1.3 + 0.42 * n_rows
+    width = panel_w * ncol + 1.1 * len(scales)
+    extra = ["n: runs (seeds) averaged; a key missing from a group's line: its runs do not "
+             "set it",
+             "rows: R after training each task (init: before any); colour: bright = better, "
+             "one scale per metric (colour bars)"]
+    if any(bases):
+        extra.append(f"{BASELINE_ROW}: the MAE of always answering the training mean; a value "
+                     "no better than it says so")
+    key = figure_key(groups, shared, extra, width)
+    key_h = 0.2 + 0.16 * len(key)
+    fig = plt.figure(figsize=(width, panel_h * nrow + key_h + 0.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[panel_h * nrow + 0.5, key_h])
+    axes = top.subplots(nrow, ncol, squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.axis("off")
-    for ax, (values, g) in zip(axes.flat, groups):
-        mats = [m for m in g["_matrix"]]
-        index = max((m.index for m in mats), key=len)
-        mean = pd.concat([m.reindex(index) for m in mats]).groupby(level=0).mean().reindex(index)
-        units = g["_units"].iloc[0]
-        shade = np.zeros(mean.shape)
+    titles, cells = [], {}
+    for ax, group, mean, base in zip(axes.flat, groups, mats, bases):
+        units = {k: v for u in group["runs"]["_units"] for k, v in u.items()}
+        rows = list(mean.index) + ([BASELINE_ROW] if base else [])
+        rgba = np.ones((len(rows), mean.shape[1], 4))
         for j, task in enumerate(mean.columns):
-            col = mean[task].to_numpy(float)
-            lo, hi = np.nanmin(col), np.nanmax(col)
-            frac = (col - lo) / (hi - lo) if hi > lo else np.full_like(col, 0.5)
-            shade[:, j] = frac if units.get(task, {}).get("higher_is_better", True) else 1 - frac
-        ax.imshow(shade, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        for (i, j), v in np.ndenumerate(mean.to_numpy(float)):
-            ax.text(j, i, "–" if np.isnan(v) else fmt_value(v),
-                    ha="center", va="center", fontsize=8,
-                    color="white" if shade[i, j] < 0.5 else "black")
-        labels = [f"{t}\n{units.get(t, {}).get('metric', '')} "
-                  f"{ARROW[units.get(t, {}).get('higher_is_better', True)]}" for t in mean.columns]
-        ax.set_xticks(range(mean.shape[1]), labels, fontsize=8)
-        ax.set_yticks(range(len(mean)), list(mean.index), fontsize=8)
-        name = " / ".join(str(v) for v in (values if isinstance(values, tuple) else (values,)))
-        ax.set_title(f"{name} (n={len(g)})", fontsize=9)
-    fig.suptitle("R matrices, mean over seeds (colour per column: dark = worse)")
-    fig.tight_layout()
+            s = scales[_metric_of(units, task)]
+            norm, cmap = Normalize(s["vmin"], s["vmax"], clip=True), plt.get_cmap(s["cmap"])
+            col = list(mean[task].to_numpy(float)) + ([base.get(task, np.nan)] if base else [])
+            for i, v in enumerate(col):
+                colour = (0.92, 0.92, 0.92, 1.0) if not np.isfinite(v) else cmap(norm(v))
+                rgba[i, j] = colour
+                text = "–" if not np.isfinite(v) else fmt_value(v)
+                if (np.isfinite(v) and task in base and rows[i] != BASELINE_ROW
+                        and _versus(v, base[task])):
+                    text += "\n" + _versus(v, base[task])
+                if rows[i] == BASELINE_ROW and not np.isfinite(v):
+                    text = ""
+                lum = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+                ax.text(j, i, text, ha="center", va="center", fontsize=8 if "\n" not in text
+                        else 6.5, color="white" if lum < 0.5 else "black")
+                cells[(group["name"], rows[i], task)] = (text, tuple(float(c) for c in colour))
+        ax.imshow(rgba, aspect="auto", interpolation="nearest")
+        if base:
+            ax.axhline(len(mean) - 0.5, color="white", linewidth=2)
+        ax.set_xticks(range(mean.shape[1]), [f"{t}\n{_scale_label(_metric_of(units, t))}"
+                                             for t in mean.columns], fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        title = panel_title(group, panel_w - 1.2)
+        ax.set_title(title, fontsize=9)
+        titles.append(title)
+    for k, s in scales.items():
+        top.colorbar(ScalarMappable(Normalize(s["vmin"], s["vmax"]), s["cmap"]),
+                     ax=axes.ravel().tolist(), label=_scale_label(k), extend=s["extend"],
+                     shrink=0.7, aspect=25)
+    top.suptitle("R, mean over seeds", fontsize=10)
+    bottom.text(0.01, 0.98, "\n".join(key), ha="left", va="top", fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return {"titles": titles, "scales": scales, "cells": cells, "key": key}
 
 
-def plot_curves(runs: pd.DataFrame, keys: list[str], path: Path) -> None:
+def _figure_with_key(width: float, main_h: float, key: list[str], ncols: int, n_lines: int):
+    """A figure of one row of ``ncols`` panels above its key's lines: ``(fig, top subfigure,
+    axes)``, the axes drawing ``n_lines`` lines in as many colours (``tab20`` beyond 10)."""
+    key_h = 0.2 + 0.15 * len(key)
+    fig = plt.figure(figsize=(width, main_h + key_h), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[main_h, key_h])
+    bottom.text(0.01, 0.98, "\n".join(key), ha="left", va="top", fontsize=8)
+    axes = top.subplots(1, ncols, squeeze=False)[0]
+    colours = plt.get_cmap("tab10" if n_lines <= 10 else "tab20").colors
+    for ax in axes:
+        ax.set_prop_cycle(color=colours)
+    return fig, top, axes
+
+
+def _legend(fig, handles: dict) -> list[str]:
+    """One legend for the whole figure, each group once, under the panels."""
+    labels = list(handles)
+    fig.legend([handles[k] for k in labels], labels, loc="outside lower center",
+               ncols=min(3, len(labels)), fontsize=8, frameon=False)
+    return labels
+
+
+def plot_curves(runs: pd.DataFrame, keys: list[str], path: Path) -> list[str]:
     """One panel per task j: R[i][j] after each training step i (mean ± std band per group);
-    runs of different streams in one report each draw on their own tasks' panels."""
+    runs of different streams in one report each draw on their own tasks' panels. One legend,
+    each group once (``G1 lora``, as in the tables), and the key under it.
+
+    Args:
+        runs: from :func:`load_runs`; keys: the group keys; path: the PNG.
+
+    Returns:
+        The legend's labels, in order.
+    """
+    groups, shared = describe_groups(runs, keys)
     tasks = list(dict.fromkeys(t for m in runs["_matrix"] for t in m.columns))
     units = {k: v for u in runs["_units"] for k, v in u.items()}
-    fig, axes = plt.subplots(1, len(tasks), squeeze=False, figsize=(5 * len(tasks), 3.6))
-    for ax, task in zip(axes[0], tasks):
-        for values, g in runs.groupby(keys, sort=False, dropna=False):
+    width = max(4.2 * len(tasks), 6.0)
+    key = figure_key(groups, shared, ["band: ± std over the group's runs"], width)
+    fig, top, axes = _figure_with_key(width, 3.6 + 0.25 * math.ceil(len(groups) / 3), key,
+                                      len(tasks), len(groups))
+    handles = {}
+    for ax, task in zip(axes, tasks):
+        for group in groups:
+            g = group["runs"]
             have = [m[task].rename(i) for i, m in enumerate(g["_matrix"]) if task in m.columns]
             if not have:
                 continue
-            series = pd.concat(have, axis=1)
             task_rows = list(max((m.index for m in g["_matrix"] if task in m.columns), key=len))
-            series = series.reindex(task_rows)
+            series = pd.concat(have, axis=1).reindex(task_rows)
             mean, std = series.mean(axis=1), series.std(axis=1, ddof=1).fillna(0)
             x = np.arange(len(mean))
-            label = " / ".join(str(v) for v in (values if isinstance(values, tuple)
-                                                else (values,))[1:2])
-            ax.plot(x, mean, marker="o", label=label)
-            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-            ax.set_xticks(range(len(task_rows)), task_rows, rotation=15, fontsize=8)
-        u = units.get(task, {})
-        unit = f" ({u['units']})" if u.get("units") else ""
-        ax.set_ylabel(f"{u.get('metric', '')}{unit} {ARROW[u.get('higher_is_better', True)]}")
-        ax.set_title(task)
+            label = short_label(group)
+            (line,) = ax.plot(x, mean, marker="o", label=label)
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            handles.setdefault(label, line)
+            ax.set_xticks(range(len(task_rows)), task_rows, rotation=15, fontsize=7)
+        ax.set_ylabel(_scale_label(_metric_of(units, task)))
+        ax.set_title(task, fontsize=9)
         ax.set_xlabel("after training")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    labels = _legend(top, handles)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return labels
 
+
+def plot_losses(runs: pd.DataFrame, keys: list[str], path: Path) -> list[str] | None:
+    """One panel per task: its training loss against the step (the CSV logger's
+    ``<task>/task_loss``, :func:`read_losses`), the mean over each group's
+    runs, one line per group, one legend.
+
+    Args:
+        runs: from :func:`load_runs`; keys: the group keys; path: the PNG.
+
+    Returns:
+        The legend's labels, or ``None`` when no run logged a loss (nothing is written).
+    """
+    if not any(len(x) for x in runs["_losses"]):
+        return None
+    groups, shared = describe_groups(runs, keys)
+    tasks = list(dict.fromkeys(t for x in runs["_losses"] for t in x["task"]))
+    width = max(4.2 * len(tasks), 6.0)
+    key = figure_key(groups, shared, ["loss: the task's training loss (the strategy's own "
+                                      "terms left out), mean over the group's runs"], width)
+    fig, top, axes = _figure_with_key(width, 3.4 + 0.25 * math.ceil(len(groups) / 3), key,
+                                      len(tasks), len(groups))
+    handles = {}
+    for ax, task in zip(axes, tasks):
+        for group in groups:
+            curves = [x[x["task"] == task].set_index("step")["loss"] for x in group["runs"]["_losses"]
+                      if len(x) and (x["task"] == task).any()]
+            if not curves:
+                continue
+            mean = pd.concat(curves, axis=1).mean(axis=1).sort_index()
+            label = short_label(group)
+            (line,) = ax.plot(mean.index, mean.to_numpy(), label=label)
+            handles.setdefault(label, line)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("train loss")
+    labels = _legend(top, handles)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return labels
+
+# ------------------------------------------------------------------ claims
+# The paper's claims judged on our runs: ``claims.csv`` and ``claims.md``
+# (``clbench-report --paper NAME`` for a paper of :data:`cl_bench.reference.PAPERS` that states
+# claims).
+#
+# ``claims.md`` has one block per setting (stream, backbone and the shared config values the
+# strategies are compared on; conf/'s default first), the setting named once in its heading, one
+# short row per claim measured there; the claims no setting measured are listed in one line at
+# the end. ``claims.csv`` keeps every test of every claim in every setting.
+
+#: a claim test's comparison op -> (holds(value, threshold), margin(value, threshold), symbol);
+#: the margin is positive on the holding side, -|value - threshold| for "==" (0 when it holds)
+OPS = {"<=": (operator.le, lambda v, t: t - v, "≤"),
+       ">=": (operator.ge, lambda v, t: v - t, "≥"),
+       "<": (operator.lt, lambda v, t: t - v, "<"),
+       ">": (operator.gt, lambda v, t: v - t, ">"),
+       "==": (operator.eq, lambda v, t: -abs(v - t), "=")}
 
 #: the columns of ``claims.csv``, the full table (one row per claim and per test of a claim)
 CLAIM_COLUMNS = ("setting", "claim", "statement", "strategy", "quantity", "value mean", "value std",
@@ -374,7 +1156,7 @@ def _seed(seed) -> int | str:
 def _show(v: float) -> str:
     """One number as in the tables, but a tiny non-zero one (|v| < 5e-4) in ``.2g`` so that it
     never reads as 0 (an "exactly 0" claim)."""
-    return f"{v:.2g}" if v and abs(v) < 5e-4 else _fmt(v, None)
+    return f"{v:.2g}" if v and abs(v) < 5e-4 else fmt_mean_std(v, None)
 
 
 def _mean_std(x: list[float]) -> tuple[float, float]:
@@ -384,9 +1166,10 @@ def _mean_std(x: list[float]) -> tuple[float, float]:
 
 
 def _pm(mean: float, std: float) -> str:
-    """``mean ± std`` as :func:`_fmt`, in ``.2g`` for a tiny non-zero mean (:func:`_show`)."""
+    """``mean ± std`` as :func:`fmt_mean_std`, in ``.2g`` for a tiny
+    non-zero mean (:func:`_show`)."""
     if not (mean and abs(mean) < 5e-4):
-        return _fmt(mean, std)
+        return fmt_mean_std(mean, std)
     return _show(mean) + ("" if math.isnan(std) else f" ± {std:.2g}")
 
 
@@ -569,11 +1352,11 @@ def _settings(runs: pd.DataFrame, tasks: set[str]) -> list[tuple[str, dict, pd.D
     ``backbone`` and config keys)."""
     keys = [k for k in group_keys(runs) if k != "strategy" and not k.endswith(".name")
             and runs[k].notna().all()]
-    groups = runs.groupby(keys, sort=False, dropna=False) if keys else [((), runs)]
+    groups = iter_groups(runs, keys) if keys else [({}, runs)]
     out = []
-    for values, g in groups:
+    for found, g in groups:
         if any(tasks <= set(m.columns) for m in g["_matrix"]):
-            values = values if isinstance(values, tuple) else (values,)
+            values = tuple(found[k] for k in keys)
             named = {k.removeprefix("cfg:"): v for k, v in zip(keys, values)}
             out.append((" / ".join(f"{k[4:]}={v}" if k.startswith("cfg:") else str(v)
                                    for k, v in zip(keys, values)) or "all runs", named, g))
@@ -623,22 +1406,15 @@ def _default_first(settings: list, default: dict) -> tuple[list, bool]:
     return order, exact
 
 
-def _short_keys(keys: list[str]) -> dict[str, str]:
-    """Config keys -> their names without the group (``backbone.decoder`` -> ``decoder``)
-    where no other key of ``keys`` has that name."""
-    tails = [k.split(".", 1)[-1] for k in keys]
-    return {k: t if tails.count(t) == 1 else k for k, t in zip(keys, tails)}
-
-
 def _headings(settings: list, exact: bool, default: dict) -> tuple[list[str], str]:
     """Each setting's heading: ``stream · backbone`` and the keys whose value differs between
-    ``settings`` (short names, :func:`_short_keys`): all of them for the first, marked
+    ``settings`` (short names, :func:`short_keys`): all of them for the first, marked
     ``(default)`` if it is, for the others those where they differ from the first; and, for a
     first that is not the default, a line saying so with the default's values."""
     values = [v for _, v, _ in settings]
     keys = [k for k in values[0] if k not in ("tasks", "backbone")
             and len({str(v.get(k)) for v in values}) > 1]
-    short = _short_keys(keys)
+    short = short_keys(keys)
     heads = [" · ".join([str(v.get("tasks", "–")), str(v.get("backbone", "–"))]
                         + [f"{short[k]}={v.get(k)}" for k in keys
                            if not i or str(v.get(k)) != str(values[0].get(k))])
@@ -773,7 +1549,7 @@ def _md_cells(claim: dict, parts: list[dict], judged: list[dict], head: dict) ->
     """A claim's ``claims.md`` cells (:data:`CLAIM_MD`): its ``short`` statement; ours: each
     test's mean ± std (MAE with `` y``), ``;`` between, and the seeds counted (``(n=3)``; per
     test where they differ), or ``not measured (why)``; the paper's numbers; the verdict with
-    ``k/n``, or ``not measured (why)`` where some tests are measured."""
+    ``k/n``, or ``not judged (why)`` where only some tests are measured."""
     why = next((j["why"] for j in judged if j["why"]), "") or "no seed measured by all"
     counts = [p["seeds measured"] for p in parts]
     cells = ["–" if not n else p["value"] + (" y" if "(years)" in p["quantity"] else "")
@@ -786,7 +1562,7 @@ def _md_cells(claim: dict, parts: list[dict], judged: list[dict], head: dict) ->
     else:
         ours = "; ".join(c + (f" (n={n})" if n else "") for c, n in zip(cells, counts))
     verdict = head["verdict"]
-    judged_cell = ("–" if not counted else f"not measured ({why})" if verdict == "not measured"
+    judged_cell = ("–" if not counted else f"not judged ({why})" if verdict == "not measured"
                    else verdict if verdict.startswith("mixed") else f"{verdict} ({head['holds']})")
     return {"md statement": claim.get("short", claim["claim"]), "md ours": ours,
             "md paper": claim.get("paper", "–"), "md holds": judged_cell}
@@ -821,9 +1597,18 @@ def _bullets(notes: list[str]) -> str:
 def claims_markdown(claims: pd.DataFrame, blocks: list[dict], notes: list[str], paper: str
                     ) -> str:
     """``claims.md``: the legend and ``notes``, then one block per setting (``blocks`` of
-    :func:`_judge_claims`): its heading, a table of one short row per claim (:data:`CLAIM_MD`)
-    and its notes but those on what was not measured (the row says why; ``claims.csv`` has
-    them whole); a ``why_not`` stated in full once."""
+    :func:`_judge_claims`): its heading (the setting, named once), a table of one short row per
+    claim measured there (:data:`CLAIM_MD`) and its notes but those on what was not measured;
+    a ``why_not`` stated in full once. The claims measured in no test of a setting get no row:
+    one line at the end of its block lists them, with why.
+
+    Args:
+        claims: from :func:`_judge_claims`; blocks: its blocks; notes: lines for the top;
+        paper: a key of :data:`cl_bench.reference.PAPERS`.
+
+    Returns:
+        The markdown.
+    """
     ids = [c["id"] for c in PAPERS[paper].get("claims", [])]
     legend = (
         "One block per setting, the default first, the others named by how they differ from "
@@ -837,6 +1622,12 @@ def claims_markdown(claims: pd.DataFrame, blocks: list[dict], notes: list[str], 
     seen: set[str] = set()
     for block in blocks:
         rows = claims[(claims["setting"] == block["setting"]) & claims["claim"].isin(ids)]
+        missing = rows["md ours"].fillna("").str.startswith("not measured")
+        whys: dict[str, list[str]] = {}
+        for cid, ours in zip(rows.loc[missing, "claim"], rows.loc[missing, "md ours"]):
+            why = re.sub(r"^not measured \((.*)\)$", r"\1", ours)
+            whys.setdefault(why, []).append(cid)
+        rows = rows[~missing]
         shown = []
         for n in block["notes"]:
             if re.match(r"\([\w.]+\) not measured", n):
@@ -845,10 +1636,14 @@ def claims_markdown(claims: pd.DataFrame, blocks: list[dict], notes: list[str], 
                 n = n.split(":", 1)[0] + ": as in the first block that fails it"
             seen.add(n)
             shown.append(n)
+        if whys:
+            shown.append("Not measured here: " + "; ".join(
+                f"{', '.join(cids)} ({why})" for why, cids in whys.items()) + ".")
         md += (f"\n### {block['heading']}\n\n"
                + (textwrap.fill(block["lead"], 100) + "\n\n" if block["lead"] else "")
-               + rows[list(CLAIM_MD)].rename(columns=CLAIM_MD).fillna("–").to_markdown(
-                   index=False) + "\n\n" + _bullets(shown))
+               + (rows[list(CLAIM_MD)].rename(columns=CLAIM_MD).fillna("–").to_markdown(
+                   index=False, disable_numparse=True) + "\n\n" if len(rows) else "")
+               + _bullets(shown))
     return md
 
 
@@ -875,10 +1670,45 @@ def write_claims(runs: pd.DataFrame, paper: str, out: Path, dirs: list[Path],
     claims[list(CLAIM_COLUMNS)].to_csv(out / "claims.csv", index=False, float_format="%.6g")
     return md
 
+# ------------------------------------------------------------------ the command
+# Every report file from the runs, and the command line.
+
+def groups_line(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """The line above the report's table: how many groups, which keys separate them (and the
+    other config keys that differ between them, each strategy's own), and what a group is.
+
+    Args:
+        runs: from :func:`load_runs`; summary: from :func:`summarise`.
+
+    Returns:
+        The line, e.g. ``"Groups G1-G2: the runs of one config but for the seed. Separated by:
+        tasks.max_tasks (– = not set)."``.
+    """
+    split, others = separating_keys(runs)
+    names = list(summary["group"])
+    span = names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
+    line = f"Groups {span}: each the runs of one config but for the seed."
+    shown = [k.removeprefix("cfg:") for k in split]
+    if shown:
+        line += f" Separated by: {', '.join(shown)}."
+    if others:
+        own = [k.removeprefix("cfg:") for k in others]
+        if len(own) > 6:
+            own = own[:6] + [f"{len(others) - 6} more"]
+        line += f" Also differing between them (constant within a strategy): {', '.join(own)}."
+    if any(summary[k].isna().any() for k in shown if k in summary):
+        line += " –: the key is not set."
+    return line
+
 
 def write_report(dirs: list[str | Path], out: str | Path | None = None, fmt: str = "markdown",
                  paper: str | None = None) -> tuple[pd.DataFrame, str, list[str]]:
     """Load, summarise and write every report file (module docstring) into ``out``.
+
+    Args:
+        dirs: run or sweep directories; out: the output directory (None: ``<first dir>/report``);
+        fmt: what to return as text (markdown, latex or csv); paper: a key of
+        :data:`cl_bench.reference.PAPERS` (its published rows, and its claims if it states any).
 
     Returns:
         ``(summary, text, skipped)``: the numeric summary, the table rendered in ``fmt``
@@ -897,16 +1727,30 @@ def write_report(dirs: list[str | Path], out: str | Path | None = None, fmt: str
     out.mkdir(parents=True, exist_ok=True)
     claims = (write_claims(runs, paper, out, [*map(Path, dirs), out])
               if paper and PAPERS[paper].get("claims") else "")
-    note = f"\n\n{PAPERS[paper]['note']}. Source: {PAPERS[paper]['citation']}.\n" if paper else "\n"
-    md = human.to_markdown(index=False) + note
-    (out / "report.md").write_text(md)
-    (out / "report.tex").write_text(human.to_latex(index=False, escape=True))
-    summary.to_csv(out / "report.csv", index=False, float_format="%.6g")
-    runs.drop(columns=list(PRIVATE)).to_csv(out / "runs.csv", index=False)
     keys = group_keys(runs)
     plot_heatmaps(runs, keys, out / "heatmaps.png")
     plot_curves(runs, keys, out / "curves.png")
-    text = {"markdown": md, "latex": human.to_latex(index=False, escape=True),
+    losses = plot_losses(runs, keys, out / "losses.png")
+    if losses is None and (out / "losses.png").exists():
+        (out / "losses.png").unlink()  # an older report's: not these runs'
+    notes = [groups_line(runs, summary)]
+    versus = baseline_lines(summary)
+    if versus:
+        notes.append("Against the mean predictor (always answering the training mean): "
+                     + "; ".join(versus) + ".")
+    notes.append("Figures: heatmaps.png, curves.png"
+                 + (", losses.png" if losses is not None else
+                    " (no losses.png: no run logged its loss; logger=csv does)") + ".")
+    if paper:
+        notes.append(f"{PAPERS[paper]['note']}. Source: {PAPERS[paper]['citation']}.")
+    md = "\n\n".join([notes[0], markdown_table(human), *notes[1:]]) + "\n"
+    fixed = [c for c in summary.columns if not c.endswith((" mean", " std")) and c != "n"]
+    tex = latex_document(human, fixed, notes)
+    (out / "report.md").write_text(md)
+    (out / "report.tex").write_text(tex)
+    summary.to_csv(out / "report.csv", index=False, float_format="%.6g")
+    runs.drop(columns=list(PRIVATE)).to_csv(out / "runs.csv", index=False)
+    text = {"markdown": md, "latex": tex,
             "csv": summary.to_csv(index=False, float_format="%.6g")}[fmt]
     if claims and fmt == "markdown":
         text += "\n" + claims

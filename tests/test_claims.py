@@ -196,10 +196,10 @@ def test_missing_strategies_are_not_measured(tmp_path):
            "tumour_seg Dice" in notes
     assert r["c.2"]["verdict"] == "mixed (2/3)"  # lora's own numbers are still judged
     assert r["d"]["verdict"] == "holds" and r["e"]["verdict"] == "fails"
-    # claims.md: one row each; c shows what was measured and says why it is not judged
+    # claims.md: c shows what was measured and says why it is not judged; a has no row
     assert (r["a"]["md ours"], r["a"]["md holds"]) == ("not measured (no seq_ft runs)", "–")
     assert (r["c"]["md ours"], r["c"]["md holds"]) == ("–; 7.333 ± 1.528 y (n=3)",
-                                                       "not measured (no seq_ft runs)")
+                                                       "not judged (no seq_ft runs)")
 
 
 def test_mean_predictor_from_data_checks_else_not_measured(tmp_path):
@@ -260,7 +260,9 @@ def test_each_backbone_is_judged_on_its_own(sweep, tmp_path):
     md = (out / "claims.md").read_text()
     vit = dict(blocks(md))["brain_seg_age · vit3d_tiny"]
     assert vit["a"][1:] == ["0.875 (n=1)", "0.16 / 0.80 = 0.20", "fails (0/1)"]
-    assert vit["b"][1:] == ["not measured (no seq_lp runs)", "–; 1.45 norm.", "–"]
+    assert list(vit) == ["a"]  # b to e: no seq_lp or lora runs there, said in one line
+    section = md.split("### brain_seg_age · vit3d_tiny\n", 1)[1]
+    assert "- Not measured here: b (no seq_lp runs); c, d, e (no lora runs)." in section
 
 
 def test_cli_prints_the_claims(sweep, tmp_path):
@@ -321,9 +323,9 @@ def test_claims_md_one_short_row_per_claim_default_first(ablations, tmp_path):
     for name in ("decoder=shared", "decoder=unetr", "regression_stages=[0, 1]"):
         assert md.count(name) == 1, name
     assert "backbone.decoder" not in md and "swin_unetr / " not in md
-    # one row per claim (no b.1, b.2), with the numbers of the runs
+    # one row per claim measured there (no b.1, b.2), with the numbers of the runs
+    assert [list(table) for _, table in got] == [["a", "b", "c", "d", "e"], ["b"], ["b"]]
     for _, table in got:
-        assert list(table) == ["a", "b", "c", "d", "e"]
         assert all(len(statement) <= 70 for statement, *_ in table.values())
     default = got[0][1]
     assert default["a"][1:] == ["0.472 ± 0.210 (n=3)", "0.16 / 0.80 = 0.20", "mixed (2/3)"]
@@ -336,10 +338,14 @@ def test_claims_md_one_short_row_per_claim_default_first(ablations, tmp_path):
     shallow, unetr = got[1][1], got[2][1]
     assert shallow["b"][1:] == ["-0.100; 18.0 y (n=1)", "–; 1.45 norm.", "fails (0/1)"]
     assert unetr["b"][1] == "0.000; 15.0 y (n=1)" and unetr["b"][3] == "fails (0/1)"
-    for cid, why in (("a", "no seq_ft runs"), ("c", "no lora runs"), ("e", "no lora runs")):
-        assert unetr[cid][1:] != unetr["b"][1:]
-        assert unetr[cid][1] == f"not measured ({why})" and unetr[cid][3] == "–"
-    # short lines; notes per block, what is not measured only in its row (and claims.csv)
+    # no "not measured" rows: one line at the end of each block says which and why
+    sections = md.split("\n### ")[1:]
+    assert "Not measured here" not in sections[0]
+    for section in sections[1:]:
+        assert section.count("- Not measured here: a (no seq_ft runs); c, d, e (no lora "
+                             "runs).") == 1
+    assert not [ln for ln in md.splitlines() if ln.startswith("|") and "not measured" in ln]
+    # short lines; notes per block (claims.csv has every test whole)
     assert max(map(len, md.splitlines())) <= CLAIM_MD_WIDTH
     assert "not measured:" not in md
     assert md.count("partial runs left out") == 1 and md.count("(e) why not: LoRA of rank") == 1

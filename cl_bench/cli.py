@@ -240,6 +240,9 @@ def _main(cfg: DictConfig) -> float | None:
         a search trial's objective value (:func:`_objective`; the sweeper reads it from Hydra's
         ``JobReturn``), else ``None``.
     """
+    # before the runner's imports (torchmetrics imports matplotlib): a fresh install's first
+    # import builds matplotlib's font cache and logs "generated new fontManager" at INFO
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     from cl_bench.runner import run
     from cl_bench.summary import job_line, run_summary
 

@@ -424,6 +424,24 @@ def _not_routable(task, x: torch.Tensor, scorer) -> torch.Tensor:
                       "eval.task_id=oracle")
 
 
+def _mean_predictor(task, scores: dict, stream) -> dict[str, float]:
+    value = scores.get("mae_mean_predictor")
+    return {} if value is None else {"mean_predictor": float(value)}
+
+
+def _chance(task, scores: dict, stream) -> dict[str, float]:
+    if task.scenario == "class_il":  # one head over every class of the stream
+        classes = {c for t in (stream or [task]) if t.kind == task.kind for c in t.classes}
+        k = len(classes) or task.num_classes
+    else:
+        k = len(task.classes) or task.num_classes
+    return {"chance": 1.0 / k, "classes": k} if k else {}
+
+
+def _no_baseline(task, scores: dict, stream) -> dict[str, float]:
+    return {}
+
+
 def _same_classes(a, b) -> bool:
     return a.num_classes == b.num_classes
 
@@ -470,6 +488,13 @@ class KindSpec:
             kind without per-sample task ids.
         compatible: ``compatible(a, b)`` for two tasks of this kind: can ``a``'s head answer
             a sample of ``b`` in ``b``'s terms?
+        baseline: ``baseline(task, scores, stream) -> dict``: the score a model that learned
+            nothing gets on ``task``, in the metric's units, from ``scores`` (the task's
+            :meth:`TaskScorer.result`) and the stream: regression ``{"mean_predictor": MAE of
+            always answering the training mean}``; classification ``{"chance": 1/k,
+            "classes": k}`` (a uniform guess among k classes: the task's own under task-IL, every
+            class of the stream under class-IL); ``{}`` where no such baseline is defined
+            (Dice, mIoU). See :func:`task_baselines`.
     """
 
     name: str
@@ -485,6 +510,7 @@ class KindSpec:
     answer: Callable[..., torch.Tensor]
     no_answer: Callable[..., torch.Tensor]
     compatible: Callable[..., bool]
+    baseline: Callable[..., dict] = _no_baseline
 
 
 #: every task kind, by ``Task.kind``; the order is the order shared heads are built in
@@ -498,13 +524,15 @@ KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (
              label="0-d FloatTensor in native units (years for brain age)",
              normalised_target=True, head="regressor", shared_head=lambda task: False,
              active_classes=False, loss=NormalisedMSE, scorer=MAEScorer,
-             answer=_answer_regression, no_answer=_mean_target, compatible=_always),
+             answer=_answer_regression, no_answer=_mean_target, compatible=_always,
+             baseline=_mean_predictor),
     KindSpec(name="classification", metric="accuracy", higher_is_better=True,
              label="0-d LongTensor: local index (task_il) or global class id (class_il)",
              normalised_target=False, head="classifier",
              shared_head=lambda task: task.scenario == "class_il",
              active_classes=False, loss=CrossEntropy, scorer=AccuracyScorer,
-             answer=_answer_classification, no_answer=_no_class, compatible=_always),
+             answer=_answer_classification, no_answer=_no_class, compatible=_always,
+             baseline=_chance),
     KindSpec(name=CISS, metric="miou", higher_is_better=True,
              label="LongTensor (1, H, W) of global class ids, the step's classes only "
                    "(0 = background, 255 = unlabelled)",
@@ -527,3 +555,31 @@ def kind_spec(kind: str) -> KindSpec:
         raise UnknownKindError(
             f"unknown task kind {kind!r}; known kinds: {', '.join(KINDS)} (cl_bench/kinds.py; "
             "docs/architecture.md §9 says how to add one)") from None
+
+
+def task_baselines(stream: list, details: dict) -> dict[str, dict[str, float]]:
+    """Each task's baseline (:attr:`KindSpec.baseline`): what metrics.json keeps as
+    ``baselines``.
+
+    Args:
+        stream: the tasks; details: ``{row: {task: every score of the row}}`` (metrics.json's
+            ``details``; one row ``{"init": {...}}`` will do): the mean predictor's MAE is read
+            from the last row that has the task (it depends on the test set only, so every
+            row holds the same value).
+
+    Returns:
+        ``{task name: {"mean_predictor": MAE}}`` for a regression task,
+        ``{task name: {"chance": 1/k, "classes": k}}`` for a classification task; tasks without
+        a baseline (segmentation, CISS) are left out.
+
+    Raises:
+        UnknownKindError: a task's kind is not in :data:`KINDS`.
+    """
+    rows = list(details.values())
+    out = {}
+    for task in stream:
+        scores = next((row[task.name] for row in reversed(rows) if task.name in (row or {})), {})
+        found = kind_spec(task.kind).baseline(task, scores, stream)
+        if found:
+            out[task.name] = found
+    return out

@@ -24,7 +24,13 @@ def make_logger(cfg: DictConfig, run_dir: Path) -> Logger | None:
     """Build ``cfg.logger`` with ``save_dir=<run_dir>/logs`` and log the resolved config.
 
     W&B runs offline (``WANDB_MODE=offline``) unless ``WANDB_MODE`` is already set; its files
-    land in ``<run_dir>/logs/wandb/``.
+    land in ``<run_dir>/logs/wandb/``. A W&B run without ``logger.name`` / ``logger.group`` is
+    named and grouped by :func:`wandb_name_and_group` (the run's strategy, stream and seed; the
+    sweep, or the run directory), and Lightning's ``anonymous=None`` is not passed on (wandb
+    would warn that the setting has no effect).
+
+    Args:
+        cfg: the run's config; run_dir: the run's output directory.
 
     Returns:
         The logger, or ``None`` for ``logger=none``.
@@ -35,14 +41,47 @@ def make_logger(cfg: DictConfig, run_dir: Path) -> Logger | None:
     node = cfg.get("logger")
     if not node or not node.get("_target_"):
         return None
-    if "wandb" in str(node._target_).lower():
+    extra = {}
+    wandb = "wandb" in str(node._target_).lower()
+    if wandb:
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_SILENT", "true")
+        name, group = wandb_name_and_group(cfg, run_dir)
+        extra = {"name": node.get("name") or name, "group": node.get("group") or group}
     save_dir = Path(run_dir) / "logs"
     save_dir.mkdir(parents=True, exist_ok=True)
-    logger = build(node, "logger", save_dir=str(save_dir))
+    logger = build(node, "logger", save_dir=str(save_dir), **extra)
+    init = getattr(logger, "_wandb_init", None)  # WandbLogger's wandb.init arguments
+    if wandb and isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)  # wandb >= 0.19 warns about any value, None included
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger
+
+
+def wandb_name_and_group(cfg: DictConfig, run_dir: Path) -> tuple[str, str]:
+    """A W&B run's name and group when the config sets none.
+
+    Args:
+        cfg: the run's config (``strategy.name``, ``tasks.name``, ``seed``);
+        run_dir: the run's output directory.
+
+    Returns:
+        ``(name, group)``: the name ``<strategy>_<stream>_seed<seed>`` (``lora_brain_seg_age_seed0``);
+        the group the sweep directory's name in a multirun (every job and seed of the sweep
+        together), else the run directory's name (a resumed run stays in its group).
+    """
+    name = f"{cfg.strategy.get('name')}_{cfg.tasks.get('name')}_seed{cfg.seed}"
+    group = Path(run_dir).name
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            group = Path(hc.sweep.dir).name
+    except (ImportError, ValueError):  # not under Hydra's command line (a test, a notebook)
+        pass
+    return name, group
 
 
 def log_row(logger: Logger | None, row_index: int, label: str, df: pd.DataFrame,

@@ -10,7 +10,8 @@ run), names the task and its place in the stream and shows the loss, the speed a
 When ``train.progress_bar=false`` or stdout is not a terminal (SLURM logs, CI, a pipe), carriage-
 return bars would be garbage in a file, so :class:`StepLogLines` logs the same fields as one plain
 line every ``train.log_every_n_steps`` steps instead. Evaluation rows are announced by
-:func:`row_line` (``row after_tumour_seg: tumour_seg Dice 0.612, brain_age MAE 16.0 years (4.1 s)``).
+:func:`row_line` (``row after_brain_age: tumour_seg Dice 0.612, brain_age MAE 18.9 years
+(predicting the mean: 16.3) (4.1 s)``, a regression task beside its mean predictor).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from cl_bench.summary import fmt_value, metric_label
+from cl_bench.summary import fmt_value, metric_label, wrap_parts
 
 log = logging.getLogger("cl_bench.progress")
 
@@ -175,15 +176,36 @@ def progress_callback(t: int, num_tasks: int, task_name: str, max_steps: int, ev
     return StepLogLines(t, num_tasks, task_name, max_steps, every)
 
 
-def row_line(label: str, stream, values: list[float], seconds: float) -> str:
-    """``row after_tumour_seg: tumour_seg Dice 0.612, brain_age MAE 16.0 years (4.1 s)``.
+def row_line(label: str, stream, values: list[float], seconds: float,
+             details: dict | None = None, width: int | None = None) -> str:
+    """``row after_brain_age: tumour_seg Dice 0.612, brain_age MAE 18.9 years (predicting the
+    mean: 16.3) (4.1 s)``: a row of R as the run announces it.
+
+    A regression task names its baseline, the MAE of always answering the training mean
+    (:func:`cl_bench.kinds.task_baselines`), so a model worse than guessing shows as such while
+    the run goes; a line wider than ``width`` breaks between tasks
+    (:func:`~cl_bench.summary.wrap_parts`).
 
     Args:
-        label: the row (``init``, ``after_<task>``); stream: the tasks (``metric``, ``units``);
-        values: the row of R in task order, native units; seconds: the row's evaluation time.
+        label: the row (``init``, ``after_<task>``); stream: the tasks (``metric``, ``units``,
+            ``kind``); values: the row of R in task order, native units; seconds: the row's
+            evaluation time; details: the row's ``{task: every score}``
+            (:attr:`cl_bench.evaluation.Row.details`), where the baselines are read (None: no
+            baselines shown); width: the line width (None: :func:`~cl_bench.summary.terminal_width`).
+
+    Returns:
+        The text (more than one line only if it is wider than ``width``).
+
+    Raises:
+        UnknownKindError: with ``details``, a task's kind is not in :data:`cl_bench.kinds.KINDS`.
     """
+    from cl_bench.kinds import task_baselines
+
+    baselines = task_baselines(stream, {label: details}) if details else {}
     parts = []
     for task, v in zip(stream, values):
         unit = f" {task.units}" if getattr(task, "units", None) else ""
-        parts.append(f"{task.name} {metric_label(task.metric)} {fmt_value(v)}{unit}")
-    return f"row {label}: " + ", ".join(parts) + f" ({seconds:.1f} s)"
+        mean = baselines.get(task.name, {}).get("mean_predictor")
+        versus = "" if mean is None else f" (predicting the mean: {fmt_value(mean)})"
+        parts.append(f"{task.name} {metric_label(task.metric)} {fmt_value(v)}{unit}{versus}")
+    return wrap_parts(f"row {label}: ", parts, f" ({seconds:.1f} s)", width)

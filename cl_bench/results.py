@@ -1,13 +1,15 @@
 """Writing a run's result files atomically (tmp file + rename) after every row of R.
 
 Files (docs/architecture.md §1): ``matrix.csv`` (rows ``init`` and ``after_<task>``, one column
-per task, native units; ``pd.read_csv(path, index_col=0)`` gives the matrix), ``metrics.json``,
-``heatmap.png``, ``params.json``, ``timing.json``; for a class-incremental segmentation stream
-also ``ciss.csv`` (after each step: ``miou_base`` = background + step-0 classes, ``miou_new`` =
-classes of later steps, ``miou_all``; STAR's "old / new / all"). An interrupted run keeps every
-completed row: the text files are rewritten after every row, the figures (matplotlib, the slow
-part) are drawn at the end of the run or when it stops on an error (``clbench-report`` redraws
-from the files).
+per task, native units; ``pd.read_csv(path, index_col=0)`` gives the matrix), ``metrics.json``
+(with ``baselines``: per task the score of a model that learned nothing, e.g.
+``{"brain_age": {"mean_predictor": 16.3}, "mnist_0_1": {"chance": 0.5, "classes": 2}}``,
+:func:`cl_bench.kinds.task_baselines`), ``heatmap.png`` (each value beside its baseline),
+``params.json``, ``timing.json``; for a class-incremental segmentation stream also ``ciss.csv``
+(after each step: ``miou_base`` = background + step-0 classes, ``miou_new`` = classes of later
+steps, ``miou_all``; STAR's "old / new / all"). An interrupted run keeps every completed row:
+the text files are rewritten after every row, the figures (matplotlib, the slow part) are drawn
+at the end of the run or when it stops on an error (``clbench-report`` redraws from the files).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import pandas as pd
 
 from cl_bench.data.base import Task
 from cl_bench.files import atomic_write, write_json
-from cl_bench.kinds import kind_spec
+from cl_bench.kinds import kind_spec, task_baselines
 from cl_bench.metrics import cl_metrics
-from cl_bench.summary import fmt_value
+from cl_bench.summary import BASELINE_NAMES, fmt_value, versus_baseline
 
 
 def matrix_frame(rows: dict[str, list[float]], stream: list[Task]) -> pd.DataFrame:
@@ -56,7 +58,10 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
             of the validation R and its details).
 
     Returns:
-        The metrics dict written to metrics.json.
+        The metrics dict written to metrics.json. Its ``baselines`` (and ``val.baselines``):
+        ``{task: {"mean_predictor": MAE of always answering the training mean}}`` for a
+        regression task, ``{task: {"chance": 1/k, "classes": k}}`` for a classification task
+        (:func:`cl_bench.kinds.task_baselines`), in the metric's units; no entry for Dice or mIoU.
     """
     run_dir = Path(run_dir)
     df = matrix_frame(rows, stream)
@@ -66,9 +71,11 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
         val = matrix_frame(val_rows, stream)
         atomic_write(run_dir / "matrix_val.csv",
                      lambda tmp: val.to_csv(tmp, float_format="%.6g"))
-        metrics["val"] = {**_stream_metrics(val, stream), "details": val_details or {}}
+        metrics["val"] = {**_stream_metrics(val, stream), "details": val_details or {},
+                          "baselines": task_baselines(stream, val_details or {})}
     metrics["units"] = {t.name: {"metric": t.metric, "units": t.units,
                                  "higher_is_better": t.higher_is_better} for t in stream}
+    baselines = metrics["baselines"] = task_baselines(stream, details)
     metrics["details"] = details
     ciss = ciss_summary(stream, details)
     if ciss is not None:
@@ -79,8 +86,27 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     write_json(run_dir / "metrics.json", metrics)
     if figures:
         title = f"{extra.get('strategy')} on {extra.get('tasks')} (seed {extra.get('seed')})"
-        atomic_write(run_dir / "heatmap.png", lambda tmp: plot_heatmap(df, stream, tmp, title))
+        atomic_write(run_dir / "heatmap.png",
+                     lambda tmp: plot_heatmap(df, stream, tmp, title, baselines))
     return metrics
+
+
+def recorded_wall_time(run_dir: Path) -> float:
+    """The wall time ``timing.json`` records for the run in ``run_dir``: ``total_s``, the
+    seconds of every process of the run so far (a stopped one's cut-short task included).
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        The seconds; 0.0 when there is no readable ``timing.json`` or no ``total_s`` in it.
+    """
+    import json
+
+    try:
+        return float(json.loads((Path(run_dir) / "timing.json").read_text()).get("total_s", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def write_probes(run_dir: Path, probes: dict) -> None:
@@ -176,17 +202,29 @@ def write_task_agnostic(out_dir: Path, stream: list[Task], rows: dict[str, list[
 
 
 def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
-                 title: str | None = None) -> None:
+                 title: str | None = None, baselines: dict | None = None) -> None:
     """Annotated heatmap of R, one panel and colour scale per metric (Dice, MAE, ...).
 
     Colours run from worse to better in every panel (reversed for lower-is-better metrics).
+    With ``baselines`` (metrics.json's, :func:`cl_bench.kinds.task_baselines`) each panel's
+    title names its tasks' baseline (``predicting the mean: 16.3``, ``chance: 0.500``), the
+    colour bar marks it, a cell no better than it says so under its value (``worse than the
+    mean``, ``no better than chance``), and a mean-predictor panel's colour scale runs from 0
+    to the baseline: an error as large as always guessing the mean gets the worst colour,
+    however it compares with the other cells.
+
+    Args:
+        df: R (rows × tasks, native units); stream: the tasks (the columns' kinds, metrics and
+            units); path: where the PNG goes; title: the figure's title; baselines:
+            ``{task: {"mean_predictor": v} | {"chance": v, "classes": k}}`` (None: none shown).
     """
+    baselines = baselines or {}
     groups: dict[str, list[int]] = {}
     for j, t in enumerate(stream):
         groups.setdefault(t.metric, []).append(j)
     widths = [2.2 + 1.1 * len(cols) for cols in groups.values()]
     fig, axes = plt.subplots(1, len(groups), squeeze=False, width_ratios=widths,
-                             figsize=(1.4 + sum(widths), 1.4 + 0.5 * len(df)))
+                             figsize=(1.4 + sum(widths), 1.6 + 0.5 * len(df)))
     for k, (ax, (metric, cols)) in enumerate(zip(axes[0], groups.items())):
         sub = df.iloc[:, cols].to_numpy(float)
         task0 = stream[cols[0]]
@@ -195,21 +233,37 @@ def plot_heatmap(df: pd.DataFrame, stream: list[Task], path: str,
         vmin, vmax = (finite.min(), finite.max()) if finite.size else (0, 1)
         if metric in ("dice", "accuracy"):
             vmin, vmax = 0.0, 1.0
+        found = {key: [baselines[stream[c].name][key] for c in cols
+                       if baselines.get(stream[c].name, {}).get(key) is not None]
+                 for key in BASELINE_NAMES}
+        if found["mean_predictor"] and not task0.higher_is_better:
+            vmin, vmax = 0.0, max(found["mean_predictor"])  # 0 = perfect, the mean = worst
         im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1,
                        aspect="auto")
         for (i, j), v in np.ndenumerate(sub):
             txt = "–" if not np.isfinite(v) else fmt_value(v)
+            versus = versus_baseline(v, baselines.get(stream[cols[j]].name),
+                                     task0.higher_is_better) if np.isfinite(v) else None
+            if versus and not versus.startswith("better"):
+                txt += "\n" + versus.replace("predicting the mean", "the mean")
             frac = 0.5 if vmax == vmin or not np.isfinite(v) else (v - vmin) / (vmax - vmin)
             dark = frac < 0.5 if task0.higher_is_better else frac > 0.5
-            ax.text(j, i, txt, ha="center", va="center", fontsize=9,
+            ax.text(j, i, txt, ha="center", va="center", fontsize=9 if "\n" not in txt else 7,
                     color="white" if dark else "black")
         ax.set_xticks(range(len(cols)), [stream[c].name for c in cols], rotation=20)
         ax.set_yticks(range(len(df)), list(df.index) if k == 0 else [])
         unit = f" ({task0.units})" if task0.units else ""
         arrow = "↑" if task0.higher_is_better else "↓"
-        ax.set_title(f"{metric}{unit} {arrow}")
+        heading = f"{metric}{unit} {arrow}"
+        bar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.03)
+        for key, values in found.items():
+            if values:
+                shown = sorted({fmt_value(b) for b in values})
+                heading += f"\n{BASELINE_NAMES[key]}: {', '.join(shown)}"
+                for b in set(values):
+                    bar.ax.axhline(b, color="red", linewidth=1.5)
+        ax.set_title(heading, fontsize=10)
         ax.set_xlabel("evaluated task")
-        fig.colorbar(im, ax=ax, shrink=0.9, pad=0.03)
     axes[0][0].set_ylabel("after training")
     if title:
         fig.suptitle(title)

@@ -34,7 +34,8 @@ from cl_bench.loggers import close_logger, log_row, make_logger
 from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.progress import row_line
-from cl_bench.results import matrix_frame, write_probes, write_results, write_task_agnostic
+from cl_bench.results import (matrix_frame, recorded_wall_time, write_probes, write_results,
+                              write_task_agnostic)
 from cl_bench.strategies.base import Strategy
 from cl_bench.training import compile_model, fit_task
 
@@ -180,10 +181,12 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
         lightning_ctrl_c = type(e) is SystemExit and isinstance(e.__context__, KeyboardInterrupt)
         if type(e) is SystemExit and not lightning_ctrl_c or SLURMEnvironment.detect():
             raise  # a real exit; or SLURM's SIGTERM (requeue / cancel): end as SLURM expects
+        r.record_wall_time()  # the task cut short counts
         r.draw_figures()
         raise _interrupted(run_dir, stream, r.state.tasks_done,
                            sigterm=isinstance(e, (SIGTERMException, _SigTerm))) from None
     except BaseException:
+        r.record_wall_time()
         r.draw_figures()  # where an error stopped the run (never masking that error)
         raise
     else:
@@ -246,7 +249,9 @@ class _StreamRun:
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
         self.state = RunState.from_dict(state)
-        self.t0 -= self.state.timing.get("total_s", 0.0)
+        # the time of every process of the run so far, a stopped one's cut-short task included
+        # (timing.json's total_s, recorded when it stopped: record_wall_time)
+        self.t0 -= max(self.state.timing.get("total_s", 0.0), recorded_wall_time(self.run_dir))
         ckpt.set_rng_state(state["rng"])
         log.info("resuming %s after %d/%d tasks", self.run_dir, self.state.tasks_done,
                  len(self.stream))
@@ -265,7 +270,7 @@ class _StreamRun:
             s.val_rows[label], s.val_details[label] = row.val_scores, row.val_details
         seconds = time.perf_counter() - start
         if self.main:
-            log.info(row_line(label, self.stream, row.scores, seconds))
+            log.info(row_line(label, self.stream, row.scores, seconds, row.details))
         return seconds
 
     def write_row(self, label: str | None, figures: bool = False) -> dict:
@@ -289,6 +294,17 @@ class _StreamRun:
             log_row(self.logger, len(s.rows) - 1, label, matrix_frame(s.rows, self.stream),
                     self.run_dir / "heatmap.png")
         return metrics
+
+    def record_wall_time(self) -> None:
+        """A stopped run's wall time so far, its cut-short task included, into ``timing.json``'s
+        ``total_s`` (otherwise written at task ends only); a failure to write it is logged."""
+        if not self.main:
+            return
+        self.state.timing["total_s"] = time.perf_counter() - self.t0
+        try:
+            write_json(self.run_dir / "timing.json", self.state.timing)
+        except OSError as e:  # the run's own error matters more
+            log.warning("timing.json not written after the stop: %s", e)
 
     def draw_figures(self) -> None:
         """Draw the figures of the rows so far after a failure; a failure to draw them (a full

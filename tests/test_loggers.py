@@ -9,6 +9,7 @@ import time
 import pandas as pd
 
 from cl_bench.runner import run
+from tests.conftest import tiny_overrides
 
 
 def test_csv_logger_has_every_task_curve_and_r_rows(compose_cfg, tmp_path):
@@ -23,6 +24,37 @@ def test_csv_logger_has_every_task_curve_and_r_rows(compose_cfg, tmp_path):
     assert list(r_rows["R/brain_age"].round(4)) == list(matrix["brain_age"].round(4))
     (hparams,) = (tmp_path / "logs" / "csv").rglob("hparams.yaml")
     assert "seq_lp" in hparams.read_text()
+
+
+def test_a_wandb_run_in_a_sweep_is_named_by_its_job_and_grouped_by_the_sweep(
+        cli, data_cache, tmp_path, monkeypatch):
+    """``clbench -m ... logger=wandb``: the job's W&B run is named by its strategy, stream and
+    seed, and its group is the sweep directory's name (every seed of a sweep in one group)."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    sweep = tmp_path / "sweep_2026"
+    tiny = [o for o in tiny_overrides(data_cache) if not o.startswith("logger=")]
+    proc = cli("-m", "strategy=seq_lp", "seed=3", "logger=wandb", *tiny,
+               "train.max_steps=1", "eval.probes=false", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (offline,) = (sweep / "0_seq_lp_seed3" / "logs" / "wandb").glob("offline-run-*")
+    records = _finished_records(offline)
+    (named,) = {(r.run.display_name, r.run.run_group) for r in records if r.HasField("run")}
+    assert named == ("seq_lp_brain_seg_age_seed3", "sweep_2026")
+
+
+def _finished_records(offline):
+    """The records of an offline W&B run directory once its log holds the ``exit`` record
+    (wandb's service process may still be writing when ``finish()`` returns; up to a minute)."""
+    deadline = time.time() + 60
+    while True:
+        try:
+            records = list(wandb_records(next(offline.glob("run-*.wandb"))))
+        except Exception:  # a half-written record: not finished yet
+            records = []
+        if "exit" in [r.WhichOneof("record_type") for r in records] or time.time() > deadline:
+            return records
+        time.sleep(0.5)
 
 
 def wandb_records(path):
@@ -47,10 +79,14 @@ def wandb_records(path):
 
 
 def test_wandb_offline_run_holds_config_metrics_table_and_heatmap(compose_cfg, tmp_path,
-                                                                monkeypatch):
+                                                                monkeypatch, capfd):
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_home"))
+    capfd.readouterr()
     run(compose_cfg("strategy=lora", "logger=wandb", "train.log_every_n_steps=1"), tmp_path)
+    printed = capfd.readouterr()
+    assert "anonymous" not in printed.out + printed.err  # wandb's "has no effect" warning
     (offline,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")  # offline by default
     # wandb's service process may still be writing the log when finish() returns: seen once
     # with two xdist workers on 2 busy cores (an empty log); give it up to a minute
@@ -65,6 +101,10 @@ def test_wandb_offline_run_holds_config_metrics_table_and_heatmap(compose_cfg, t
             break
         time.sleep(0.5)
     assert "exit" in kinds  # the run was finished
+
+    # named by the run, grouped by its directory (not under Hydra: no sweep)
+    (named,) = {(r.run.display_name, r.run.run_group) for r in records if r.HasField("run")}
+    assert named == ("lora_brain_seg_age_seed0", tmp_path.name)
 
     config = {i.key: json.loads(i.value_json) for r in records if r.HasField("config")
               for i in r.config.update}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -76,8 +78,8 @@ def test_a_plain_run_logs_steps_rows_and_ends_with_the_summary(tmp_path):
     assert "\r" not in out and "Epoch" not in out and "v_num" not in out
     assert re.search(r"^task 1/2 tumour_seg step 2/4 loss [\d.]+ [\d.]+ it/s ETA \d\d:\d\d$", out, re.M)
     assert re.search(r"^task 2/2 brain_age step 4/4 loss ", out, re.M)
-    assert re.search(r"^row init: tumour_seg Dice [\d.]+, brain_age MAE [\d.]+ years \([\d.]+ s\)$",
-                     out, re.M)
+    assert re.search(r"^row init: tumour_seg Dice [\d.]+, brain_age MAE [\d.]+ years "
+                     r"\(predicting the mean: [\d.]+\) \([\d.]+ s\)$", out, re.M)
     assert "row after_brain_age:" in out
     # the summary: R with direction and units, the CL metrics per group, trainable %, paths
     (run_dir,) = (tmp_path / "r" / "brain_seg_age" / "lora").iterdir()
@@ -86,13 +88,90 @@ def test_a_plain_run_logs_steps_rows_and_ends_with_the_summary(tmp_path):
     assert re.search(rf"^after_tumour_seg\s+{R.loc['after_tumour_seg', 'tumour_seg']:.3f}\s", out, re.M)
     for name in ("MFN", "MFT", "MAA", "BWT gem", "BWT sefe", "forgetting", "FWT"):
         assert name in out
-    assert re.search(r"^trainable: tumour_seg [\d.]+ % \([\d,]+ params: adapters [\d,]+ = "
-                     r"[\d.]+ % of the backbone, head [\d,]+\), brain_age", out, re.M)
-    assert (f"files: {run_dir}/{{heatmap.png, matrix.csv, matrix_val.csv, probes.json, "
-            "metrics.json}") in out
+    assert re.search(r"^trainable:\s+tumour_seg [\d.]+ % \([\d,]+ params: adapters [\d,]+ = "
+                     r"[\d.]+ % of the backbone, head [\d,]+\),\s+brain_age", out, re.M)
+    files = "heatmap.png, matrix.csv, matrix_val.csv, probes.json, metrics.json"
+    assert (f"files: {run_dir}/{{{files}}}" in out  # one line, or the names on the next
+            or f"files: {run_dir}/\n    {files}" in out)
     assert ": complete, wall time" in out
     # the same summary is in cli.log
     assert "MFN" in (run_dir / "cli.log").read_text()
+
+
+#: the main job (``make run``: strategy=lora tasks=brain_seg_age, the Swin backbone and its
+#: shipped weights) on 4 subjects per task and 2 steps
+MAIN_JOB_SMALL = ["strategy=lora", "tasks=brain_seg_age", "tasks.n_train=4",
+                  "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
+                  "tasks.n_val=1", "tasks.n_test=2", "train.max_steps=2",
+                  "train.log_every_n_steps=1"]
+
+
+def _table_widths(text: str) -> set[int]:
+    """The widths of the tables (tabulate's rule lines ``----  -----``) printed in ``text``."""
+    return {len(ln) for ln in text.splitlines() if re.fullmatch(r"-+(  -+)+", ln)}
+
+
+def test_the_main_job_is_quiet_and_no_line_is_wider_than_the_terminal(tmp_path):
+    """``make run`` on a fresh install (matplotlib's font cache not built yet), shrunk: no
+    "generated new fontManager", the weight-loading line in cli.log only, and no line but a
+    table's wider than the terminal (COLUMNS=100; the clone's path taken as ~/cl_bench, as a
+    path is never broken)."""
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path),
+               MPLCONFIGDIR=str(tmp_path / "mpl"), COLUMNS="100")
+    proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", *MAIN_JOB_SMALL,
+                           f"results_dir={tmp_path}/results"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert list((tmp_path / "mpl").glob("fontlist*.json"))  # this run built the font cache
+    assert "fontManager" not in out
+    assert "Swin encoder tensors" not in out
+    (run_dir,) = (tmp_path / "results" / "brain_seg_age" / "lora").iterdir()
+    assert "loaded 126 Swin encoder tensors" in (run_dir / "cli.log").read_text()
+    assert re.search(r"^row after_brain_age: tumour_seg Dice [\d.]+,$", out, re.M)
+    assert re.search(r"^    brain_age MAE [\d.]+ years \(predicting the mean: [\d.]+\) "
+                     r"\([\d.]+ s\)$", out, re.M)
+    assert re.search(r"^  brain_age: MAE [\d.]+ years \(after_brain_age\) is (worse|better|no "
+                     r"better) than predicting the mean \([\d.]+ years\)$", out, re.M)
+    tables = _table_widths(out)
+    wide = [ln for ln in out.replace(str(tmp_path), "~/cl_bench").splitlines()
+            if len(ln) > 100 and len(ln) not in tables]
+    assert not wide, wide
+
+
+def _wall_time(text: str) -> float:
+    """The seconds of the summary's ``wall time 2 min 06 s`` / ``wall time 2.8 s``."""
+    found = re.search(r"wall time (?:(\d+) min (\d+) s|([\d.]+) s)", text)
+    assert found, text[-3000:]
+    minutes, seconds, plain = found.groups()
+    return float(plain) if plain else 60 * int(minutes) + int(seconds)
+
+
+def test_an_interrupted_runs_wall_time_counts_the_task_cut_short(tmp_path):
+    """Ctrl-C in task 1: the summary's wall time covers the time spent in it (no task had
+    finished, so the finished tasks alone would give no time at all)."""
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    run_dir = tmp_path / "run"
+    # SIGINT as a terminal's foreground process gets it, however pytest was started
+    proc = subprocess.Popen([sys.executable, "-m", "cl_bench.cli", "strategy=seq_lp", *TINY,
+                             "train.max_steps=100000", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 600
+    while not (run_dir / "matrix.csv").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    seen = time.time()  # the init row is written: the run's clock started before this
+    time.sleep(6)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    stopped = time.time()
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "INCOMPLETE: 0/2 tasks" in out
+    assert _wall_time(out) >= stopped - seen - 0.1
+    timing = (run_dir / "timing.json").read_text()
+    assert '"total_s"' in timing
 
 
 def test_a_multirun_prints_one_line_per_job_and_the_report_command(tmp_path):

@@ -15,7 +15,7 @@ from monai.networks.nets import ViT
 from torch import nn
 
 from cl_bench.errors import ConfigError, DataError
-from cl_bench.models.weights import WRAPPER_PREFIXES, read_state_dict
+from cl_bench.models.weights import WRAPPER_PREFIXES, log_detail, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ def load_encoder_weights(vit: ViT, path: Path) -> None:
     mapped, ignored = map_vit_keys(sd, set(vit.state_dict()))
     load_strict(vit, mapped, path, "backbone",
                 "backbone.hidden_size/num_layers/num_heads/patch_size/img_size/in_channels")
-    log.info("loaded %d encoder tensors from %s (%d decoder keys ignored)", len(mapped), path,
-             len(ignored))
+    log_detail(log, "loaded %d encoder tensors from %s (%d decoder keys ignored)", len(mapped),
+               path, len(ignored))
 
 
 class UNetEncoder(GridFeatures, nn.Module):
@@ -275,7 +275,7 @@ class UNetEncoder(GridFeatures, nn.Module):
             sd = {k.removeprefix("unet."): v for k, v in read_state_dict(path).items()}
             load_strict(self.unet, sd, path, "UNet",
                         "backbone.channels/strides/num_res_units/feature_size/in_channels")
-            log.info("loaded %d UNet tensors from %s", len(sd), path)
+            log_detail(log, "loaded %d UNet tensors from %s", len(sd), path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         check_input(x, self.in_channels, self.img_size, self.spatial_dims)

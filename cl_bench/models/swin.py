@@ -238,7 +238,8 @@ class SwinEncoder(GridFeatures, nn.Module):
     run_decoder: bool = True
     #: hardware.precision=auto may pick bf16 autocast: with the segmentation decoder kept in fp32
     #: (backbone.decoder_fp32, the default) the main job's validation Dice and age MAE match fp32
-    #: over 5 paired seeds (+0.001 Dice; with a bf16 decoder -0.006: results/reference/bench/swin_speed_options)
+    #: over 5 paired seeds (+0.001 Dice; with a bf16 decoder -0.006:
+    #: results/reference/bench/swin_speed_options)
     AUTO_BF16 = True
 
     @checked("backbone")

@@ -66,7 +66,8 @@ from torch import nn
 
 from cl_bench.errors import DataError
 from cl_bench.models.backbones import load_strict, resolve_weights
-from cl_bench.models.weights import WRAPPER_PREFIXES, read_checkpoint, unwrap_state_dict
+from cl_bench.models.weights import (WRAPPER_PREFIXES, log_detail, read_checkpoint,
+                                     unwrap_state_dict)
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +263,8 @@ def load_swin_checkpoint(swin: nn.Module, weights: str | Path) -> dict[str, torc
                  "does not build")
     load_strict(swin, encoder, path, "Swin encoder (swinViT)", hint)
     wrapper = "".join(f"[{k!r}]" for k in trail) or "none"
-    log.info("loaded %d Swin encoder tensors from %s (layout: %s; wrapper %s); %d Swin UNETR "
-             "decoder tensors found, %d SSL-head keys ignored, %d legacy keys ignored, %d "
-             "buffers taken from the model", len(keys.encoder), path, keys.layout, wrapper,
-             len(keys.decoder), len(keys.ssl_heads), len(keys.legacy), len(derived))
+    log_detail(log, "loaded %d Swin encoder tensors from %s (layout: %s; wrapper %s); %d Swin UNETR "
+               "decoder tensors found, %d SSL-head keys ignored, %d legacy keys ignored, %d "
+               "buffers taken from the model", len(keys.encoder), path, keys.layout, wrapper,
+               len(keys.decoder), len(keys.ssl_heads), len(keys.legacy), len(derived))
     return keys.decoder

@@ -11,6 +11,7 @@ for the ViT / UNet encoders, :mod:`~cl_bench.models.swin_weights` for Swin), whi
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from collections.abc import Mapping
@@ -24,6 +25,28 @@ from cl_bench.errors import DataError
 WRAPPER_PREFIXES = ("module.", "model.", "net.", "backbone.", "_orig_mod.")
 #: dict keys under which training scripts store the state dict, tried in this order
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict")
+
+
+def log_detail(logger: logging.Logger, msg: str, *args) -> None:
+    """Log a detail worth keeping but not worth a terminal line (what a checkpoint held, e.g.
+    "loaded 126 Swin encoder tensors from ..."): at INFO to the log files only (the root
+    logger's ``FileHandler`` s: a run's ``cli.log``), and as a DEBUG message to the terminal
+    too when ``logger`` is enabled for DEBUG (``hydra.verbose=cl_bench`` or
+    ``hydra.verbose=true`` on the command line).
+
+    Args:
+        logger: the module's logger; msg, args: the message and its ``%`` arguments, as for
+            :meth:`logging.Logger.info`.
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(msg, *args, stacklevel=2)
+        return
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, msg, args, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
 
 
 def _safe_extra_globals() -> list:

@@ -938,7 +938,8 @@ def plot_heatmaps(runs: pd.DataFrame, keys: list[str], path: Path) -> dict:
 
     Returns:
         What was drawn: ``titles`` (per panel), ``scales`` (:func:`metric_scales`), ``cells``
-        (``{(group, row, task): (text, RGBA colour)}``) and ``key`` (its lines).
+        (``{(group, row, task): (text, RGBA colour)}``), ``key`` (its lines) and ``colorbars``
+        (each colour bar's label, one per metric).
     """
     groups, shared = describe_groups(runs, keys)
     scales = metric_scales(runs, keys)
@@ -995,15 +996,18 @@ def plot_heatmaps(runs: pd.DataFrame, keys: list[str], path: Path) -> dict:
         title = panel_title(group, panel_w - 1.2)
         ax.set_title(title, fontsize=9)
         titles.append(title)
-    for k, s in scales.items():
-        top.colorbar(ScalarMappable(Normalize(s["vmin"], s["vmax"]), s["cmap"]),
-                     ax=axes.ravel().tolist(), label=_scale_label(k), extend=s["extend"],
-                     shrink=0.7, aspect=25)
+    colorbars = []
+    for k, s in reversed(scales.items()):  # each bar goes outside the last: the first nearest
+        bar = top.colorbar(ScalarMappable(Normalize(s["vmin"], s["vmax"]), s["cmap"]),
+                           ax=axes.ravel().tolist(), label=_scale_label(k), extend=s["extend"],
+                           shrink=0.7, aspect=25)
+        colorbars.insert(0, bar.ax.get_ylabel())
     top.suptitle("R, mean over seeds", fontsize=10)
     bottom.text(0.01, 0.98, "\n".join(key), ha="left", va="top", fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return {"titles": titles, "scales": scales, "cells": cells, "key": key}
+    return {"titles": titles, "scales": scales, "cells": cells, "key": key,
+            "colorbars": colorbars}
 
 
 def _figure_with_key(width: float, main_h: float, key: list[str], ncols: int, n_lines: int):

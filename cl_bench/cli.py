@@ -156,6 +156,11 @@ def main() -> None:
     us through its documented ``HYDRA_FULL_ERROR`` switch. A user who set that variable gets
     Hydra's full trace as usual.
     """
+    if sys.argv[1:2] == ["ls"]:  # clbench ls [DIR]: the runs under DIR (cl_bench.runs_list)
+        from cl_bench.config import RUN_LOCAL_KEYS
+        from cl_bench.runs_list import main as list_runs
+
+        sys.exit(list_runs(sys.argv[2:], hidden=RUN_LOCAL_KEYS))
     if sys.argv[1:] in (["--help"], ["-h"]):  # the same text Hydra prints, without composing
         from string import Template
 

@@ -50,6 +50,10 @@ def test_stream_runs_and_writes_results(strategy, compose_cfg, initial_backbone,
     assert metrics["units"]["brain_age"] == {"metric": "mae", "units": "years",
                                              "higher_is_better": False}
     assert metrics["stream"] is None  # Dice and MAE are never averaged together
+    # the age task's baseline, always answering the training mean, beside its numbers: the
+    # same test set in every row, so one value (issue 39)
+    mean = {row["brain_age"]["mae_mean_predictor"] for row in metrics["details"].values()}
+    assert len(mean) == 1 and metrics["baselines"] == {"brain_age": {"mean_predictor": mean.pop()}}
     assert set(metrics["groups"]) == {"dice", "mae"}
 
     params = json.loads((tmp_path / "params.json").read_text())

@@ -261,3 +261,32 @@ def test_row_line_names_metric_units_and_time():
     line = row_line("after_tumour_seg", [T("tumour_seg", "dice", None), T("brain_age", "mae", "years")],
                     [0.61234, 16.04], 4.12)
     assert line == "row after_tumour_seg: tumour_seg Dice 0.612, brain_age MAE 16.0 years (4.1 s)"
+
+
+def test_a_detail_goes_to_the_log_file_and_to_the_terminal_only_when_verbose(tmp_path):
+    """What a checkpoint held (:func:`cl_bench.models.weights.log_detail`): in cli.log, not on
+    the terminal, unless the logger is at DEBUG (``hydra.verbose=cl_bench``)."""
+    import logging
+
+    from cl_bench.models.weights import log_detail
+
+    root, logger = logging.getLogger(), logging.getLogger("cl_bench.models.test_detail")
+    terminal = io.StringIO()
+    handlers = [logging.StreamHandler(terminal), logging.FileHandler(tmp_path / "cli.log")]
+    saved = root.level, list(root.handlers)
+    root.handlers[:] = handlers
+    root.setLevel(logging.INFO)
+    try:
+        log_detail(logger, "loaded %d Swin encoder tensors", 126)
+        assert "loaded 126 Swin encoder tensors" in (tmp_path / "cli.log").read_text()
+        assert terminal.getvalue() == ""
+        logger.setLevel(logging.DEBUG)  # what hydra.verbose=cl_bench does to cl_bench.*
+        log_detail(logger, "loaded %d encoder tensors", 7)
+        assert terminal.getvalue() == "loaded 7 encoder tensors\n"
+        assert "loaded 7 encoder tensors" in (tmp_path / "cli.log").read_text()
+    finally:
+        logger.setLevel(logging.NOTSET)
+        for h in handlers:
+            h.close()
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[0])

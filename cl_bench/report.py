@@ -1658,6 +1658,11 @@ def write_claims(runs: pd.DataFrame, paper: str, out: Path, dirs: list[Path],
     ``dirs`` (the report's inputs and ``out``) where the runs lack it; ``default`` as in
     :func:`claims_table`.
 
+    Args:
+        runs: from :func:`load_runs`; paper: a key of :data:`cl_bench.reference.PAPERS`;
+        out: the report's directory; dirs: where to look for ``data_checks.json``; default:
+        the default config, flattened (None: conf/'s).
+
     Returns:
         The markdown of ``claims.md``.
 
@@ -1787,8 +1792,16 @@ def _study_reports(dirs: list[str], out: str | None) -> tuple[list[str], list[st
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``clbench-report DIR [DIR ...] [--format F] [--out OUT] [--paper NAME]``; user errors
-    print one line and exit with code 2."""
+    """``clbench-report DIR [DIR ...] [--format F] [--out OUT] [--paper NAME]``: write the
+    report (:func:`write_report`), print it and where it went.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        Nothing; exits with code 2 after one line per user error (unreadable directories, no
+        runs, an unknown paper or format, a search whose study cannot be read).
+    """
     p = argparse.ArgumentParser(prog="clbench-report", description=__doc__.split("\n")[0])
     p.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively)")
     p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])

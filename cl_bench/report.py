@@ -1695,8 +1695,8 @@ def groups_line(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
     """
     split, others = separating_keys(runs)
     names = list(summary["group"])
-    span = names[0] if len(names) == 1 else f"{names[0]}-{names[-1]}"
-    line = f"Groups {span}: each the runs of one config but for the seed."
+    line = (f"Group {names[0]}: the runs of one config but for the seed." if len(names) == 1
+            else f"Groups {names[0]}-{names[-1]}: each the runs of one config but for the seed.")
     shown = [k.removeprefix("cfg:") for k in split]
     if shown:
         line += f" Separated by: {', '.join(shown)}."

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import warnings
@@ -21,6 +22,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
 from cl_bench.errors import ClBenchError, Interrupted, RunDirBusy
+from cl_bench.interrupts import SweepStopped
 
 log = logging.getLogger("cl_bench")
 #: the repository's conf/ (source checkout, editable install) or, in an installed wheel, the copy
@@ -41,20 +43,49 @@ OmegaConf.register_new_resolver("clbench_help", _help, replace=True)
 
 
 def _adopt_saved_config(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """``clbench resume=<dir>`` alone: continue with the config the run was started with."""
+    """``clbench resume=<dir> [key=value ...]``: the config the run was started with, with
+    the command line's overrides on top.
+
+    ``resume=<dir>`` alone continues the run's own config (with this command's run-local keys:
+    ``hardware.num_threads``, ``train.progress_bar``, ...). An override of a key that decides
+    the results (``train.max_steps=50``) is applied to the run's config, not to the defaults,
+    so the runner's check (:func:`cl_bench.checkpoint.claim_run_dir`) refuses the resume naming
+    just the keys the command line changed; restating the run's own values resumes. A preset
+    (``experiment=...``) or a group given with a package (``a@b=...``) may change any key: then
+    the command line's whole config is compared, as composed.
+
+    Args:
+        cfg: the config composed from the command line.
+        run_dir: the run directory being resumed.
+
+    Returns:
+        the config to run.
+
+    Raises:
+        ConfigError: the run's ``checkpoints/config.yaml`` cannot be read.
+    """
     from cl_bench.checkpoint import saved_config
     from cl_bench.config import RUN_LOCAL_KEYS
 
-    overrides = HydraConfig.get().overrides.task
-    if any(o.split("=", 1)[0].lstrip("+~") not in RUN_LOCAL_KEYS for o in overrides):
-        return cfg  # the user restated a config: the runner checks it matches the run's
     saved = saved_config(run_dir)
     if saved is None:
         return cfg
+    keys = [o.split("=", 1)[0] for o in HydraConfig.get().overrides.task]
+    if any(k.lstrip("+~").split(".")[0] == "experiment" or "@" in k or "/" in k for k in keys):
+        return cfg  # a preset or a packaged group: the composed config as a whole
     merged = OmegaConf.merge(saved, {k: v for k, v in cfg.items() if k in RUN_LOCAL_KEYS})
     with open_dict(merged):
         for key in ("train.progress_bar", "hardware.num_threads"):
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+        for key in keys:
+            name = key.lstrip("+~")
+            if key.startswith("~"):
+                parent, _, leaf = name.rpartition(".")
+                node = OmegaConf.select(merged, parent) if parent else merged
+                if isinstance(node, DictConfig) and leaf in node:
+                    del node[leaf]
+            elif name.split(".")[0] not in ("resume",):
+                OmegaConf.update(merged, name, OmegaConf.select(cfg, name), merge=False)
     return merged
 
 
@@ -76,11 +107,29 @@ def _check_resume_argument(argv: list[str]) -> None:
 
 def composition_error_line(ex: Exception, argv: list[str]) -> str:
     """One line naming the culprit of a Hydra composition error (an unknown group option, an
-    unknown key, a value the schema cannot convert, an override that does not parse)."""
+    unknown key, a value the schema cannot convert, an override that does not parse, several
+    values without ``--multirun``).
+
+    Args:
+        ex: the exception Hydra raised.
+        argv: the command line's arguments.
+
+    Returns:
+        the line, without the ``clbench: error:`` prefix.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import MissingConfigException, OverrideParseException
 
+    from cl_bench.config import did_you_mean
+
     first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+    ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", first)
+    if ambiguous:  # Hydra's three hints, on one line, the sweep first
+        arg = ambiguous.group(1)
+        key, _, value = arg.partition("=")
+        return (f"{arg}: several values outside a sweep; to sweep over them, add --multirun "
+                f"(-m) to your command line; for a list write {key}=[{value}], for one string "
+                f"quote it: {key}=\\'{value}\\'")
     if isinstance(ex, MissingConfigException):
         found = re.search(r"Could not find '([^']+)/([^']+)'", str(ex))
         if found and ex.options:
@@ -104,14 +153,19 @@ def composition_error_line(ex: Exception, argv: list[str]) -> str:
         parent = getattr(cause, "parent_node", None)
         valid = [k for k in (parent.keys() if parent is not None else [])
                  if not str(k).startswith("_") and k != "hydra"]
-        return f"{key}: unknown key" + (f"; valid keys: {', '.join(map(str, valid))}" if valid
-                                         else "")
+        return f"{key}: unknown key" + (f"; valid keys: {', '.join(map(str, valid))}"
+                                         f"{did_you_mean(key, valid)}" if valid else "")
     reason = str(cause).strip().splitlines()[0]
     return f"{key}: {reason[:1].lower()}{reason[1:]}"
 
 
 #: True while :func:`console` has the garbage collector paused for the runner's imports
 _gc_paused = False
+#: the arguments as the user typed them, set by :func:`main` (a stopped sweep's continuation
+#: command); ``None`` in a process :func:`main` did not start (a SLURM job running one job)
+_command: list[str] | None = None
+#: ``(sweep dir, job dir)`` of the last multirun job started in this process
+_sweep_job: tuple[str, str] | None = None
 
 
 def console() -> None:
@@ -166,6 +220,15 @@ def main() -> None:
 
         print(Template(_help()).safe_substitute())
         return
+    if "--version" in sys.argv[1:]:  # Hydra's flag would print Hydra's version
+        print(version_line())
+        return
+    from cl_bench.config import spell_stream_keys
+
+    global _command, _sweep_job
+    _command, _sweep_job = list(sys.argv[1:]), None
+
+    sys.argv[1:] = spell_stream_keys(sys.argv[1:])  # tasks.max_tasks=1 as --help spells it
     _check_resume_argument(sys.argv[1:])
     _register_sweeper()
     user_asked_full = bool(os.environ.get("HYDRA_FULL_ERROR"))
@@ -180,7 +243,8 @@ def main() -> None:
     except ClBenchError as ex:  # a multirun job's error, re-raised by Hydra after the sweep
         if user_asked_full:
             raise
-        print(f"clbench: error: {ex}", file=sys.stderr)
+        print(f"clbench: {'stopped' if isinstance(ex, Interrupted) else 'error'}: {ex}",
+              file=sys.stderr)
         sys.exit(ex.exit_code if isinstance(ex, Interrupted) else 2)
     except OmegaConfBaseException as ex:  # our resolvers' errors (e.g. clbench_run_dir's)
         cause = _clbench_cause(ex)
@@ -188,9 +252,61 @@ def main() -> None:
             raise
         print(f"clbench: error: {cause}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # before a run started (imports, composition): nothing written
-        print("clbench: stopped by Ctrl-C", file=sys.stderr)
+    except SweepStopped as ex:  # a sweep's job stopped: the whole sweep stops, one line
+        print(f"clbench: stopped: {sweep_stop_line(ex.error, ex.job_dir, ex.sweep_dir)}",
+              file=sys.stderr)
+        sys.exit(ex.exit_code)
+    except KeyboardInterrupt:  # outside a run's stream (imports, composition, a job's start)
+        if _sweep_job is not None:  # a sweep was under way: what it wrote is kept
+            print(f"clbench: stopped: {sweep_stop_line(None, *reversed(_sweep_job))}",
+                  file=sys.stderr)
+        else:
+            print("clbench: stopped by Ctrl-C", file=sys.stderr)
         sys.exit(130)
+
+
+def sweep_stop_line(error: Exception | None, job_dir: str, sweep_dir: str) -> str:
+    """The one line a stopped sweep prints: where it stopped and the command that continues
+    the whole sweep, the user's own command with ``hydra.sweep.dir=<its directory>``.
+
+    Run again in the same directory, every job finds its run directory: a finished run is
+    not trained again (:func:`cl_bench.checkpoint.claim_run_dir` resumes it with all its
+    tasks done), the stopped run continues from its checkpoints, the jobs not yet started run;
+    a search (``hydra/sweeper=optuna``) continues its study from the same directory.
+
+    Args:
+        error: the stopped job's :class:`~cl_bench.errors.Interrupted`, or ``None`` for a
+            Ctrl-C outside a run's stream.
+        job_dir: the run directory of the job that was running.
+        sweep_dir: ``hydra.sweep.dir``.
+
+    Returns:
+        the line, without the ``clbench: stopped:`` prefix.
+    """
+    found = re.match(r"interrupted by (\S+) after (\d+/\d+) tasks", str(error or ""))
+    how = (f"interrupted by {found.group(1)} after {found.group(2)} tasks of sweep job "
+           f"{Path(job_dir).name}" if found else f"interrupted by Ctrl-C in sweep job "
+           f"{Path(job_dir).name}")
+    args = [a for a in (_command or []) if not a.lstrip("+").startswith("hydra.sweep.dir=")]
+    command = shlex.join(["clbench", *args, f"hydra.sweep.dir={os.path.abspath(sweep_dir)}"])
+    return (f"{how}; continue the whole sweep (finished runs are kept, the stopped one "
+            f"resumes from its checkpoints) with: {command}")
+
+
+def version_line() -> str:
+    """``clbench --version``: ``"clbench 0.1.0 (Hydra 1.3.8)"``, the installed distribution's
+    version (:func:`importlib.metadata.version`; ``unknown`` where cl_bench is not installed).
+
+    Returns:
+        the line.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        mine = version("cl_bench")
+    except PackageNotFoundError:
+        mine = "unknown"
+    return f"clbench {mine} (Hydra {hydra.__version__})"
 
 
 def _register_sweeper() -> None:
@@ -254,22 +370,33 @@ def _main(cfg: DictConfig) -> float | None:
     _resume_gc()  # the runner's imports are done (see console)
     quiet_libraries()
 
+    global _sweep_job
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
+    if hc.mode == RunMode.MULTIRUN:
+        _sweep_job = (str(hc.sweep.dir), run_dir)
     try:
         if cfg.get("resume"):
             cfg = _adopt_saved_config(cfg, Path(run_dir))
         out = run(cfg, run_dir)
         value = _objective(cfg, out.metrics)
     except ClBenchError as e:
-        print(f"clbench: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}",
-              file=sys.stderr)
+        # a sweep's job stopped by Ctrl-C / SIGTERM in the launching process: the sweep stops
+        # too, and the command line prints one line (sweep_stop_line), not this job's advice
+        stop_sweep = (hc.mode == RunMode.MULTIRUN and isinstance(e, Interrupted)
+                      and _command is not None)
+        if not stop_sweep:
+            print(f"clbench: {'stopped' if isinstance(e, Interrupted) else 'error'}: {e}",
+                  file=sys.stderr)
         if hc.mode != RunMode.MULTIRUN and not cfg.get("resume"):
             _discard_unused_run_dir(Path(run_dir), Path(str(cfg.get("results_dir") or ".")))
-        if (Path(run_dir) / "matrix.csv").exists() and not isinstance(e, RunDirBusy):
+        if ((Path(run_dir) / "matrix.csv").exists() and not isinstance(e, RunDirBusy)
+                and not stop_sweep):
             if hc.mode != RunMode.MULTIRUN:
                 log.info("\n%s", run_summary(run_dir))
             print(f"clbench: completed rows are kept in {run_dir}/matrix.csv", file=sys.stderr)
+        if stop_sweep:
+            raise SweepStopped(e, run_dir, str(hc.sweep.dir)) from None
         if hc.mode == RunMode.MULTIRUN:
             raise
         sys.exit(e.exit_code if isinstance(e, Interrupted) else 2)

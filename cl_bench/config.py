@@ -9,10 +9,13 @@ against the signature of their ``_target_`` before anything is constructed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import errno
 import importlib
 import inspect
 import os
 import re
+import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,17 +186,37 @@ ConfigStore.instance().store(name="clbench_schema", node=ClBenchConfig)
 
 
 def check_creatable(path: Path, key: str) -> None:
-    """Raise :class:`ConfigError` naming ``key`` if directory ``path`` cannot be made: its
-    nearest existing ancestor is not a directory, or is not writable."""
+    """Check that directory ``path`` can be made and written, before Hydra makes it (and
+    would fail with a traceback).
+
+    Its nearest existing ancestor must be a directory in which a directory can really be made:
+    a temporary one is made and removed there, which also catches what permission bits do not
+    tell (root on a read-only or virtual file system such as ``/proc``).
+
+    Args:
+        path: the directory to be made (or an existing one to be written in).
+        key: the config key that names it, for the message.
+
+    Raises:
+        ConfigError: one line naming ``key``, ``path`` and why it cannot be made.
+    """
+    path = Path(path)
     ancestor = path
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if ancestor == path and path.is_dir():
-        return
     if not ancestor.is_dir():
         raise ConfigError(f"{key}: cannot create {path}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: cannot create {path}: no write permission in {ancestor}")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".clbench-write-check."))
+    except OSError as e:
+        why = {errno.EACCES: f"no write permission in {ancestor}",
+               errno.EPERM: f"no write permission in {ancestor}",
+               errno.EROFS: f"{ancestor} is on a read-only file system",
+               errno.ENOENT: f"{ancestor} does not take new directories"}.get(
+            e.errno, f"{ancestor} does not take new directories ({e.strerror or e})")
+        where = "write in" if ancestor == path else "create"
+        raise ConfigError(f"{key}: cannot {where} {path}: {why}; choose another "
+                          f"{key}") from None
 
 
 def _results_dir(path: str) -> str:
@@ -244,6 +267,48 @@ def _check_accelerator(hardware) -> None:
                           "available here; use hardware=cpu")
 
 
+def did_you_mean(key: str, options: typing.Iterable[str]) -> str:
+    """``"; did you mean train.max_steps?"`` for the option closest to a misspelt key.
+
+    Args:
+        key: the unknown key as given, dotted (``train.max_stpes``); its last part is matched.
+        options: the valid names at that level (``max_steps``, ...).
+
+    Returns:
+        the phrase, or ``""`` if no option is close (:func:`difflib.get_close_matches`).
+    """
+    parent, _, name = str(key).rpartition(".")
+    close = difflib.get_close_matches(name, [str(o) for o in options], n=1, cutoff=0.6)
+    return f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+
+
+def unknown_key(key: str, options: typing.Iterable[str]) -> ConfigError:
+    """The error of an unknown config key: ``"train.max_stpes: unknown key; valid keys:
+    max_steps, ...; did you mean train.max_steps?"``.
+
+    Args:
+        key: the full dotted key as the user spelled it.
+        options: the valid names at that level.
+
+    Returns:
+        the :class:`ConfigError` to raise.
+    """
+    options = [str(o) for o in options]
+    return ConfigError(f"{key}: unknown key; valid keys: {', '.join(options)}"
+                       f"{did_you_mean(key, options)}")
+
+
+def _check_known(schema: type, node: DictConfig | None, prefix: str = "") -> None:
+    """Refuse a key of ``node`` that ``schema`` does not declare: one added with ``+`` or
+    ``++`` on the command line (Hydra adds those to any config, a typed one too)."""
+    if not isinstance(node, DictConfig):
+        return
+    names = [f.name for f in dataclasses.fields(schema)]
+    for name in node.keys():
+        if name not in names and not (not prefix and name == "hydra"):
+            raise unknown_key(f"{prefix}{name}", names)
+
+
 def _check_fields(schema: type, node: DictConfig | None, prefix: str = "",
                   absent_ok: bool = True) -> None:
     """Check the values of ``node`` against the ranges of ``schema``'s fields (each field's
@@ -268,12 +333,23 @@ def validate(cfg: DictConfig) -> None:
     schema's fields above, in the vocabulary of :mod:`cl_bench.ranges`); the groups are checked
     by :func:`check_node`.
 
+    Every key must be one the schema declares: one added with ``+`` (``+train.max_stpes=10``,
+    ``+foo=1``) is refused like any unknown key (the groups' ``+`` keys: :func:`check_node`).
+
+    Args:
+        cfg: the composed config.
+
     Raises:
-        ConfigError: one message naming the first key out of range, its value and the range,
-            e.g. ``train.max_steps: expected an int > 0, got 0 (int)``.
+        ConfigError: one message naming the first unknown key (with the closest valid one) or
+            the first key out of range, its value and the range, e.g.
+            ``train.max_steps: expected an int > 0, got 0 (int)``.
     """
-    for section, schema in (("train", TrainConfig), ("hardware", HardwareConfig),
-                            ("eval", EvalConfig), ("search", SearchConfig)):
+    sections = (("train", TrainConfig), ("hardware", HardwareConfig), ("eval", EvalConfig),
+                ("search", SearchConfig))
+    _check_known(ClBenchConfig, cfg)
+    for section, schema in sections:
+        _check_known(schema, cfg.get(section), f"{section}.")
+    for section, schema in sections:
         _check_fields(schema, cfg.get(section), f"{section}.")
     _check_accelerator(cfg.get("hardware"))
     _check_fields(ClBenchConfig, cfg, absent_ok=False)
@@ -294,6 +370,25 @@ def locate(path: str) -> Any:
 #: applied to the built stream by :func:`build_stream`, not passed to the factory
 STREAM_KEYS: dict[str, Any] = {"n_val": NonNegativeInt, "max_tasks": Optional[PositiveInt],
                                "n_val_by_task": Optional[dict]}
+
+
+def spell_stream_keys(args: typing.Sequence[str]) -> list[str]:
+    """Command-line overrides with the stream keys (:data:`STREAM_KEYS`) made addable.
+
+    ``clbench --help`` lists ``tasks.max_tasks`` and the other stream keys, which not every
+    ``conf/tasks`` option spells out; Hydra refuses to set a key a config lacks unless the
+    override adds it (``+``). So ``tasks.max_tasks=1`` is passed on as
+    ``++tasks.max_tasks=1`` (set, or add if absent); ``+`` / ``++`` / ``~`` overrides and
+    every other argument are kept as given.
+
+    Args:
+        args: the command line's arguments (after the program name).
+
+    Returns:
+        the arguments, the stream keys' overrides prefixed ``++``.
+    """
+    keys = {f"tasks.{k}" for k in STREAM_KEYS}
+    return [f"++{a}" if a.partition("=")[0] in keys and "=" in a else a for a in args]
 
 
 def check_node(node: DictConfig, key: str) -> None:
@@ -327,8 +422,9 @@ def check_node(node: DictConfig, key: str) -> None:
         if name not in sig.parameters:
             if takes_kwargs:
                 continue
+            options = valid + (list(STREAM_KEYS) if key == "tasks" else [])
             raise ConfigError(f"{key}.{name}: unknown key for {node._target_}; valid keys: "
-                              f"{', '.join(valid)}")
+                              f"{', '.join(options)}{did_you_mean(f'{key}.{name}', options)}")
         value = OmegaConf.to_container(node, resolve=True)[name]
         check_value(f"{key}.{name}", value, hints.get(name, sig.parameters[name].annotation))
 

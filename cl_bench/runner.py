@@ -29,7 +29,7 @@ from cl_bench.config import build, build_stream, check_node, validate
 from cl_bench.errors import ConfigError, Interrupted
 from cl_bench.evaluation import evaluate_row
 from cl_bench.files import write_json
-from cl_bench.hardware import cpu_name, resolve_precision
+from cl_bench.hardware import capped_threads, cpu_name, resolve_precision
 from cl_bench.loggers import close_logger, log_row, make_logger
 from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache
@@ -89,7 +89,7 @@ def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list]:
             (one line naming it); nothing is written.
     """
     validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
-    torch.set_num_threads(cfg.hardware.num_threads)
+    torch.set_num_threads(capped_threads(cfg.hardware.num_threads))  # <= the CPUs
     # with hardware.deterministic: PyTorch's NaN-filling of every new tensor (off by default;
     # a resumed run's saved config has no run-local keys, hence the default here)
     torch.utils.deterministic.fill_uninitialized_memory = bool(

@@ -109,10 +109,24 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(a: dict, b: dict) -> list[str]:
-    """``["key: <a value> vs <b value>", ...]`` for the flattened keys that differ."""
+    """``["train.max_steps: 2 → 50", ...]``: the flattened keys whose values differ, ``a``'s
+    value first (``<absent>`` where a config lacks the key).
+
+    A node whose ``name`` differs (another strategy, stream or backbone) is one entry, its
+    ``name``'s, rather than every key the two options do not share.
+
+    Args:
+        a, b: two configs as plain containers (:func:`identity`).
+
+    Returns:
+        the entries, sorted by key.
+    """
     fa, fb = _flatten(a), _flatten(b)
-    return [f"{k}: {fa.get(k, '<absent>')!r} vs {fb.get(k, '<absent>')!r}"
-            for k in sorted(set(fa) | set(fb)) if fa.get(k, "<absent>") != fb.get(k, "<absent>")]
+    differ = [k for k in sorted(set(fa) | set(fb)) if fa.get(k, "<absent>") != fb.get(k, "<absent>")]
+    names = {k for k in differ if k.endswith(".name") and k in fa and k in fb}
+    renamed = tuple(k[:-len("name")] for k in names)  # "strategy."
+    return [f"{k}: {fa.get(k, '<absent>')!r} → {fb.get(k, '<absent>')!r}" for k in differ
+            if k in names or not k.startswith(renamed)]
 
 
 def saved_config(run_dir: Path) -> DictConfig | None:
@@ -149,7 +163,7 @@ def claim_run_dir(run_dir: Path, cfg: DictConfig, write: bool = True) -> bool:
         if diff:
             shown = "; ".join(diff[:6]) + (f"; ... ({len(diff)} keys)" if len(diff) > 6 else "")
             raise ConfigError(
-                f"resume: {run_dir} holds a run of another config ({shown}; there vs here). "
+                f"resume: {run_dir} holds a run of another config ({shown}; there → here). "
                 f"Resume it with its own config (just `resume={run_dir}`) or start a new run; "
                 "nothing was changed on disk")
         return True

@@ -59,3 +59,22 @@ def catch_sigint():
         _requested = False
         if installed:
             signal.signal(signal.SIGINT, previous)
+
+
+class SweepStopped(KeyboardInterrupt):
+    """A sweep's job was stopped by Ctrl-C or SIGTERM (``clbench -m``, jobs run in the
+    launching process): the whole sweep stops. A ``KeyboardInterrupt``, so Hydra's launcher
+    (which records a job's ordinary exception and starts the next job) lets it through, and
+    the command line prints one line: the command that continues the sweep.
+
+    Attributes:
+        error: the job's :class:`~cl_bench.errors.Interrupted` (where the job stopped);
+        job_dir: the job's run directory;
+        sweep_dir: the sweep's directory (``hydra.sweep.dir``);
+        exit_code: the job's (130 after SIGINT, 143 after SIGTERM).
+    """
+
+    def __init__(self, error: Exception, job_dir: str, sweep_dir: str):
+        super().__init__(str(error))
+        self.error, self.job_dir, self.sweep_dir = error, job_dir, sweep_dir
+        self.exit_code = getattr(error, "exit_code", 130)

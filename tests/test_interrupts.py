@@ -3,6 +3,7 @@ cl_bench.interrupts records it, and the run stops at its next check all the same
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -57,3 +58,56 @@ def test_an_ignored_sigint_stays_ignored():
     with interrupts.catch_sigint():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweep_prints_one_line_whose_command_continues_the_whole_sweep(tmp_path):
+    """``clbench -m`` (the basic launcher, jobs in this process): a Ctrl-C in job 1 stops the
+    sweep (job 1's advice was printed twice and the next job started); the one line's command
+    (the same command with ``hydra.sweep.dir``) then skips the finished job 0, continues job 1
+    from its checkpoints, and completes the sweep."""
+    import shlex
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "CLBENCH_CACHE": str(tmp_path / "cache"), "PYTHONHASHSEED": "0"}
+    python = [sys.executable, "-m", "cl_bench.cli"]
+    args = ["-m", "tasks=digits", "strategy=seq_ft", "train.max_steps=2,150",
+            "train.batch_size=16", "logger=none", "train.progress_bar=false",
+            "eval.probes=false", "hardware.num_threads=1", "train.checkpoint_min_interval_s=0",
+            f"results_dir={tmp_path}/r"]
+    proc = subprocess.Popen(python + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,  # Ctrl-C as in a terminal
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def job1_rows() -> str:
+        found = list((tmp_path / "r").glob("multirun/*/1_seq_ft_seed0/matrix.csv"))
+        return found[0].read_text() if found else ""
+
+    deadline = time.time() + 300
+    while "after_digits_0_1" not in job1_rows() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # job 1 in its second task
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    os.kill(proc.pid, signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out
+    ours = [ln for ln in out.splitlines() if ln.startswith("clbench:")]
+    assert len(ours) == 1 and ours[0].startswith("clbench: stopped: interrupted by Ctrl-C "), (
+        out[-3000:])
+    (sweep,) = (tmp_path / "r" / "multirun").iterdir()
+    command = ours[0].split("continue the whole sweep", 1)[1].split(" with: ", 1)[1]
+    assert command == shlex.join(["clbench", *args, f"hydra.sweep.dir={sweep}"]), command
+    assert sorted(p.name for p in sweep.glob("*_seed0")) == ["0_seq_ft_seed0", "1_seq_ft_seed0"]
+
+    again = subprocess.run(python + shlex.split(command)[1:], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    said = again.stdout + again.stderr
+    assert f"all 3 tasks already done in {sweep}/0_seq_ft_seed0" in said, said[-3000:]
+    assert f"resuming {sweep}/1_seq_ft_seed0 after 1/3 tasks" in said, said[-3000:]
+    assert "task 1/3" not in said.split("1_seq_ft_seed0 after 1/3 tasks", 1)[1]  # not again
+    for job in ("0_seq_ft_seed0", "1_seq_ft_seed0"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["complete"], job
+    assert not list((tmp_path / "r" / "multirun").glob("*/2_*"))

@@ -324,3 +324,33 @@ def test_default_swin_decoder_resumes_bit_identically_after_kill9_in_the_segment
                and ours[k].dim() == 5]
     assert decoder and all(ours[k].dim() != 5 or ours[k].is_contiguous(
         memory_format=torch.channels_last_3d) for k in decoder)
+
+
+#: a seconds-long run (the digits stream) for the command-line checks of resume's refusals
+DIGITS = ["tasks=digits", "train.max_steps=2", "train.batch_size=16", "logger=none",
+          "train.progress_bar=false", "eval.probes=false", THREADS]
+
+
+def test_a_refused_resume_names_only_the_keys_the_command_changed(cli, tmp_path):
+    """``resume=<dir> train.max_steps=50`` on a run of 2 steps: the refusal names
+    ``train.max_steps: 2 → 50`` alone, not the 52 keys in which the command line's defaults
+    (the brain job) differ from the run's config; restating the run's values resumes."""
+    run_dir = tmp_path / "run"
+    proc = cli(*DIGITS, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()
+             and ".hydra" not in p.parts and p.suffix != ".log"}
+
+    proc = cli(f"resume={run_dir}", "train.max_steps=50")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("clbench: error:")]
+    assert "another config (train.max_steps: 2 → 50; there → here)" in line, line
+    assert all(p.read_bytes() == b for p, b in files.items())
+
+    proc = cli(f"resume={run_dir}", "strategy=seq_ft", "train.max_steps=2")
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("clbench: error:")]
+    assert "another config (strategy.name: 'lora' → 'seq_ft'; there → here)" in line, line
+
+    proc = cli(f"resume={run_dir}", "tasks=digits", "train.max_steps=2", "train.batch_size=16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "all 3 tasks already done" in proc.stdout + proc.stderr

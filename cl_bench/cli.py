@@ -228,7 +228,7 @@ def main() -> None:
     global _command, _sweep_job
     _command, _sweep_job = list(sys.argv[1:]), None
 
-    sys.argv[1:] = spell_stream_keys(sys.argv[1:])  # tasks.max_tasks=1 as --help spells it
+    sys.argv[1:] = spell_stream_keys(sys.argv[1:], CONF_DIR)  # tasks.max_tasks=1 as --help has it
     _check_resume_argument(sys.argv[1:])
     _register_sweeper()
     user_asked_full = bool(os.environ.get("HYDRA_FULL_ERROR"))

@@ -372,23 +372,71 @@ STREAM_KEYS: dict[str, Any] = {"n_val": NonNegativeInt, "max_tasks": Optional[Po
                                "n_val_by_task": Optional[dict]}
 
 
-def spell_stream_keys(args: typing.Sequence[str]) -> list[str]:
-    """Command-line overrides with the stream keys (:data:`STREAM_KEYS`) made addable.
+def spell_stream_keys(args: typing.Sequence[str], conf_dir: str | Path) -> list[str]:
+    """Command-line overrides with the stream keys (:data:`STREAM_KEYS`) made addable where
+    the chosen stream's config lacks them.
 
     ``clbench --help`` lists ``tasks.max_tasks`` and the other stream keys, which not every
     ``conf/tasks`` option spells out; Hydra refuses to set a key a config lacks unless the
-    override adds it (``+``). So ``tasks.max_tasks=1`` is passed on as
-    ``++tasks.max_tasks=1`` (set, or add if absent); ``+`` / ``++`` / ``~`` overrides and
-    every other argument are kept as given.
+    override adds it. So ``tasks.max_tasks=1`` is passed on as ``++tasks.max_tasks=1`` (set,
+    or add if absent) when the stream of the first run (the command's config composed with
+    each sweep at its first value) has no ``max_tasks``; where it has the key, the override is
+    kept as typed (and recorded so in ``.hydra/overrides.yaml``). ``+`` / ``++`` / ``~``
+    overrides and every other argument are kept as given; if that config does not compose,
+    nothing is changed and Hydra reports the error.
 
     Args:
-        args: the command line's arguments (after the program name).
+        args: the command line's arguments (after the program name; flags are passed over).
+        conf_dir: the config directory (``conf/``).
 
     Returns:
-        the arguments, the stream keys' overrides prefixed ``++``.
+        the arguments, the absent stream keys' overrides prefixed ``++``.
     """
     keys = {f"tasks.{k}" for k in STREAM_KEYS}
-    return [f"++{a}" if a.partition("=")[0] in keys and "=" in a else a for a in args]
+    asked = [a for a in args if "=" in a and a.partition("=")[0] in keys]
+    if not asked:
+        return list(args)
+    present = _first_stream_keys([a for a in args if a not in asked], conf_dir)
+    if present is None:
+        return list(args)
+    return [f"++{a}" if a in asked and a.partition("=")[0][len("tasks."):] not in present
+            else a for a in args]
+
+
+def _first_stream_keys(args: typing.Sequence[str], conf_dir: str | Path) -> set[str] | None:
+    """The keys of ``tasks`` in the config of ``args``' first run (each sweep at its first
+    value; flags and ``hydra`` overrides left out, the arguments read by Hydra's own parser),
+    or ``None`` if it does not compose."""
+    import contextlib
+    import io
+
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    point = []
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # a bad flag: Hydra says so later
+            overrides = get_args_parser().parse_known_args(list(args))[0].overrides
+        for o in OverridesParser.create().parse_overrides(overrides):
+            if o.key_or_group.startswith("hydra"):
+                continue
+            if o.is_sweep_override():
+                first = next(iter(o.sweep_string_iterator()), None)
+                if first is None:
+                    return None
+                point.append(f"{o.get_key_element()}={first}")
+            else:
+                point.append(o.input_line)
+        if GlobalHydra.instance().is_initialized():
+            GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose("config", overrides=point)
+    except (Exception, SystemExit):  # any failure: Hydra reports it on the real command
+        return None
+    tasks = cfg.get("tasks")
+    return set(tasks.keys()) if isinstance(tasks, DictConfig) else None
 
 
 def check_node(node: DictConfig, key: str) -> None:

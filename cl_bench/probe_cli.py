@@ -94,9 +94,10 @@ def compose_config(overrides: Sequence[str]):
     from hydra.errors import HydraException
 
     from cl_bench.cli import CONF_DIR, composition_error_line
-    from cl_bench.config import check_node, validate
+    from cl_bench.config import check_node, spell_stream_keys, validate
     from cl_bench.errors import ClBenchError
 
+    overrides = spell_stream_keys(list(overrides), CONF_DIR)  # tasks.max_tasks as --help spells it
     if GlobalHydra.instance().is_initialized():  # an app ran in this process before (tests)
         GlobalHydra.instance().clear()
     try:

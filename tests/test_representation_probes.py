@@ -231,3 +231,12 @@ def test_command_help(monkeypatch, capsys, tmp_path):
     code, out, _ = _probe_cli(monkeypatch, capsys, tmp_path, "--help")
     assert code == 0 and out.startswith("usage: clbench-probe")
     assert "probe.out=" in out and "probe.max_voxels=4000" in out
+
+
+def test_compose_accepts_stream_keys_as_help_spells_them():
+    """``clbench-probe tasks.max_tasks=1`` (no ``+``) composes, as ``clbench`` accepts it."""
+    from cl_bench.probe_cli import compose_config
+
+    for spelt in ("tasks.max_tasks=1", "+tasks.max_tasks=1"):
+        cfg = compose_config(["tasks=digits", spelt])
+        assert cfg.tasks.max_tasks == 1

@@ -136,7 +136,7 @@ def test_first_run_command_runs_and_writes_only_listed_files(tmp_path):
     """The 'first run' command, as written, exits 0 and writes R; every file it writes is in
     the README's list, and every listed name is written by cl_bench's own code."""
     block = code_blocks(section("A first run in seconds"))[0]
-    (line,) = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.startswith("clbench")]
+    line = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.startswith("clbench")][0]
     args = shlex.split(line)[1:]
     proc = subprocess.run(
         [sys.executable, "-m", "cl_bench.cli", *args, f"results_dir={tmp_path}",

@@ -27,7 +27,9 @@ TINY = ["tasks.size=32", "tasks.n_train=4", "tasks.n_val=1", "tasks.n_test=2", "
 
 
 def _clbench(tmp_path, *args, timeout=600):
-    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path))
+    # COLUMNS pinned: lines wrap to it (pytest-xdist workers may inherit a narrow one)
+    env = dict(os.environ, CLBENCH_CACHE=str(tmp_path / "cache"), HOME=str(tmp_path),
+               COLUMNS="100")
     return subprocess.run([sys.executable, "-m", "cl_bench.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -78,7 +80,8 @@ def test_a_plain_run_logs_steps_rows_and_ends_with_the_summary(tmp_path):
     assert "\r" not in out and "Epoch" not in out and "v_num" not in out
     assert re.search(r"^task 1/2 tumour_seg step 2/4 loss [\d.]+ [\d.]+ it/s ETA \d\d:\d\d$", out, re.M)
     assert re.search(r"^task 2/2 brain_age step 4/4 loss ", out, re.M)
-    assert re.search(r"^row init: tumour_seg Dice [\d.]+, brain_age MAE [\d.]+ years "
+    # (wrapped between tasks where the line is wider than the terminal: COLUMNS, else 100)
+    assert re.search(r"^row init: tumour_seg Dice [\d.]+,(?: |\n    )brain_age MAE [\d.]+ years "
                      r"\(predicting the mean: [\d.]+\) \([\d.]+ s\)$", out, re.M)
     assert "row after_brain_age:" in out
     # the summary: R with direction and units, the CL metrics per group, trainable %, paths

@@ -116,7 +116,7 @@ def ssl_swin_vit(ref):
 def test_torch_layouts_load_the_encoder_exactly(tmp_path, caplog, ref, unetr, make, layout):
     path = tmp_path / "ckpt.pt"
     torch.save(make(ref, unetr), path)
-    with caplog.at_level(logging.INFO, logger="cl_bench.models.swin_weights"):
+    with caplog.at_level(logging.DEBUG, logger="cl_bench.models.swin_weights"):  # a detail: cli.log only
         enc = load(path)
     assert_encoder_equal(enc, ref)
     assert enc.pretrained_decoder is None  # decoder_weights="drop"

@@ -22,6 +22,8 @@ def test_seq_lp_with_cached_features_trains_bit_identically(data_cache, tmp_path
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("config", overrides=[
                 "strategy=seq_lp", "backbone=swin_unetr", "backbone.weights=null", "tasks.size=64",
+                "backbone.feature_size=12", "backbone.depths=[1,1,1,1]",  # a small Swin: CI time
+                "backbone.num_heads=[3,3,3,3]", "backbone.decoder_feature_size=4",
                 "tasks.n_train=3",
                 "tasks.age_n_train=null", "tasks.age_n_test=null", "tasks.n_val_by_task=null",
                 "tasks.n_val=1", "tasks.n_test=2", f"tasks.cache_dir={data_cache}",

@@ -298,7 +298,7 @@ SWIN = ["tasks.size=64", "tasks.n_train=2",
         "backbone.depths=[1,1,1,1]", "backbone.num_heads=[3,3,3,3]",
         "backbone.decoder_feature_size=4", "strategy=lora", "hardware.precision=bf16-mixed",
         "strategy.rank=2",  # <= the tiny shared decoder's width (4)
-        "train.max_steps=12", "train.checkpoint_every_n_epochs=2",
+        "train.max_steps=6", "train.checkpoint_every_n_epochs=2",
         "train.checkpoint_min_interval_s=0", "train.progress_bar=false", "logger=none"]
 
 

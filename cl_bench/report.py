@@ -60,7 +60,7 @@ from cl_bench.config import RUN_LOCAL_KEYS
 from cl_bench.errors import ClBenchError
 from cl_bench.reference import PAPERS
 from cl_bench.search.study import best_line, is_study_dir, load_study, write_study_report
-from cl_bench.summary import decimals, fmt_value, metric_label
+from cl_bench.summary import BASELINE_NAMES, decimals, fmt_value, metric_label, versus_baseline
 
 
 # ------------------------------------------------------------------ runs and groups
@@ -90,7 +90,7 @@ NAMES = ("tasks.name", "strategy.name", "backbone.name")
 #: the text a group shows for a key its runs do not set
 UNSET = "–"
 #: how a baseline (metrics.json ``baselines``) is named in the report's columns and lines
-MEAN_PREDICTOR = "predicting the mean"
+MEAN_PREDICTOR = BASELINE_NAMES["mean_predictor"]  # "predicting the mean", as the summary
 
 
 def _flatten(d, prefix: str = "") -> dict:
@@ -634,12 +634,10 @@ def baseline_lines(summary: pd.DataFrame) -> list[str]:
             v, b = r[value_col], r[col]
             if _missing(v) or _missing(b):
                 continue
-            ours, theirs = float(fmt_value(v)), float(fmt_value(b))
-            verdict = ("no better than" if ours == theirs else "better than" if ours < theirs
-                       else "worse than")
+            verdict = versus_baseline(v, {"mean_predictor": b}, higher_is_better=False)
             u = f" {unit}" if unit else ""
             lines.append(f"{r['group']} {r['strategy']}: {task} {name} {fmt_value(v)}{u}, "
-                         f"{verdict} {MEAN_PREDICTOR} ({fmt_value(b)}{u})")
+                         f"{verdict} ({fmt_value(b)}{u})")
     return lines
 
 
@@ -922,8 +920,9 @@ def _scale_label(key: tuple) -> str:
 
 def _versus(v: float, b: float) -> str:
     """A lower-is-better value against its mean predictor, compared as both are shown."""
-    ours, theirs = float(fmt_value(v)), float(fmt_value(b))
-    return "= the mean" if ours == theirs else "" if ours < theirs else "worse than the mean"
+    verdict = versus_baseline(v, {"mean_predictor": b}, higher_is_better=False) or ""
+    return "= the mean" if verdict.startswith("no better") else (
+        "worse than the mean" if verdict.startswith("worse") else "")
 
 
 def plot_heatmaps(runs: pd.DataFrame, keys: list[str], path: Path) -> dict:

@@ -90,16 +90,8 @@ def test_wandb_offline_run_holds_config_metrics_table_and_heatmap(compose_cfg, t
     (offline,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")  # offline by default
     # wandb's service process may still be writing the log when finish() returns: seen once
     # with two xdist workers on 2 busy cores (an empty log); give it up to a minute
-    deadline = time.time() + 60
-    while True:
-        try:
-            records = list(wandb_records(next(offline.glob("run-*.wandb"))))
-        except Exception:  # a half-written record: not finished yet
-            records = []
-        kinds = [r.WhichOneof("record_type") for r in records]
-        if "exit" in kinds or time.time() > deadline:
-            break
-        time.sleep(0.5)
+    records = _finished_records(offline)
+    kinds = [r.WhichOneof("record_type") for r in records]
     assert "exit" in kinds  # the run was finished
 
     # named by the run, grouped by its directory (not under Hydra: no sweep)

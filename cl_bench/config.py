@@ -93,14 +93,15 @@ class TrainConfig:
     #: 2015, arXiv 1411.4734) from the task's training labels (cl_bench.models.losses.TaskLoss)
     class_weights: str = field(default="median_frequency",
                                metadata=hint(Literal["none", "median_frequency"]))
-    #: Lightning's EarlyStopping on each task's validation loss (tasks.n_val > 0): stop a task
-    #: after this many validation checks without a lower loss (0 = off: every task trains
-    #: max_steps). Off by default, chosen on validation data: on the main job (lora, 3 seeds,
-    #: patience 2 every 100 steps) it kept Dice but worsened age MAE by 0.7 years on average
-    #: (results/reference/bench/swin_speed_options/README.md)
+    #: steps between validation checks of the task being trained (its metric on its validation
+    #: set, val_checks.csv; cl_bench.training.ValidationChecks); 0 = none. Needs tasks.n_val > 0
+    val_every_n_steps: NonNegativeInt = 0
+    #: early stopping: stop a task after this many validation checks in a row without a better
+    #: validation metric (0 = off: every task trains max_steps); needs val_every_n_steps > 0
     early_stopping_patience: NonNegativeInt = 0
-    #: steps between validation checks when early stopping is on
-    val_every_n_steps: PositiveInt = 50
+    #: at the end of a task, go back to the weights of its best validation check (trainable
+    #: parameters and buffers); false: keep the last step's
+    early_stopping_restore_best: bool = False
 
 
 @dataclass
@@ -353,6 +354,17 @@ def validate(cfg: DictConfig) -> None:
         _check_fields(schema, cfg.get(section), f"{section}.")
     _check_accelerator(cfg.get("hardware"))
     _check_fields(ClBenchConfig, cfg, absent_ok=False)
+    _check_early_stopping(cfg.get("train"))
+
+
+def _check_early_stopping(train) -> None:
+    """Early stopping needs validation checks to count (``train.val_every_n_steps > 0``)."""
+    if train is None:
+        return
+    patience, every = train.get("early_stopping_patience", 0), train.get("val_every_n_steps", 0)
+    if patience and not every:
+        raise ConfigError(f"train.early_stopping_patience={patience} needs validation checks: "
+                          "set train.val_every_n_steps > 0 (e.g. 50)")
 
 
 def locate(path: str) -> Any:

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig
 from torch import nn
@@ -145,17 +145,118 @@ class LitTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class ValidatedLitTask(LitTask):
-    """:class:`LitTask` with a validation step, for ``train.early_stopping_patience > 0``
-    (a separate class: Lightning warns about a ``validation_step`` without validation data)."""
+class ValidationChecks(L.Callback):
+    """Validation checks during a task: every ``every`` training steps, the task's metric on its
+    validation set (Dice, MAE, accuracy, mIoU: :func:`cl_bench.evaluation.evaluate_task` with
+    ``split="val"``, as the rows of ``matrix_val.csv`` are scored), logged as
+    ``<task>/val_<metric>`` and written to ``val_checks.csv`` in the run directory (one row per
+    check: task, step, metric, value, seconds of the check). With ``patience > 0`` the task
+    stops once ``patience`` checks in a row did not improve on the best value (early stopping,
+    Prechelt 1998, "Early stopping - but when?", in the metric's own direction); with
+    ``restore_best`` the trainable parameters and the buffers then go back to those of the best
+    check (as Keras' ``EarlyStopping(restore_best_weights=True)``), else the task ends with the
+    weights of its last step (Lightning's ``EarlyStopping``).
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """The task loss on a batch of the task's validation set, logged as
-        ``<task>/val_loss`` (averaged over the set): what ``train.early_stopping_patience``
-        monitors. The strategy's extra loss is left out."""
-        out = self.model(batch["image"], self.task.name)
-        self.log(f"{self.task.name}/val_loss", self.loss_fn(out, batch["label"]),
-                 batch_size=len(out), on_step=False, on_epoch=True, prog_bar=False)
+    A check runs in inference mode on zero-copy slices of the validation tensors, draws no
+    random number and changes no weight, so a run with checks and no stopping trains exactly
+    as one without checks (the same weights to the bit; tested). Its state (best value and
+    step, checks without improvement, the best weights, the rows) is in the mid-task
+    checkpoints, so a resumed task continues the same rule.
+
+    Args:
+        run_dir: the run directory (``val_checks.csv``); model, strategy, task: what is trained;
+        every: steps between checks (``train.val_every_n_steps``); patience:
+        ``train.early_stopping_patience`` (0: checks only); restore_best:
+        ``train.early_stopping_restore_best``; batch_size: ``train.eval_batch_size``;
+        bf16: bfloat16 autocast for the checks (the run's precision).
+    """
+
+    def __init__(self, run_dir: Path, model: nn.Module, strategy: Strategy, task: Task,
+                 every: int, patience: int = 0, restore_best: bool = False,
+                 batch_size: int = 4, bf16: bool = False):
+        self.run_dir, self.model, self.strategy, self.task = Path(run_dir), model, strategy, task
+        self.every, self.patience, self.restore_best = int(every), int(patience), restore_best
+        self.batch_size, self.bf16 = int(batch_size), bool(bf16)
+        self.best: float | None = None
+        self.best_step, self.wait = 0, 0
+        self.best_state: dict | None = None
+        self.rows: list[dict] = []
+
+    @property
+    def state_key(self) -> str:
+        return f"ValidationChecks[{self.task.name}]"
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "wait": self.wait,
+                "best_state": self.best_state, "rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
+        self.best_state, self.rows = state["best_state"], list(state["rows"])
+
+    def _snapshot(self) -> dict:
+        """The trainable parameters and every buffer, cloned (what a restore puts back)."""
+        state = {f"p:{n}": p.detach().clone() for n, p in self.model.named_parameters()
+                 if p.requires_grad}
+        state.update({f"b:{n}": b.detach().clone() for n, b in self.model.named_buffers()})
+        return state
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        for key, value in self.best_state.items():
+            kind, name = key.split(":", 1)
+            (params if kind == "p" else buffers)[name].copy_(value)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every or (self.rows and self.rows[-1]["step"] >= step):
+            return
+        from cl_bench.evaluation import evaluate_task  # evaluation imports the strategies
+
+        start = time.perf_counter()
+        device = next(self.model.parameters()).device
+        value = float(evaluate_task(self.model, self.strategy, self.task, self.batch_size,
+                                    device, self.bf16, split="val")[self.task.metric])
+        self.strategy.activate(self.task)  # as at the task's start (evaluation activates too)
+        seconds = time.perf_counter() - start
+        higher = self.task.higher_is_better
+        if self.best is None or (value > self.best if higher else value < self.best):
+            self.best, self.best_step, self.wait = value, step, 0
+            if self.restore_best:
+                self.best_state = self._snapshot()
+        else:
+            self.wait += 1
+        self.rows.append({"task": self.task.name, "step": step, "metric": self.task.metric,
+                          "value": value, "best_step": self.best_step,
+                          "seconds": round(seconds, 3)})
+        for logger in trainer.loggers:
+            logger.log_metrics({f"{self.task.name}/val_{self.task.metric}": value}, step=step)
+        if trainer.is_global_zero:
+            self._write()
+        if self.patience and self.wait >= self.patience:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        stopped = trainer.global_step
+        if self.restore_best and self.best_state is not None and self.best_step != stopped:
+            self._restore()
+            log.info("task %s: weights of step %d restored (best validation %s %.4g)",
+                     self.task.name, self.best_step, self.task.metric, self.best)
+
+    def _write(self) -> None:
+        """``val_checks.csv``: the rows of the tasks before this one (already in the file),
+        then this task's checks so far."""
+        import pandas as pd
+
+        path = self.run_dir / "val_checks.csv"
+        frames = []
+        if path.is_file():
+            old = pd.read_csv(path)
+            frames.append(old[old["task"] != self.task.name])
+        frames.append(pd.DataFrame(self.rows))
+        table = pd.concat(frames, ignore_index=True)
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def compile_model(model: torch.nn.Module) -> None:
@@ -169,12 +270,13 @@ def compile_model(model: torch.nn.Module) -> None:
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch: int,
-                  logger, t: int = 0, num_tasks: int = 1, early_stop: bool = False,
+                  logger, t: int = 0, num_tasks: int = 1,
+                  checks: ValidationChecks | None = None,
                   precision: str = "32-true") -> L.Trainer:
     """The Lightning Trainer of task ``t`` (0-based) of ``num_tasks``: ``train.max_steps``
     steps, the progress line, mid-task checkpoints every ``train.checkpoint_every_n_epochs``
-    epochs (``steps_per_epoch`` batches each), and with ``early_stop`` Lightning's
-    ``EarlyStopping`` on the task's validation loss.
+    epochs (``steps_per_epoch`` batches each), and ``checks`` (:class:`ValidationChecks`: the
+    validation checks and early stopping) if given.
 
     Raises:
         ConfigError: (``hardware``) Lightning refuses the accelerator, devices, strategy or
@@ -184,12 +286,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch
     progress = progress_callback(t, num_tasks, task_name, train.max_steps,
                                  train.log_every_n_steps, bool(train.progress_bar))
     callbacks = [progress]
-    validate = {}  # no validation loop unless early stopping needs one
-    if early_stop:  # Lightning's EarlyStopping on the task's validation loss (LitTask)
-        callbacks.append(EarlyStopping(monitor=f"{task_name}/val_loss", mode="min",
-                                       patience=train.early_stopping_patience))
-        validate = dict(val_check_interval=train.val_every_n_steps, check_val_every_n_epoch=None,
-                        num_sanity_val_steps=0)
+    if checks is not None:  # before the checkpoints (Lightning also puts those last)
+        callbacks.append(checks)
     if train.checkpoint_every_n_epochs > 0:
         # after the last batch of an epoch: from there Lightning resumes exactly (a checkpoint
         # taken in on_train_epoch_end replays one batch of that epoch on restore)
@@ -210,7 +308,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, task_name: str, steps_per_epoch
                          enable_model_summary=False,
                          enable_progress_bar=isinstance(progress, TaskProgressBar),
                          default_root_dir=str(run_dir),
-                         log_every_n_steps=train.log_every_n_steps, **validate)
+                         log_every_n_steps=train.log_every_n_steps)
     except (MisconfigurationException, ValueError, RuntimeError) as e:
         raise ConfigError(f"hardware: Lightning refused accelerator={hw.accelerator!r}, "
                           f"devices={hw.devices!r}, strategy={hw.strategy!r}, "
@@ -264,8 +362,10 @@ def fit_task(cfg: DictConfig, run_dir: Path, model: nn.Module, strategy: Strateg
              t: int, num_tasks: int, logger, precision: str, cache=None,
              on_first_step=None) -> int:
     """Train ``task`` (index ``t``) for ``train.max_steps`` steps with a new Trainer, continuing
-    its mid-task checkpoint (``checkpoints/<task>/mid_task.ckpt``) if one exists; with
-    ``train.early_stopping_patience > 0`` and a validation set, stop once its loss stops
+    its mid-task checkpoint (``checkpoints/<task>/mid_task.ckpt``) if one exists. With
+    ``train.val_every_n_steps > 0`` and a validation set, :class:`ValidationChecks` scores the
+    task on it every that many steps (``val_checks.csv``) and, with
+    ``train.early_stopping_patience > 0``, stops the task once its validation metric stops
     improving. ``cache``: a :class:`~cl_bench.models.feature_cache.FeatureCache` or ``None``;
     ``on_first_step``: called once at the first step. Returns the trainer's global step.
 
@@ -280,20 +380,23 @@ def fit_task(cfg: DictConfig, run_dir: Path, model: nn.Module, strategy: Strateg
     # batches carry "index" (their positions in task.train): the key of per-sample caches
     loader = DataLoader(IndexedDataset(task.train), batch_size=train.batch_size, shuffle=True,
                         collate_fn=as_batch)  # IndexedDataset collates its batches itself
-    early_stop = train.early_stopping_patience > 0 and task.val is not None
+    checks = None
+    if train.val_every_n_steps > 0 and task.val is not None:
+        checks = ValidationChecks(run_dir, model, strategy, task, train.val_every_n_steps,
+                                  train.early_stopping_patience,
+                                  bool(train.early_stopping_restore_best),
+                                  train.eval_batch_size, precision.startswith("bf16"))
     trainer = make_trainer(cfg, run_dir, task.name, max(len(loader), 1), logger, t, num_tasks,
-                           early_stop, precision)
+                           checks, precision)
     mid = ckpt.mid_task_path(run_dir, task.name)
     if mid:
         ckpt.check_mid_task(run_dir, mid)
         log.info("continuing task %s from %s", task.name, mid)
-    val_loader = DataLoader(task.val, batch_size=train.eval_batch_size) if early_stop else None
-    lit = ValidatedLitTask if early_stop else LitTask
-    trainer.fit(lit(model, strategy, task, t, on_first_step, cache, train.warmup_steps,
-                    train.class_weights), train_dataloaders=loader,
-                val_dataloaders=val_loader, ckpt_path=str(mid) if mid else None)
-    if early_stop and trainer.global_step < train.max_steps:
-        log.info("task %s: stopped early at step %d of %d (validation loss not better for "
-                 "%d checks)", task.name, trainer.global_step, train.max_steps,
-                 train.early_stopping_patience)
+    trainer.fit(LitTask(model, strategy, task, t, on_first_step, cache, train.warmup_steps,
+                        train.class_weights), train_dataloaders=loader,
+                ckpt_path=str(mid) if mid else None)
+    if checks is not None and checks.patience and trainer.global_step < train.max_steps:
+        log.info("task %s: stopped early at step %d of %d (validation %s not better for %d "
+                 "checks; best %.4g at step %d)", task.name, trainer.global_step,
+                 train.max_steps, task.metric, checks.patience, checks.best, checks.best_step)
     return trainer.global_step

@@ -111,7 +111,8 @@ def main() -> None:
                                     lr=float(cfg.strategy.head_lr),
                                     steps=int(cfg.train.max_steps),
                                     batch=int(cfg.train.batch_size),
-                                    every=int(cfg.train.val_every_n_steps))
+                                    # 50: train.val_every_n_steps when this ran
+                                    every=int(cfg.train.val_every_n_steps) or 50)
             rows.append({"seed": seed, "weight_decay": wd, "patience": patience,
                          "val_mae_years": mae * s, "steps": steps,
                          "mean_predictor_years": mean_mae})

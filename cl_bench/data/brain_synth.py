@@ -58,8 +58,11 @@ from cl_bench.ranges import Fraction, NonNegativeInt, PositiveFloat, PositiveInt
 
 log = logging.getLogger(__name__)
 
-#: bump when the generator's output changes, so old caches are not reused
-GENERATOR_VERSION = 2
+#: bump when the generator's output changes, so old caches are not reused. 3: the smooth fields'
+#: cubic zoom is separable (:func:`_cubic_zoom`), equal to version 2's 3-D zoom to float
+#: rounding; of the default stream's arrays one float32 voxel of 44 million moved by one ulp
+#: (1.5e-8), the labels and ages are unchanged
+GENERATOR_VERSION = 3
 _TISSUE = {"csf": 0.25, "gm": 0.6, "wm": 1.0}
 
 
@@ -92,9 +95,39 @@ def _atlas(size: int) -> dict[str, np.ndarray]:
     return maps
 
 
+@lru_cache(maxsize=16)
+def _cubic_zoom_matrix(coarse: int, size: int) -> np.ndarray:
+    """The 1-D cubic-spline zoom from ``coarse`` to ``size`` samples as a ``(size, coarse)``
+    matrix (read-only): column ``j`` is ``ndimage.zoom(e_j, size / coarse, order=3)`` of the
+    unit vector ``e_j``, cropped to ``size``, so it has that call's grid convention (end samples
+    aligned, ``grid_mode=False``), boundary mode (``"constant"``), prefilter and output length."""
+    m = np.stack([ndimage.zoom(e, size / coarse, order=3) for e in np.eye(coarse)], 1)[:size]
+    m.setflags(write=False)
+    return m
+
+
+def _cubic_zoom(x: np.ndarray, size: int) -> np.ndarray:
+    """``ndimage.zoom(x, size / c, order=3)[:size, :size, :size]`` of a ``(c, c, c)`` array, one
+    axis at a time: ``(size, size, size)`` float64.
+
+    A tensor-product B-spline is separable (Unser 1999, "Splines: a perfect fit for signal and
+    image processing", IEEE Signal Process. Mag. 16(6)): the 3-D prefilter is the 1-D one along
+    each axis and the 3-D interpolation weights are products of 1-D ones, so the 3-D zoom is
+    the 1-D zoom (:func:`_cubic_zoom_matrix`) applied along each axis in turn. It differs from
+    the 3-D call only by float rounding (max abs difference 7.1e-15 over 900 unit-normal fields,
+    sizes 16-64 including 48 and 50, coarse 3, 5, 6) and takes ~0.6 ms instead of ~0.25 s at
+    64³ (the 3-D call evaluates 4³ spline taps per output voxel)."""
+    c = x.shape[0]
+    m = _cubic_zoom_matrix(c, size)
+    y = x @ m.T                                                # last axis: (c, c, size)
+    y = (m @ y.reshape(c, -1)).reshape(size, c, size)          # first axis: (size, c, size)
+    return np.matmul(m, y)                                     # middle axis: (size,) * 3
+
+
 def _smooth_field(rng: np.random.Generator, size: int, coarse: int = 5) -> np.ndarray:
-    """A smooth random field ``(size,)*3`` with unit-ish std (cubic upsampling of ``coarse``³ noise)."""
-    return ndimage.zoom(rng.standard_normal((coarse,) * 3), size / coarse, order=3)[:size, :size, :size]
+    """A smooth random field ``(size,)*3`` with unit-ish std (cubic upsampling of ``coarse``³
+    noise, :func:`_cubic_zoom`)."""
+    return _cubic_zoom(rng.standard_normal((coarse,) * 3), size)
 
 
 def _warp(maps: dict[str, np.ndarray], coords: np.ndarray) -> dict[str, np.ndarray]:

@@ -168,3 +168,21 @@ def test_the_age_task_has_its_own_sizes_and_keeps_its_first_subjects(tmp_path):
     assert np.array_equal(np.asarray(big[0].train.images), np.asarray(small[0].train.images))
     assert np.array_equal(np.asarray(big[1].train.images)[:3], np.asarray(small[1].train.images))
     assert np.array_equal(np.asarray(big[1].test.images)[:2], np.asarray(small[1].test.images))
+
+
+@pytest.mark.parametrize("size, coarse", [(24, 5), (50, 3), (64, 6)])
+def test_smooth_field_is_scipys_3d_cubic_zoom_one_axis_at_a_time(size, coarse):
+    """The separable zoom (:func:`_cubic_zoom`) is ``ndimage.zoom(order=3)`` of the same noise to
+    float rounding, with the same shape and std, and draws the same random numbers."""
+    from scipy import ndimage
+
+    from cl_bench.data.brain_synth import _smooth_field
+    for k in range(3):
+        rng, ref_rng = np.random.default_rng([17, k]), np.random.default_rng([17, k])
+        field = _smooth_field(rng, size, coarse)
+        ref = ndimage.zoom(ref_rng.standard_normal((coarse,) * 3), size / coarse,
+                           order=3)[:size, :size, :size]
+        assert field.shape == ref.shape == (size,) * 3 and field.dtype == np.float64
+        np.testing.assert_allclose(field, ref, rtol=0, atol=1e-13)
+        assert float(field.std()) == pytest.approx(float(ref.std()), rel=1e-12)
+        assert rng.random() == ref_rng.random()  # the generator is left in the same state

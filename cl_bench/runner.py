@@ -4,6 +4,7 @@ evaluated after every task, results written atomically after each row."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import resource
 import shutil
@@ -34,8 +35,7 @@ from cl_bench.loggers import close_logger, log_row, make_logger
 from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.progress import row_line
-from cl_bench.results import (matrix_frame, recorded_wall_time, write_probes, write_results,
-                              write_task_agnostic)
+from cl_bench.results import matrix_frame, write_probes, write_results, write_task_agnostic
 from cl_bench.strategies.base import Strategy
 from cl_bench.training import compile_model, fit_task
 
@@ -52,12 +52,44 @@ class RunOutput:
     run_dir: Path
 
 
+@dataclass(frozen=True)
+class BuildTimes:
+    """How long :func:`build_run_timed` took, in seconds of ``time.perf_counter``.
+
+    Attributes:
+        start: ``time.perf_counter()`` when the build began: the run's clock (``timing.json``'s
+            ``total_s``) starts here, after Python's imports and Hydra's composition;
+        data_s: building the stream (``build_stream``: generating the data or loading them
+            from the cache), ``timing.json``'s ``data_s``;
+        build_s: the rest of the build (config checks, strategy, backbone and its weights,
+            heads, ``strategy.setup``, compilation), ``timing.json``'s ``build_s``.
+    """
+
+    start: float
+    data_s: float
+    build_s: float
+
+
+#: ``timing.json`` entries summed over the processes of a run (a resume adds its own)
+_SUMMED = ("total_s", "data_s", "build_s", "resumed")
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     """Run ``cfg.tasks`` through ``cfg.strategy`` on ``cfg.backbone``; write results to ``run_dir``.
 
     If ``run_dir`` already holds checkpoints of this same config (an interrupted run, a SLURM
     requeue, ``resume=<run_dir>``), the run continues from them: finished tasks are not trained
     again and the task in progress continues from its last mid-task checkpoint.
+
+    Where the time went is in ``run_dir/timing.json`` (seconds): ``data_s`` (building the
+    stream), ``build_s`` (the rest of :func:`build_run_timed`), ``init_eval_s``, per task
+    ``tasks.<name>`` = ``{train_s, eval_s, probe_s, steps}`` (``continued``: true when the task
+    went on from a mid-task checkpoint, its ``train_s`` then counts this process only) and
+    ``total_s`` from the build's start to the last file written; what none of these covers
+    (result files, figures, checkpoints, a stopped task's lost part) is ``total_s`` minus their
+    sum. A resumed run builds again: ``total_s``, ``data_s``, ``build_s`` and ``resumed`` (the
+    number of resumes) are sums over the run's processes; the other entries are the last
+    process's for the phases it ran.
 
     Returns:
         :class:`RunOutput` with the final metrics (also in ``run_dir/metrics.json``).
@@ -68,16 +100,26 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     """
     run_dir = Path(run_dir)
     main = getattr(rank_zero_only, "rank", 0) == 0  # DDP: only rank 0 evaluates and writes
-    model, strategy, stream = build_run(cfg)
+    model, strategy, stream, times = build_run_timed(cfg)
     # one writer per run directory (cl_bench.lock): held from before anything is written; the
     # directory is made only now, so a refused config leaves none behind
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir) if main else contextlib.nullcontext():
-        return _run_claimed(cfg, run_dir, stream, model, strategy, main)
+        return _run_claimed(cfg, run_dir, stream, model, strategy, main, times)
 
 
 def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list]:
     """Everything :func:`run` builds before it trains, checked: ``(model, strategy, stream)``.
+
+    :func:`build_run_timed` without the times; the same checks, seeds and errors.
+    """
+    model, strategy, stream, _ = build_run_timed(cfg)
+    return model, strategy, stream
+
+
+def build_run_timed(cfg: DictConfig) -> tuple[nn.Module, Strategy, list, BuildTimes]:
+    """Everything :func:`run` builds before it trains, checked, and how long that took:
+    ``(model, strategy, stream, times)`` (:class:`BuildTimes`, seconds).
 
     The config's ranges and keys are checked first, then the strategy, the backbone (checked
     against the strategy, e.g. a LoRA rank), the stream (with ``tasks.n_val`` validation
@@ -88,6 +130,7 @@ def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list]:
         ConfigError, DataError: a bad key or value, a backbone or stream the strategy refuses
             (one line naming it); nothing is written.
     """
+    start = time.perf_counter()
     validate(cfg)  # ranges of train.*, hardware.*, eval.*, seed, results_dir: before anything
     torch.set_num_threads(capped_threads(cfg.hardware.num_threads))  # <= the CPUs
     # with hardware.deterministic: PyTorch's NaN-filling of every new tensor (off by default;
@@ -108,7 +151,9 @@ def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same init whatever comes next
     model = build(cfg.backbone, "backbone")  # before the data: a bad checkpoint fails fast
     strategy.check_model(model)  # and a setting that does not fit the backbone (a LoRA rank)
+    data_start = time.perf_counter()
     stream = build_stream(cfg)  # with tasks.n_val validation samples per task
+    data_s = time.perf_counter() - data_start
     names = [t.name for t in stream]
     if not stream or len(set(names)) != len(names):
         raise ConfigError(f"tasks: expected a non-empty stream of uniquely named tasks, got {names}")
@@ -121,7 +166,8 @@ def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list]:
     if cfg.eval.task_id == "predicted" and not strategy.task_agnostic:
         raise ConfigError(f"eval.task_id=predicted: strategy={strategy.name} does not predict "
                           "task ids; use eval.task_id=oracle or strategy=proteus|duallora")
-    return model, strategy, stream
+    return model, strategy, stream, BuildTimes(start, data_s,
+                                               time.perf_counter() - start - data_s)
 
 
 class _SigTerm(BaseException):
@@ -149,18 +195,20 @@ def _terminate_as_interrupt():
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> RunOutput:
-    """:func:`run` once the config is known runnable and the directory's lock is held."""
+def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool,
+                 times: BuildTimes) -> RunOutput:
+    """:func:`run` once the config is known runnable and the directory's lock is held;
+    ``times``: the build's (:func:`build_run_timed`), counted into ``timing.json``."""
     # claim the run directory only once the config is known to be runnable: a refused config
     # leaves at most an empty directory (and a resume of another config is refused before anything is written)
     resuming = ckpt.claim_run_dir(run_dir, cfg, write=main)
     state = ckpt.load_boundary(run_dir) if resuming else None
 
-    r = _StreamRun(cfg, run_dir, stream, model, strategy, main)
+    r = _StreamRun(cfg, run_dir, stream, model, strategy, main, start=times.start)
     if state is not None:  # rebuild the finished tasks' structure, then load their state
         r.restore(state)
+    r.count_process(times, resuming)
     s = r.state
-    s.timing["resumed"] = s.timing.get("resumed", 0) + int(resuming)
     r.logger = make_logger(cfg, run_dir)
     try:
         with _terminate_as_interrupt(), interrupts.catch_sigint():
@@ -191,6 +239,7 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool) -> Run
         raise
     else:
         metrics = r.write_row(None, figures=True) or metrics  # the figures, once, at the end
+        r.record_wall_time()  # the final figures and a finished run's resume count
     finally:
         close_logger(r.logger)
     return RunOutput(metrics, model, strategy, run_dir)
@@ -216,7 +265,10 @@ class _StreamRun:
     """One run going through its stream: its :class:`~cl_bench.checkpoint.RunState` (what
     ``state.pt`` holds), the rows it evaluates and the files it writes after each."""
 
-    def __init__(self, cfg, run_dir: Path, stream, model, strategy, main: bool = True):
+    def __init__(self, cfg, run_dir: Path, stream, model, strategy, main: bool = True,
+                 start: float | None = None):
+        """``start``: the ``time.perf_counter()`` the run's clock starts from (the build's
+        start, :class:`BuildTimes`; None: now)."""
         self.cfg, self.run_dir, self.stream, self.model, self.strategy = (
             cfg, run_dir, stream, model, strategy)
         self.main = main  # False on DDP ranks > 0: they train and evaluate in lockstep, write nothing
@@ -235,7 +287,7 @@ class _StreamRun:
         self.precision = resolve_precision(cfg.hardware.precision, cfg.hardware.accelerator,
                                            model.encoder)
         self.extra.update(precision=self.precision, cpu=cpu_name())  # results move with both
-        self.t0 = time.perf_counter()
+        self.t0 = time.perf_counter() if start is None else start
 
     def restore(self, state: dict) -> None:
         """Continue after ``state["tasks_done"]`` finished tasks (see :mod:`cl_bench.checkpoint`)."""
@@ -249,12 +301,34 @@ class _StreamRun:
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
         self.state = RunState.from_dict(state)
-        # the time of every process of the run so far, a stopped one's cut-short task included
-        # (timing.json's total_s, recorded when it stopped: record_wall_time)
-        self.t0 -= max(self.state.timing.get("total_s", 0.0), recorded_wall_time(self.run_dir))
         ckpt.set_rng_state(state["rng"])
         log.info("resuming %s after %d/%d tasks", self.run_dir, self.state.tasks_done,
                  len(self.stream))
+
+    def count_process(self, times: BuildTimes, resuming: bool) -> None:
+        """Count this process into ``timing.json``: its build's ``data_s`` and ``build_s``
+        (seconds) are added to those recorded, and ``resumed`` goes up by one on a resume.
+
+        On a resume (``resuming``) the run's clock and the summed entries (``total_s``,
+        ``data_s``, ``build_s``, ``resumed``) continue from the larger of ``state.pt``'s values
+        and ``timing.json``'s: ``timing.json`` is the newer record after a stop (its
+        ``total_s`` includes the task cut short) and after a finished run was resumed (which
+        rewrites no checkpoint); without ``state.pt`` (stopped before the first task ended)
+        ``timing.json``'s values alone. Call after :meth:`restore`. An unreadable
+        ``timing.json`` counts as empty.
+        """
+        s = self.state.timing
+        if resuming:
+            recorded = _recorded_timing(self.run_dir)
+            for key in _SUMMED:
+                prior = max(_number(s.get(key)), _number(recorded.get(key)))
+                s[key] = int(prior) if key == "resumed" else prior
+            # the time of every process of the run so far, a stopped one's cut-short task
+            # included (timing.json's total_s, recorded when it stopped: record_wall_time)
+            self.t0 -= s["total_s"]
+        s["data_s"] = _number(s.get("data_s")) + times.data_s
+        s["build_s"] = _number(s.get("build_s")) + times.build_s
+        s["resumed"] = int(_number(s.get("resumed"))) + int(resuming)
 
     def evaluate_row(self, label: str) -> float:
         """Evaluate every task into row ``label`` (:func:`evaluate_row`); returns the seconds."""
@@ -296,8 +370,9 @@ class _StreamRun:
         return metrics
 
     def record_wall_time(self) -> None:
-        """A stopped run's wall time so far, its cut-short task included, into ``timing.json``'s
-        ``total_s`` (otherwise written at task ends only); a failure to write it is logged."""
+        """The run's wall time so far into ``timing.json``'s ``total_s`` (seconds), beside the
+        task ends: when it stops (its cut-short task included) and when it ends (the final
+        figures included); a failure to write it is logged, not raised."""
         if not self.main:
             return
         self.state.timing["total_s"] = time.perf_counter() - self.t0
@@ -338,6 +413,7 @@ class _StreamRun:
         if self.main:
             write_json(run_dir / "params.json", s.params)
         first = None if "first_step_unix" in s.timing else self._first_step
+        continued = ckpt.mid_task_path(run_dir, task.name) is not None  # train_s: the rest only
         steps = fit_task(cfg, run_dir, model, strategy, task, t, len(self.stream), self.logger,
                          self.precision, cache, first)
         strategy.after_task(t, task)
@@ -350,6 +426,8 @@ class _StreamRun:
         strategy.save(run_dir, t, task)
         s.timing["tasks"][task.name] = {"train_s": train_s, "eval_s": eval_s,
                                         "probe_s": probe_s, "steps": steps}
+        if continued:  # steps counts the stopped process's too, train_s does not
+            s.timing["tasks"][task.name]["continued"] = True
         s.timing["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if self.device == "cuda":  # the process's peak allocated by PyTorch (all tasks so far)
             s.timing["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -379,3 +457,20 @@ class _StreamRun:
     def _first_step(self) -> None:
         """The wall-clock time (Unix s) of the run's first training step, for start-up costs."""
         self.state.timing["first_step_unix"] = time.time()
+
+
+def _recorded_timing(run_dir: Path) -> dict:
+    """``run_dir/timing.json`` as written so far; ``{}`` if it is missing or unreadable."""
+    try:
+        found = json.loads((Path(run_dir) / "timing.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _number(v) -> float:
+    """A recorded number as a float; 0.0 for anything else (absent, not a number)."""
+    try:
+        return float(v) if v is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0

@@ -5,7 +5,8 @@
 one (the rows it has) and a run read back later. It shows R with each metric's direction and
 units, per metric group MFN (final average), MFT, MAA, BWT in both conventions (GEM, arXiv
 1706.08840; SEFE, arXiv 2505.02486), forgetting (Chaudhry et al., arXiv 1801.10112) and FWT, the
-trainable share of the model per task, the wall time and the paths of the files.
+trainable share of the model per task, the wall time and where it went (:func:`time_budget`) and
+the paths of the files.
 :func:`job_line` is the one-line form a multirun prints per job.
 """
 
@@ -201,6 +202,83 @@ def _duration(seconds: float | None) -> str:
     return f"{m} min {s:02d} s" if m else f"{seconds:.1f} s"
 
 
+def _seconds(v) -> float | None:
+    """A ``timing.json`` entry as seconds; None if absent or not a finite number."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v and abs(v) != float("inf") else None
+
+
+def _rate(seconds: float, steps) -> str:
+    """``1.47 s/step`` (``12.5 ms/step`` below a tenth of a second); ``""`` without steps."""
+    try:
+        per = seconds / int(steps)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return ""
+    return f", {per:.2f} s/step" if per >= 0.1 else f", {per * 1000:.1f} ms/step"
+
+
+def time_budget(timing: dict, finished: bool = True, width: int | None = None) -> str | None:
+    """Where a run's time went, from its ``timing.json`` (seconds), as one wrapped line:
+    ``time 35 min 12 s: data 58.0 s, model build 3.1 s, initial evaluation 27.0 s, tumour_seg
+    training 14 min 44 s (600 steps, 1.47 s/step), evaluation 39.0 s, probes 25.0 s, ...,
+    other (files, figures, checkpoints) 5.0 s``.
+
+    The phases, in the order they run: ``data_s`` (the stream's build), ``build_s`` (the
+    model's), ``init_eval_s``, then per task ``train_s`` (with ``steps`` and the seconds per
+    step), ``eval_s`` (every task evaluated after it) and ``probe_s`` (left out when 0: probes
+    off). ``other`` is ``total_s`` minus the phases shown: result files, figures, checkpoints,
+    and for a stopped or resumed run (``finished`` False, or ``resumed`` > 0) the unfinished
+    work, which no phase records. A phase missing from the file (a run written before
+    ``data_s`` and ``build_s`` existed, an interrupted run's untrained tasks) is left out. A
+    task continued from a mid-task checkpoint shows its steps without a rate: its ``train_s``
+    covers only the last process's part.
+
+    Args:
+        timing: ``timing.json``'s content (possibly empty or partial); finished: the run ended
+            complete (metrics.json's ``complete``); width: the line width
+            (:func:`terminal_width` if None).
+
+    Returns:
+        The text, or None when ``timing`` records no phase.
+    """
+    parts, spent = [], 0.0
+
+    def add(label: str, v, note: str = "", skip_zero: bool = False) -> None:
+        nonlocal spent
+        v = _seconds(v)
+        if v is None or (skip_zero and v == 0):
+            return
+        parts.append(f"{label} {_duration(v)}{note}")
+        spent += v
+
+    add("data", timing.get("data_s"))
+    add("model build", timing.get("build_s"))
+    add("initial evaluation", timing.get("init_eval_s"))
+    tasks = timing.get("tasks")
+    for name, t in (tasks.items() if isinstance(tasks, dict) else ()):
+        if not isinstance(t, dict):
+            continue
+        train, steps = _seconds(t.get("train_s")), t.get("steps")
+        note = ""
+        if steps is not None and train is not None:
+            note = (f" ({steps} steps, continued after a stop)" if t.get("continued") else
+                    f" ({steps} steps{_rate(train, steps)})")
+        add(f"{name} training", train, note)
+        add("evaluation", t.get("eval_s"))
+        add("probes", t.get("probe_s"), skip_zero=True)
+    if not parts:
+        return None
+    total = _seconds(timing.get("total_s"))
+    if total is not None and total - spent > -0.05:  # rounding: never a negative remainder
+        unfinished = not finished or bool(_seconds(timing.get("resumed")))
+        parts.append("other (files, figures, checkpoints" + (", unfinished work"
+                     if unfinished else "") + f") {_duration(max(total - spent, 0.0))}")
+    return wrap_parts(f"time {_duration(total)}: ", parts, width=width)
+
+
 def _header(task: str, units: dict) -> str:
     """Two header lines: the task, then its metric, units and direction."""
     u = units.get(task, {})
@@ -216,7 +294,8 @@ def run_summary(run_dir: str | Path, width: int | None = None) -> str:
     regression task, chance of a classification task) and one line per such task saying
     plainly how its last value compares (``brain_age: MAE 18.9 years (after_brain_age) is worse
     than predicting the mean (16.3 years)``). Lines other than the tables are wrapped to
-    ``width`` (a path is never broken).
+    ``width`` (a path is never broken). Near the end, where the wall time went
+    (:func:`time_budget`).
 
     Args:
         run_dir: the run directory; width: the line width (None: :func:`terminal_width`).
@@ -276,6 +355,9 @@ def run_summary(run_dir: str | Path, width: int | None = None) -> str:
             + (f": adapters {p['adapter']:,} = {p['adapter_pct_of_backbone']:.2f} % of the "
                f"backbone, head {p.get('head', 0):,}" if p.get("adapter") else "") + ")"
             for task, p in params.items()], width=width))
+    budget = time_budget(timing, finished=bool(m.get("complete")), width=width)
+    if budget:
+        lines.append(budget)
     files = ["heatmap.png", "matrix.csv"] + [f for f in ("matrix_val.csv", "probes.json")
                                              if (Path(run_dir) / f).is_file()] + ["metrics.json"]
     line = f"files: {run_dir}/{{{', '.join(files)}}}"

@@ -66,6 +66,9 @@ def test_restore_best_ends_a_task_on_its_best_check(compose_cfg, tmp_path):
         assert val.loc[f"after_{task}", task] == pytest.approx(best, rel=1e-5), task
         assert rows["best_step"].iloc[-1] == rows.loc[rows["value"] == best, "step"].iloc[0]
     assert _steps(tmp_path) == [8, 8]
+    # the restore did something: brain_age's best check is not its last (0.91 y at step 2)
+    age = checks[checks["task"] == "brain_age"]
+    assert age["best_step"].iloc[-1] < age["step"].iloc[-1]
 
 
 def test_patience_without_checks_is_refused(compose_cfg, tmp_path):

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -354,3 +355,28 @@ def test_a_refused_resume_names_only_the_keys_the_command_changed(cli, tmp_path)
     proc = cli(f"resume={run_dir}", "tasks=digits", "train.max_steps=2", "train.batch_size=16")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "all 3 tasks already done" in proc.stdout + proc.stderr
+
+
+def test_validation_checks_and_early_stopping_state_survive_kill9(tmp_path):
+    """The validation checks' state (best value and step, patience count, best weights, rows)
+    is in the mid-task checkpoints: a run killed in task 2 and resumed ends with the
+    uninterrupted run's R and val_checks.csv, restoring the same best weights."""
+    args = [*TINY, "train.max_steps=60", "train.val_every_n_steps=10",
+            "train.early_stopping_patience=50", "train.early_stopping_restore_best=true"]
+    cache = tmp_path / "cache"
+    ref = clbench(tmp_path, cache, *args, f"hydra.run.dir={tmp_path}/ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    proc, mid = start_until_task2_checkpoint(tmp_path, cache, run_dir, args)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    resumed = clbench(tmp_path, cache, f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("matrix.csv", "matrix_val.csv"):
+        assert (run_dir / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    ours = pd.read_csv(run_dir / "val_checks.csv").drop(columns="seconds")
+    theirs = pd.read_csv(tmp_path / "ref" / "val_checks.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(ours, theirs)
+    assert list(ours["step"]) == list(range(10, 61, 10)) * 2  # no check lost or repeated

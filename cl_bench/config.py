@@ -28,10 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_bench.errors import ClBenchError, ConfigError
-# the type and range checks live with the range aliases (one way to declare and check a range);
-# re-exported here for the callers that know them as cl_bench.config's
-from cl_bench.ranges import (_BOUNDS, _constraints, _describe, _type_ok,  # noqa: F401
-                             NonBlankStr, NonNegativeFloat, NonNegativeInt, PositiveInt,
+from cl_bench.ranges import (NonBlankStr, NonNegativeFloat, NonNegativeInt, PositiveInt,
                              check_value, type_hints)
 
 #: config keys that do not change a run's results: they may differ between a run and its

@@ -5,19 +5,8 @@ stream with the same weights (:func:`evaluate_row`): Dice (segmentation), MAE in
 A plain ``torch.inference_mode`` loop (no Lightning overhead per call; the R matrix needs
 O(T^2) of these). What differs between task kinds (the scorer, how a head's output becomes a
 prediction, what an unanswerable sample gets) is looked up in :data:`cl_bench.kinds.KINDS`;
-this module holds the loop. The metrics (their code: :mod:`cl_bench.kinds`' scorers):
-
-* Dice: MONAI ``DiceMetric`` (Dice 1945; as used for BraTS, Menze et al. 2015) on argmax
-  one-hot predictions, background excluded, subjects whose ground truth lacks a label are ignored
-  for that label; the task's value is the mean over foreground labels of the mean over subjects.
-* MAE: torchmetrics ``MeanAbsoluteError`` in the target's native units (years for brain age).
-* accuracy: torchmetrics ``MulticlassAccuracy`` (micro: share of correctly classified images).
-* mIoU (class-incremental segmentation): a torchmetrics ``MulticlassConfusionMatrix`` over the
-  whole test set, IoU per class (:func:`cl_bench.metrics.iou_from_confusion`). Pixels of classes
-  the model has no active output for yet, and 255, are ignored (as MiB's and STAR's evaluators
-  do). A step's value in R is the mean IoU of its classes (step 0: plus background); the row's
-  ``miou_base`` (background + step-0 classes: STAR's "old"), ``miou_new`` (classes of later
-  steps), ``miou_all`` and ``iou_<c>`` per class go to the details.
+this module holds the loop. The metrics, their sources and what a row of R keeps of each:
+:mod:`cl_bench.kinds`' module docstring.
 
 Task id at test (``eval.task_id``): ``oracle`` runs every test sample with its own task's
 adapter and head. ``predicted`` asks the strategy (:meth:`Strategy.predict_task_id`) which task
@@ -38,17 +27,8 @@ from torch.utils.data import DataLoader
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
-# re-exported: scripts and tests import these names from here
-from cl_bench.kinds import TaskScorer, cpu_counting, global_classes, kind_spec  # noqa: F401
+from cl_bench.kinds import TaskScorer, kind_spec
 from cl_bench.strategies.base import Strategy
-
-#: the scorer of a task: ``Scorer(task, stream, active)`` builds its kind's
-#: :class:`~cl_bench.kinds.TaskScorer` (Dice, MAE, accuracy or mIoU; see
-#: :attr:`cl_bench.kinds.KindSpec.scorer`); ``update(answer(...), label)``, then ``result()``
-Scorer = TaskScorer
-
-#: the old private name of :func:`cl_bench.kinds.cpu_counting` (tests import it)
-_cpu_counting = cpu_counting
 
 
 def _compatible(a: Task, b: Task) -> bool:
@@ -71,7 +51,8 @@ def test_batches(dataset, batch_size: int):
 
 
 def answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
-    """``task``'s head on ``x``, as a prediction in the terms of :meth:`Scorer.update`.
+    """``task``'s head on ``x``, as a prediction in the terms of
+    :meth:`~cl_bench.kinds.TaskScorer.update`.
 
     Args:
         model: the stream's ``ContinualModel``; x: ``(B, C, *spatial)`` images;
@@ -91,7 +72,7 @@ def answer(model, task: Task, x: torch.Tensor, autocast) -> torch.Tensor:
     return kind_spec(task.kind).answer(model, task, out)
 
 
-def _no_answer(task: Task, x: torch.Tensor, scorer: Scorer) -> torch.Tensor:
+def _no_answer(task: Task, x: torch.Tensor, scorer: TaskScorer) -> torch.Tensor:
     """What a sample sent to an incompatible task gets (see module docstring;
     :attr:`~cl_bench.kinds.KindSpec.no_answer`)."""
     return kind_spec(task.kind).no_answer(task, x, scorer)
@@ -144,7 +125,7 @@ def evaluate_task(model: torch.nn.Module, strategy: Strategy, task: Task,
     if spec.active_classes:
         view = model.heads[task.name]
         active = view.shared.active_classes(view.task_index)
-    scorer = Scorer(task, stream, active)
+    scorer = TaskScorer(task, stream, active)
     j = stream.index(task) if predicted else None
     hits, n, predict_s = 0, 0, 0.0
     key = None

@@ -26,25 +26,32 @@ Metrics (what :class:`TaskScorer` computes):
 * mIoU (class-incremental segmentation): a torchmetrics ``MulticlassConfusionMatrix`` over the
   whole test set, IoU per class (:func:`cl_bench.metrics.iou_from_confusion`). Pixels of classes
   the model has no active output for yet, and 255, are ignored (as MiB's and STAR's evaluators
-  do).
+  do). A step's value in R is the mean IoU of its classes (step 0: plus background); the row's
+  other values (``miou_base``, ``miou_new``, ...) go to the details (:class:`MIoUScorer`).
 
 Losses (what :attr:`KindSpec.loss` builds; :class:`cl_bench.models.losses.TaskLoss` wraps them):
 
 * segmentation: MONAI ``DiceCELoss`` (softmax, one-hot targets, Dice over the foreground classes
-  only; Milletari et al. 2016, arXiv 1606.04797), optionally with median-frequency class weights
-  (:func:`median_frequency_weights`);
+  only since tumours fill ~2 % of a volume; Milletari et al. 2016, arXiv 1606.04797 for the Dice
+  loss), optionally with median-frequency class weights (``train.class_weights=median_frequency``,
+  :func:`median_frequency_weights`: ``w_c = median_k f_k / f_c``, f the classes' voxel frequencies
+  in the task's training labels; Eigen & Fergus 2015, arXiv 1411.4734), given to MONAI's
+  ``weight`` (the cross-entropy over every class, the Dice over the foreground);
 * regression: the mean squared error on the normalised target
   ``(y - task.target_mean) / task.target_std``;
 * classification: the cross-entropy;
 * class-incremental segmentation: STAR's per-class binary cross-entropy (:func:`ciss_bce`;
-  Chen et al., NeurIPS 2023).
+  Chen et al., NeurIPS 2023): a sigmoid per foreground class, the target of class c is
+  ``label == c`` (so old and future classes, labelled background in the step's data, are pushed
+  to 0: the background shift that makes plain fine-tuning forget), summed over classes and
+  averaged over the pixels that are not :data:`IGNORE_INDEX`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -52,8 +59,14 @@ from torch import nn
 from cl_bench.errors import ConfigError, DataError
 from cl_bench.metrics import iou_from_confusion, mean_iou
 
+#: the names of the task kinds (``Task.kind``), one per row of :data:`KINDS`, in its order; a type
+#: checker checks ``Task.kind`` and each row's ``name`` against it (tests/test_kinds.py: no row
+#: missing)
+TaskKind = Literal["segmentation", "regression", "classification",
+                   "class_incremental_segmentation"]
+
 #: the task kind of a class-incremental semantic segmentation step
-CISS = "class_incremental_segmentation"
+CISS: TaskKind = "class_incremental_segmentation"
 
 #: label of unlabelled pixels (PASCAL VOC's object boundaries); ignored by losses and metrics
 IGNORE_INDEX = 255
@@ -110,7 +123,7 @@ class TaskScorer:
 
     ``TaskScorer(task, stream, active)`` builds the scorer of ``task``'s kind
     (:attr:`KindSpec.scorer`: :class:`DiceScorer`, :class:`MAEScorer`,
-    :class:`AccuracyScorer` or :class:`MIoUScorer`); ``cl_bench.evaluation.Scorer`` is this class.
+    :class:`AccuracyScorer` or :class:`MIoUScorer`).
 
     Args:
         task: the task scored; stream: the whole stream (the classification scorer's class
@@ -497,7 +510,7 @@ class KindSpec:
             (Dice, mIoU). See :func:`task_baselines`.
     """
 
-    name: str
+    name: TaskKind
     metric: str
     higher_is_better: bool
     label: str
@@ -514,7 +527,7 @@ class KindSpec:
 
 
 #: every task kind, by ``Task.kind``; the order is the order shared heads are built in
-KINDS: dict[str, KindSpec] = {spec.name: spec for spec in (
+KINDS: dict[TaskKind, KindSpec] = {spec.name: spec for spec in (
     KindSpec(name="segmentation", metric="dice", higher_is_better=True,
              label="LongTensor (1, *spatial), values in [0, num_classes), 0 = background",
              normalised_target=False, head="decoder", shared_head=lambda task: False,

@@ -153,7 +153,7 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     Raises:
         ValueError: a task that is not a segmentation task, or an encoder without stages.
     """
-    from cl_bench.evaluation import Scorer
+    from cl_bench.kinds import TaskScorer
 
     enc = model.encoder
     if kind_spec(task.kind).head != "decoder" or not hasattr(enc, "stage_channels"):
@@ -183,7 +183,7 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     means = [s / n for s in sums]
     image_mean = image_sum / n
     split, data = ("val", task.val) if task.val is not None else ("test", task.test)
-    scorers = {k: Scorer(task) for k in variants}
+    scorers = {k: TaskScorer(task) for k in variants}
     for i in range(0, len(data), batch_size):
         x, label = _stack(data, i, min(i + batch_size, len(data)))
         x = x.to(device)

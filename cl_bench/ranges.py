@@ -71,7 +71,7 @@ _BOUNDS = {"gt": (lambda v, b: v > b, ">"), "ge": (lambda v, b: v >= b, ">="),
            "lt": (lambda v, b: v < b, "<"), "le": (lambda v, b: v <= b, "<=")}
 
 
-def _constraints(meta: tuple) -> list[tuple[str, Any]]:
+def bounds_of(meta: tuple) -> list[tuple[str, Any]]:
     """``Annotated`` metadata -> ``[(bound name, bound value)]`` (Gt, Ge, Lt, Le, Interval)."""
     out = []
     for m in meta:
@@ -129,7 +129,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
             return False
         if not all(test(value) for test in _predicates(tuple(meta))):
             return False
-        return all(_BOUNDS[name][0](value, bound) for name, bound in _constraints(tuple(meta)))
+        return all(_BOUNDS[name][0](value, bound) for name, bound in bounds_of(tuple(meta)))
     if origin is Literal:
         return any(value == c and type(value) is type(c) for c in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
@@ -173,7 +173,7 @@ def _describe(hint: Any) -> str:
             text += f" of exactly {low} items"
         elif low or high is not None:
             text += f" of {low} to {high} items" if high is not None else f" of >= {low} items"
-        bounds = [f"{_BOUNDS[n][1]} {b}" for n, b in _constraints(tuple(meta))]
+        bounds = [f"{_BOUNDS[n][1]} {b}" for n, b in bounds_of(tuple(meta))]
         bounds += [f"a multiple of {step}" for step in _multiples(tuple(meta))]
         return f"{text} {' and '.join(bounds)}".strip()
     if origin is Literal:

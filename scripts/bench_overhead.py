@@ -156,7 +156,8 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
     import torch
 
     from cl_bench import probes
-    from cl_bench.evaluation import answer, Scorer
+    from cl_bench.evaluation import answer
+    from cl_bench.kinds import TaskScorer
 
     cfg, model, stream, strategy = setup(overrides)
     # the runner's probes after every task (probes.json; cl_bench.probes): the same work here,
@@ -176,7 +177,7 @@ def plain_loop(overrides: list[str], out_dir: Path, spawn: float) -> dict:
                                          torch.stack([torch.as_tensor(d["label"]) for d in items]))
         x, y = stacked[task.name, split]
         strategy.activate(task)
-        scorer = Scorer(task, stream)
+        scorer = TaskScorer(task, stream)
         nullctx = torch.autocast("cpu", enabled=False)
         for i in range(0, len(x), cfg.train.eval_batch_size):
             scorer.update(answer(model, task, x[i:i + cfg.train.eval_batch_size], nullctx),

@@ -46,10 +46,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torch import nn
 
 from cl_bench.data.seg_mnist import paste_digits
+from cl_bench.kinds import ciss_bce
 from cl_bench.metrics import iou_from_confusion
 from cl_bench.models.backbones import PRETRAINED, UNetEncoder, ViTEncoder
 from cl_bench.models.heads import CISSHead
-from cl_bench.models.losses import ciss_bce
 
 VIT2D_MNIST = dict(in_channels=1, img_size=28, patch_size=7, hidden_size=64, mlp_dim=128,
                    num_layers=2, num_heads=4, spatial_dims=2)

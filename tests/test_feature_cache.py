@@ -73,7 +73,7 @@ def test_cpu_counting_gives_torchmetrics_the_same_confusion_matrix_and_restores_
     """hardware.deterministic: torchmetrics' bincount fallback is exact but ~20x slower on CPU."""
     from torchmetrics.classification import MulticlassConfusionMatrix
 
-    from cl_bench.evaluation import _cpu_counting
+    from cl_bench.kinds import cpu_counting
 
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randint(0, 21, (50_000,), generator=g), torch.randint(0, 21, (50_000,), generator=g)
@@ -84,7 +84,7 @@ def test_cpu_counting_gives_torchmetrics_the_same_confusion_matrix_and_restores_
         slow = MulticlassConfusionMatrix(21, ignore_index=255)
         slow.update(pred, target)
         fast = MulticlassConfusionMatrix(21, ignore_index=255)
-        with _cpu_counting(pred.device):
+        with cpu_counting(pred.device):
             assert not torch.are_deterministic_algorithms_enabled()
             fast.update(pred, target)
         assert torch.are_deterministic_algorithms_enabled()

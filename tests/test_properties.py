@@ -24,8 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf, open_dict
 
-from cl_bench.config import STREAM_KEYS, _constraints, check_node, locate, type_hints
+from cl_bench.config import STREAM_KEYS, check_node, locate
 from cl_bench.errors import ConfigError
+from cl_bench.ranges import bounds_of, type_hints
 from cl_bench.runner import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -73,7 +74,7 @@ def _split(hint):
     bounds = []
     if typing.get_origin(hint) is Annotated:
         hint, *meta = typing.get_args(hint)
-        bounds = _constraints(tuple(meta))
+        bounds = bounds_of(tuple(meta))
     return hint, bounds, allows_none
 
 

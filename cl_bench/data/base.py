@@ -4,14 +4,9 @@ A *stream* is a ``list[Task]``. A task bundles its name, its kind, its train/tes
 how it is scored. Every dataset item is a dict:
 
 * ``"image"``: ``FloatTensor`` of shape ``(C, D, H, W)`` (3D) or ``(C, H, W)`` (2D), intensity-normalised;
-* ``"label"``: for ``segmentation`` a ``LongTensor`` of shape ``(1, D, H, W)`` with values in
-  ``[0, num_classes)`` (0 = background); for ``regression`` a 0-d ``FloatTensor`` in native units
-  (years for brain age); for ``classification`` a 0-d ``LongTensor`` in the head's index space:
-  task-incremental streams store the task's local index ``0..len(classes)-1``, class-incremental
-  streams the global class id (``Task.classes`` maps local indices to global ids); for
-  ``class_incremental_segmentation`` a ``LongTensor`` ``(1, H, W)`` of global class ids in which
-  only the step's own classes are kept (0 = background, :data:`IGNORE_INDEX` = unlabelled), see
-  :mod:`cl_bench.data.ciss`.
+* ``"label"``: what the task kind's row says (:attr:`cl_bench.kinds.KindSpec.label`); a
+  classification task's ``Task.classes`` maps local indices to global class ids, a CISS step's
+  labels are described in :mod:`cl_bench.data.ciss`.
 """
 
 from __future__ import annotations
@@ -19,22 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# CISS (the kind of a class-incremental segmentation step) and IGNORE_INDEX (the label of
-# unlabelled pixels) live with the kinds table; streams import them from here
-from cl_bench.kinds import CISS, IGNORE_INDEX, KINDS, kind_spec  # noqa: F401
+from cl_bench.kinds import TaskKind, kind_spec
 from cl_bench.ranges import NonNegativeInt, PositiveFloat, check_value
-
-TaskKind = Literal["segmentation", "regression", "classification",
-                   "class_incremental_segmentation"]
-
-#: metric name and whether higher is better, per task kind (read from :data:`~cl_bench.kinds.KINDS`)
-METRICS: dict[str, tuple[str, bool]] = {k: (s.metric, s.higher_is_better) for k, s in KINDS.items()}
 
 #: continual-learning scenarios of a classification stream (van de Ven et al. 2022,
 #: "Three types of incremental learning", Nature Machine Intelligence; arXiv 1904.07734)
@@ -47,8 +33,7 @@ class Task:
 
     Args:
         name: unique task name within the stream (used as adapter/head key and matrix column).
-        kind: ``"segmentation"``, ``"regression"``, ``"classification"`` or
-            ``"class_incremental_segmentation"`` (a step of a CISS stream).
+        kind: the name of a row of :data:`cl_bench.kinds.KINDS` (:data:`~cl_bench.kinds.TaskKind`).
         train: training dataset (items as described in the module docstring).
         test: evaluation dataset.
         num_classes: segmentation classes including background (0 for regression); for a CISS
@@ -91,9 +76,7 @@ class Task:
 
     @property
     def metric(self) -> str:
-        """Metric name (:attr:`cl_bench.kinds.KindSpec.metric`): ``"dice"`` (segmentation),
-        ``"mae"`` (regression), ``"accuracy"``, ``"miou"`` (CISS: mean IoU over the step's
-        classes).
+        """Metric name (:attr:`cl_bench.kinds.KindSpec.metric`).
 
         Raises:
             UnknownKindError: ``kind`` is not in :data:`cl_bench.kinds.KINDS`."""

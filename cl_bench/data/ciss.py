@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cl_bench.data.base import CISS, IGNORE_INDEX, Task
+from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
+from cl_bench.kinds import CISS, IGNORE_INDEX
 from cl_bench.ranges import PositiveFloat, checked
 
 #: which images a step trains on (:func:`step_images`)

@@ -49,9 +49,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cl_bench.data.base import IGNORE_INDEX, Task
+from cl_bench.data.base import Task
 from cl_bench.data.ciss import SegStepDataset, ciss_stream, protocol_steps
 from cl_bench.errors import DataError
+from cl_bench.kinds import IGNORE_INDEX
 from cl_bench.ranges import NonNegativeInt, PositiveFloat, PositiveInt, checked
 
 #: the 20 foreground classes, id 1..20 in this order (id 0 is background)

@@ -1,22 +1,9 @@
-"""The task losses, one per task kind (the loss factories are rows of
-:data:`cl_bench.kinds.KINDS`: :attr:`~cl_bench.kinds.KindSpec.loss`).
+"""The loss of a task on the model's raw output (:class:`TaskLoss`).
 
-Segmentation uses MONAI's ``DiceCELoss`` (softmax, one-hot targets, Dice over the foreground
-classes only since tumours fill ~2 % of a volume; Milletari et al. 2016, arXiv 1606.04797 for
-the Dice loss), optionally with median-frequency class weights
-(``train.class_weights=median_frequency``: ``w_c = median_k f_k / f_c``, f the classes' voxel
-frequencies in the task's training labels; Eigen & Fergus 2015, arXiv 1411.4734), given to
-MONAI's ``weight`` (the cross-entropy over every class, the Dice over the foreground); regression
-uses the mean squared error on the normalised target ``(y - task.target_mean) / task.target_std``;
-classification the cross-entropy; a class-incremental segmentation step the per-class binary
-cross-entropy of STAR (Chen et al., NeurIPS 2023): a sigmoid per foreground class, the target of
-class c is ``label == c`` (so old and future classes, labelled background in the step's data, are
-pushed to 0: the background shift that makes plain fine-tuning forget), summed over classes and
-averaged over the pixels that are not :data:`~cl_bench.data.base.IGNORE_INDEX`.
-
-The loss code lives with the kinds table (:mod:`cl_bench.kinds`, floor 1) and is re-exported
-here. This module imports neither Lightning nor the strategies: strategies (ER, EWC, STAR) and
-the training loop (:mod:`cl_bench.training`) both read their losses from here.
+Each kind's loss is a row of :data:`cl_bench.kinds.KINDS` (:attr:`~cl_bench.kinds.KindSpec.loss`);
+what each computes and its source are in :mod:`cl_bench.kinds`' module docstring.
+This module imports neither Lightning nor the strategies: strategies (ER, EWC) and the training
+loop (:mod:`cl_bench.training`) both build their losses here.
 """
 
 from __future__ import annotations
@@ -25,9 +12,7 @@ import torch
 from torch import nn
 
 from cl_bench.data.base import Task
-# re-exported: strategies, scripts and tests import the per-kind losses from here
-from cl_bench.kinds import (CISSBCE, CrossEntropy, DiceCE, NormalisedMSE,  # noqa: F401
-                            bce_per_class, ciss_bce, kind_spec, median_frequency_weights)
+from cl_bench.kinds import kind_spec
 
 
 class TaskLoss(nn.Module):

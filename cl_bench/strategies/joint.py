@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cl_bench.data.base import CISS
+from cl_bench.kinds import CISS
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.strategies.er import ER
 

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import cl_bench.config  # noqa: F401  (the schema)
     from cl_bench.config import build, build_stream
-    from cl_bench.evaluation import answer, Scorer
+    from cl_bench.evaluation import answer
     from cl_bench.hardware import cpu_name
-    from cl_bench.models.losses import median_frequency_weights
+    from cl_bench.kinds import TaskScorer, median_frequency_weights
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"seed={args.seed}", *args.overrides])
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     def dice(dataset) -> list[float]:
         model.eval()
         strategy.activate(task)
-        scorer = Scorer(task)
+        scorer = TaskScorer(task)
         with torch.inference_mode():
             for i in range(0, len(dataset), 4):
                 items = [dataset[j] for j in range(i, min(i + 4, len(dataset)))]

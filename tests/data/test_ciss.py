@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from cl_bench.data.base import IGNORE_INDEX
 from cl_bench.data.ciss import (SegStepDataset, ciss_stream, present_classes, protocol_steps,
                                 remap_labels, step_images)
 from cl_bench.errors import ConfigError
+from cl_bench.kinds import IGNORE_INDEX, ciss_bce
 from cl_bench.metrics import iou_from_confusion, mean_iou
 from cl_bench.models.heads import MASKED_LOGIT, CISSHead
-from cl_bench.models.losses import ciss_bce
 
 
 def test_protocol_steps_follow_the_literature_names():

@@ -8,7 +8,8 @@ import torch
 
 from cl_bench.data.base import ArrayDataset, Task
 from cl_bench.training import LitTask
-from cl_bench.models.losses import TaskLoss, median_frequency_weights
+from cl_bench.kinds import median_frequency_weights
+from cl_bench.models.losses import TaskLoss
 from cl_bench.strategies.seq_ft import SeqFT
 
 

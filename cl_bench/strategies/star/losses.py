@@ -8,9 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cl_bench.data.base import IGNORE_INDEX
+from cl_bench.kinds import IGNORE_INDEX, bce_per_class
 from cl_bench.models.heads import CISSHead
-from cl_bench.models.losses import bce_per_class
 from cl_bench.strategies.star.prototypes import _rows, classifier_weights
 
 

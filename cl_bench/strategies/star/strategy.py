@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cl_bench.data.base import CISS, Task
+from cl_bench.data.base import Task
 from cl_bench.data.ciss import SETTINGS
 from cl_bench.errors import ConfigError
+from cl_bench.kinds import CISS
 from cl_bench.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from cl_bench.models.heads import CISSHead, TaskView
 from cl_bench.files import write_json

@@ -15,7 +15,7 @@ TEST_WORKERS ?= -n auto --maxprocesses=4 --dist worksteal
 # that needs a meta-path finder (ours does: conf/ ships as cl_bench.conf); it is no problem, so
 # that one message is filtered below, errors and other messages still show (that line is not
 # echoed: its variable's name would read as a warning in the output)
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"

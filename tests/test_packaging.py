@@ -32,8 +32,8 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
     expected = {f"cl_bench/conf/{p.relative_to(ROOT / 'conf')}" for p in
                 (ROOT / "conf").rglob("*.yaml")}
     assert expected and expected <= names, sorted(expected - names)
-    # every module ships, those of the subpackages (strategies/star/, strategies/proteus/) too:
-    # pyproject lists the packages by hand
+    # every module ships, those of the subpackages (strategies/star/, strategies/proteus/) too
+    # (setup.py finds the packages)
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cl_bench").rglob("*.py")
                if "__pycache__" not in p.parts}
     assert sources <= names, sorted(sources - names)

@@ -140,7 +140,7 @@ def reliance(model: nn.Module, strategy, task: Task, batch_size: int = 4,
     the patch embedding alone shows it in ``stages1-4``.
 
     Args:
-        model: a :class:`~cl_bench.models.ContinualModel` on a Swin encoder (``stage_channels``);
+        model: a :class:`~cl_bench.models.continual.ContinualModel` on a Swin encoder (``stage_channels``);
         strategy: activates the task's adapter; task: a segmentation task; batch_size: images
         per forward pass; device: where the model is; bf16: the forward passes under bfloat16
         autocast, as R's evaluation runs them (``hardware.precision=bf16-mixed``).

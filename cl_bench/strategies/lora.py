@@ -75,7 +75,7 @@ def check_target_modules(model: nn.Module, target_modules: list[str] | None,
     """The backbone layers to adapt (``nn.Linear``; ``nn.Conv3d``/``Conv2d`` too, e.g. a shared
     Swin UNETR decoder's convolutions), checked; returns the names to give peft.
 
-    ``model`` is a :class:`~cl_bench.models.ContinualModel`. A name matches a layer whose dotted
+    ``model`` is a :class:`~cl_bench.models.continual.ContinualModel`. A name matches a layer whose dotted
     path ends with it on a component boundary (:func:`matches_target`; MONAI ViT: ``qkv``,
     ``out_proj``, ``linear1``, ``linear2``; Swin: ``attn.qkv``, ``attn.proj``,
     ``mlp.linear1``, ``mlp.linear2``). ``None`` gives the backbone's default (``lora_targets``

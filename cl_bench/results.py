@@ -91,22 +91,19 @@ def write_results(run_dir: Path, stream: list[Task], rows: dict[str, list[float]
     return metrics
 
 
-def recorded_wall_time(run_dir: Path) -> float:
-    """The wall time ``timing.json`` records for the run in ``run_dir``: ``total_s``, the
-    seconds of every process of the run so far (a stopped one's cut-short task included).
-
-    Args:
-        run_dir: the run directory.
+def recorded_timing(run_dir: Path) -> dict:
+    """``run_dir/timing.json`` as recorded so far (seconds; see :func:`cl_bench.runner.run`).
 
     Returns:
-        The seconds; 0.0 when there is no readable ``timing.json`` or no ``total_s`` in it.
+        Its content; ``{}`` when it is missing, unreadable or not a JSON object.
     """
     import json
 
     try:
-        return float(json.loads((Path(run_dir) / "timing.json").read_text()).get("total_s", 0.0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 0.0
+        found = json.loads((Path(run_dir) / "timing.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def write_probes(run_dir: Path, probes: dict) -> None:

@@ -4,7 +4,6 @@ evaluated after every task, results written atomically after each row."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import resource
 import shutil
@@ -35,7 +34,8 @@ from cl_bench.loggers import close_logger, log_row, make_logger
 from cl_bench.lock import RunLock
 from cl_bench.models.feature_cache import FeatureCache
 from cl_bench.progress import row_line
-from cl_bench.results import matrix_frame, write_probes, write_results, write_task_agnostic
+from cl_bench.results import (matrix_frame, recorded_timing, write_probes, write_results,
+                              write_task_agnostic)
 from cl_bench.strategies.base import Strategy
 from cl_bench.training import compile_model, fit_task
 
@@ -54,7 +54,7 @@ class RunOutput:
 
 @dataclass(frozen=True)
 class BuildTimes:
-    """How long :func:`build_run_timed` took, in seconds of ``time.perf_counter``.
+    """How long :func:`build_run` took, in seconds of ``time.perf_counter``.
 
     Attributes:
         start: ``time.perf_counter()`` when the build began: the run's clock (``timing.json``'s
@@ -82,7 +82,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     again and the task in progress continues from its last mid-task checkpoint.
 
     Where the time went is in ``run_dir/timing.json`` (seconds): ``data_s`` (building the
-    stream), ``build_s`` (the rest of :func:`build_run_timed`), ``init_eval_s``, per task
+    stream), ``build_s`` (the rest of :func:`build_run`), ``init_eval_s``, per task
     ``tasks.<name>`` = ``{train_s, eval_s, probe_s, steps}`` (``continued``: true when the task
     went on from a mid-task checkpoint, its ``train_s`` then counts this process only) and
     ``total_s`` from the build's start to the last file written; what none of these covers
@@ -100,7 +100,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
     """
     run_dir = Path(run_dir)
     main = getattr(rank_zero_only, "rank", 0) == 0  # DDP: only rank 0 evaluates and writes
-    model, strategy, stream, times = build_run_timed(cfg)
+    model, strategy, stream, times = build_run(cfg)
     # one writer per run directory (cl_bench.lock): held from before anything is written; the
     # directory is made only now, so a refused config leaves none behind
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,16 +108,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> RunOutput:
         return _run_claimed(cfg, run_dir, stream, model, strategy, main, times)
 
 
-def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list]:
-    """Everything :func:`run` builds before it trains, checked: ``(model, strategy, stream)``.
-
-    :func:`build_run_timed` without the times; the same checks, seeds and errors.
-    """
-    model, strategy, stream, _ = build_run_timed(cfg)
-    return model, strategy, stream
-
-
-def build_run_timed(cfg: DictConfig) -> tuple[nn.Module, Strategy, list, BuildTimes]:
+def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list, BuildTimes]:
     """Everything :func:`run` builds before it trains, checked, and how long that took:
     ``(model, strategy, stream, times)`` (:class:`BuildTimes`, seconds).
 
@@ -198,7 +189,7 @@ def _terminate_as_interrupt():
 def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool,
                  times: BuildTimes) -> RunOutput:
     """:func:`run` once the config is known runnable and the directory's lock is held;
-    ``times``: the build's (:func:`build_run_timed`), counted into ``timing.json``."""
+    ``times``: the build's (:func:`build_run`), counted into ``timing.json``."""
     # claim the run directory only once the config is known to be runnable: a refused config
     # leaves at most an empty directory (and a resume of another config is refused before anything is written)
     resuming = ckpt.claim_run_dir(run_dir, cfg, write=main)
@@ -319,16 +310,15 @@ class _StreamRun:
         """
         s = self.state.timing
         if resuming:
-            recorded = _recorded_timing(self.run_dir)
+            recorded = recorded_timing(self.run_dir)
             for key in _SUMMED:
-                prior = max(_number(s.get(key)), _number(recorded.get(key)))
-                s[key] = int(prior) if key == "resumed" else prior
+                s[key] = max(s.get(key, 0), recorded.get(key, 0))
             # the time of every process of the run so far, a stopped one's cut-short task
             # included (timing.json's total_s, recorded when it stopped: record_wall_time)
             self.t0 -= s["total_s"]
-        s["data_s"] = _number(s.get("data_s")) + times.data_s
-        s["build_s"] = _number(s.get("build_s")) + times.build_s
-        s["resumed"] = int(_number(s.get("resumed"))) + int(resuming)
+        s["data_s"] = s.get("data_s", 0.0) + times.data_s
+        s["build_s"] = s.get("build_s", 0.0) + times.build_s
+        s["resumed"] = s.get("resumed", 0) + int(resuming)
 
     def evaluate_row(self, label: str) -> float:
         """Evaluate every task into row ``label`` (:func:`evaluate_row`); returns the seconds."""
@@ -458,19 +448,3 @@ class _StreamRun:
         """The wall-clock time (Unix s) of the run's first training step, for start-up costs."""
         self.state.timing["first_step_unix"] = time.time()
 
-
-def _recorded_timing(run_dir: Path) -> dict:
-    """``run_dir/timing.json`` as written so far; ``{}`` if it is missing or unreadable."""
-    try:
-        found = json.loads((Path(run_dir) / "timing.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def _number(v) -> float:
-    """A recorded number as a float; 0.0 for anything else (absent, not a number)."""
-    try:
-        return float(v) if v is not None else 0.0
-    except (TypeError, ValueError):
-        return 0.0

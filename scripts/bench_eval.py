@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides)
-    model, strategy, stream = build_run(cfg)
+    model, strategy, stream, _ = build_run(cfg)
     bf16 = resolve_precision(cfg.hardware.precision, "cpu", model.encoder).startswith("bf16")
     times: dict[int, list[float]] = {b: [] for b in args.batch_sizes}
     scores: dict[int, list[float]] = {}

@@ -16,7 +16,8 @@ without training again. Rules:
 For each rule and task: the validation metric it ends with, per seed, and its paired
 difference from the full run (the last check, ``max_steps`` steps, no stopping: the
 protocol's unaccelerated run), with the standard error of that difference over seeds; and the
-training steps plus checks it costs (checks at the curves' measured seconds).
+training steps plus checks it costs (checks at the curves' measured seconds; none for a
+rule without patience, which needs no checks).
 
 The rule is chosen by what was written before the curves were read: **the cheapest rule (mean
 steps over tasks and seeds) whose mean paired difference on every task is no worse than one
@@ -90,6 +91,7 @@ def main(argv=None) -> pd.DataFrame:
                 base = float(c[c["step"] == full]["value"].iloc[0])
                 diffs.append(value - base)
                 values.append(value)
+                check_s = check_s if patience else 0.0  # a cap alone needs no checks
                 total_steps, task_steps, total_check_s = (total_steps + steps, task_steps + steps,
                                                           total_check_s + check_s)
             mean = sum(diffs) / len(diffs)

@@ -127,7 +127,7 @@ def test_lora_family_targets_on_the_swin_unetr(data_cache):
             cfg = compose("config", overrides=[*COMMON, *BACKBONES["swin_unetr"], *more,
                                                f"tasks.cache_dir={data_cache}",
                                                f"strategy={strategy}"])
-        model, s, _ = build_run(cfg)
+        model, s, _, _ = build_run(cfg)
         return model, s
 
     swin = ["attn.qkv", "attn.proj"]

@@ -48,9 +48,9 @@ def test_a_run_records_its_build_phases_and_the_summary_shows_every_phase(digits
     t = timing(tmp_path)
     assert t["data_s"] > 0 and t["build_s"] > 0 and t["resumed"] == 0
     assert list(t["tasks"]) == TASKS and not any("continued" in v for v in t["tasks"].values())
-    # the phases fit in the run's clock and leave little to the files, figures and checkpoints
-    assert phases(t) <= t["total_s"]
-    assert phases(t) >= 0.5 * t["total_s"], t
+    # the phases fit in the run's clock (what is left is files, figures and checkpoints; on a
+    # 2-step run that share depends on the machine's load, so no lower bound is asserted)
+    assert 0 < phases(t) <= t["total_s"]
 
     text = run_summary(tmp_path, width=100)
     (line,) = [ln for ln in text.splitlines() if ln.startswith("time ")]

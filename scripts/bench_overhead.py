@@ -86,28 +86,18 @@ def seed_all(s: int) -> None:
 
 
 def setup(overrides: list[str]):
-    """The workload's config, model (heads added), stream and strategy, built as the runner
-    builds them (same seeds); torch threads and deterministic mode set as ``hardware=cpu``."""
+    """The workload's config, model (heads added), stream and strategy, built by the runner's
+    own :func:`cl_bench.runner.build_run` (same checks, seeds, threads, caching and class
+    weights); deterministic mode set as ``hardware=cpu`` sets it for the runner's Trainer."""
     import torch
     from hydra import compose, initialize_config_dir
 
-    import cl_bench.config  # noqa: F401  (the schema)
-    from cl_bench.config import build, build_stream
+    from cl_bench.runner import build_run
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    torch.set_num_threads(cfg.hardware.num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)  # hardware=cpu: deterministic
-    # ... without PyTorch's NaN-filling of new tensors (hardware.fill_uninitialized_memory)
-    torch.utils.deterministic.fill_uninitialized_memory = bool(
-        cfg.hardware.fill_uninitialized_memory)
-    strategy = build(cfg.strategy, "strategy")
-    seed_all(cfg.seed)
-    model = build(cfg.backbone, "backbone")
-    stream = build_stream(cfg)
-    torch.manual_seed(cfg.seed + 1)
-    model.add_heads(stream)
-    strategy.setup(model, stream)
+    model, strategy, stream, _ = build_run(cfg)
     return cfg, model, stream, strategy
 
 

@@ -50,7 +50,8 @@ class StepBench:
     """One task's training step of a clbench config, built as the runner builds it.
 
     ``StepBench("lora", ["hardware.precision=bf16-mixed"], task_index=0)``: the stream, the
-    model (strategy set up, task begun and activated), the task loss, AdamW on the strategy's
+    model and the strategy from :func:`cl_bench.runner.build_run` (strategy set up; the task
+    begun and activated here), the task loss, AdamW on the strategy's
     parameter groups, a shuffled DataLoader of the task's training set, and bf16 autocast if
     ``hardware.precision`` says so. ``channels_last`` puts model and images in
     ``torch.channels_last_3d``; ``compile`` wraps the Swin encoder and the heads in
@@ -70,21 +71,16 @@ class StepBench:
         from monai.networks.nets.swin_unetr import SwinTransformer
         from torch.utils.data import DataLoader
 
-        import cl_bench.config  # noqa: F401  (the schema)
-        from cl_bench.config import build, build_stream
         from cl_bench.models.losses import TaskLoss
         from cl_bench.models.swin import FusedWindowAttention, SwinDecoder
+        from cl_bench.runner import build_run
 
+        threads = torch.get_num_threads()  # the caller's (--threads), kept through the build
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=[f"strategy={strategy_name}", *overrides])
+            cfg = compose("config", overrides=[f"strategy={strategy_name}",
+                                               f"hardware.num_threads={threads}", *overrides])
         self.cfg = cfg
-        torch.manual_seed(cfg.seed)
-        strategy = build(cfg.strategy, "strategy")
-        strategy.seed = int(cfg.seed)
-        model = build(cfg.backbone, "backbone")
-        stream = build_stream(cfg)
-        model.add_heads(stream)
-        strategy.setup(model, stream)
+        model, strategy, stream, _ = build_run(cfg)  # as the runner builds it
         for t in range(task_index + 1):  # earlier tasks begun and ended untrained
             if t:
                 strategy.after_task(t - 1, stream[t - 1])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,25 +31,19 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from torch.utils.data import DataLoader
 
-    import cl_bench.config  # noqa: F401
-    from cl_bench.config import build, build_stream
     from cl_bench.evaluation import evaluate_task
     from cl_bench.models.losses import TaskLoss
+    from cl_bench.runner import build_run
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"seed={a.seed}", *a.overrides])
-    torch.set_num_threads(a.threads)
-    random.seed(a.seed)
-    np.random.seed(a.seed)
-    torch.manual_seed(a.seed)
-    strategy = build(cfg.strategy, "strategy")
-    model = build(cfg.backbone, "backbone")
-    stream = build_stream(cfg)[1:]  # brain_age alone
-    torch.manual_seed(a.seed + 1)
-    model.add_heads(stream)
-    strategy.setup(model, stream)
-    task = stream[0]
-    strategy.before_task(0, task)
+        cfg = compose("config", overrides=[f"seed={a.seed}", f"hardware.num_threads={a.threads}",
+                                           *a.overrides])
+    # as the runner builds it (both tasks' heads: since issue 41 the age head's initial
+    # weights are the runner's, not those of a stream of brain_age alone)
+    model, strategy, stream, _ = build_run(cfg)
+    task = stream[1]  # brain_age alone is trained
+    model.begin_task(task)
+    strategy.before_task(1, task)  # its index in the stream
     model.calibrate_head(task, 4, track=not strategy.frozen_backbone(task))
     opt = torch.optim.AdamW(strategy.param_groups(task), weight_decay=strategy.weight_decay)
     loss_fn = TaskLoss(task)

@@ -50,15 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     from monai.losses import DiceCELoss
     from torch.utils.data import DataLoader
 
-    import cl_bench.config  # noqa: F401  (the schema)
-    from cl_bench.config import build, build_stream
     from cl_bench.evaluation import answer
     from cl_bench.hardware import cpu_name
     from cl_bench.kinds import TaskScorer, median_frequency_weights
+    from cl_bench.runner import build_run
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"seed={args.seed}", *args.overrides])
-    torch.set_num_threads(args.threads)
+        cfg = compose("config", overrides=[f"seed={args.seed}",
+                                           f"hardware.num_threads={args.threads}",
+                                           *args.overrides])
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     def seed_all(s: int) -> None:
@@ -66,14 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         np.random.seed(s)
         torch.manual_seed(s)
 
-    strategy = build(cfg.strategy, "strategy")
-    strategy.seed = int(cfg.seed)
-    seed_all(cfg.seed)
-    model = build(cfg.backbone, "backbone")
-    stream = build_stream(cfg)
-    torch.manual_seed(cfg.seed + 1)
-    model.add_heads(stream)
-    strategy.setup(model, stream)
+    model, strategy, stream, _ = build_run(cfg)  # as the runner builds it
     task, t = stream[0], 0
     if task.val is None:
         sys.exit("tasks.n_val must be > 0: the probe reads validation subjects only")

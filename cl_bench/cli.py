@@ -18,18 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
 import cl_bench.config  # noqa: F401  (registers the config schema)
+from cl_bench.composition import CONF_DIR, composition_error_line
 from cl_bench.errors import ClBenchError, Interrupted, RunDirBusy
 from cl_bench.interrupts import SweepStopped
 
 log = logging.getLogger("cl_bench")
-#: the repository's conf/ (source checkout, editable install) or, in an installed wheel, the copy
-#: shipped as cl_bench/conf (pyproject maps conf/ there); absolute, so every entry point agrees
-_REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
-CONF_DIR = str(_REPO_CONF if (_REPO_CONF / "config.yaml").is_file()
-               else Path(__file__).resolve().parent / "conf")
 
 
 def _help() -> str:
@@ -103,60 +99,6 @@ def _check_resume_argument(argv: list[str]) -> None:
                       f"{path / 'checkpoints' / 'config.yaml'}); pass the directory of a run",
                       file=sys.stderr)
                 sys.exit(2)
-
-
-def composition_error_line(ex: Exception, argv: list[str]) -> str:
-    """One line naming the culprit of a Hydra composition error (an unknown group option, an
-    unknown key, a value the schema cannot convert, an override that does not parse, several
-    values without ``--multirun``).
-
-    Args:
-        ex: the exception Hydra raised.
-        argv: the command line's arguments.
-
-    Returns:
-        the line, without the ``clbench: error:`` prefix.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    from cl_bench.config import did_you_mean
-
-    first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-    ambiguous = re.match(r"Ambiguous value for argument '(.*)'$", first)
-    if ambiguous:  # Hydra's three hints, on one line, the sweep first
-        arg = ambiguous.group(1)
-        key, _, value = arg.partition("=")
-        return (f"{arg}: several values outside a sweep; to sweep over them, add --multirun "
-                f"(-m) to your command line; for a list write {key}=[{value}], for one string "
-                f"quote it: {key}=\\'{value}\\'")
-    if isinstance(ex, MissingConfigException):
-        found = re.search(r"Could not find '([^']+)/([^']+)'", str(ex))
-        if found and ex.options:
-            group, option = found.groups()
-            return (f"{group}={option}: no such option in conf/{group}; options: "
-                    f"{', '.join(ex.options)}")
-        return first
-    if isinstance(ex, OverrideParseException):
-        parser = OverridesParser.create()
-        for arg in argv:
-            try:
-                parser.parse_overrides([arg])
-            except OverrideParseException as bad:
-                return f"{arg}: cannot parse this override ({str(bad).splitlines()[0]})"
-        return first
-    cause = ex.__cause__
-    key = getattr(cause, "full_key", None)
-    if not key:
-        return first
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
-        parent = getattr(cause, "parent_node", None)
-        valid = [k for k in (parent.keys() if parent is not None else [])
-                 if not str(k).startswith("_") and k != "hydra"]
-        return f"{key}: unknown key" + (f"; valid keys: {', '.join(map(str, valid))}"
-                                         f"{did_you_mean(key, valid)}" if valid else "")
-    reason = str(cause).strip().splitlines()[0]
-    return f"{key}: {reason[:1].lower()}{reason[1:]}"
 
 
 #: True while :func:`console` has the garbage collector paused for the runner's imports

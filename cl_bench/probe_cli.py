@@ -93,7 +93,7 @@ def compose_config(overrides: Sequence[str]):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from cl_bench.cli import CONF_DIR, composition_error_line
+    from cl_bench.composition import CONF_DIR, composition_error_line
     from cl_bench.config import check_node, spell_stream_keys, validate
     from cl_bench.errors import ClBenchError
 

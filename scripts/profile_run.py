@@ -114,7 +114,7 @@ def main() -> None:
         total = time.perf_counter() - start
     from hydra import compose, initialize_config_dir
 
-    from cl_bench.cli import CONF_DIR
+    from cl_bench.composition import CONF_DIR
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     stats = pstats.Stats(profiler)

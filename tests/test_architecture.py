@@ -1,13 +1,17 @@
 """The package's floors (docs/architecture.md): a module imports only from its own floor or the
-floors below, and no import cycle exists. Read from the source, every import statement
-(module level and inside functions)."""
+floors below, and no import cycle exists. Read from the source of ``cl_bench/`` and of our Hydra
+plugin (``hydra_plugins/``, which ``cl_bench.cli`` imports and which imports the sweeper), every
+import statement (module level and inside functions)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "cl_bench"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "cl_bench"
+#: the source trees scanned: the package and the Hydra plugin namespace (our sweeper's plugin)
+SOURCES = (PACKAGE, ROOT / "hydra_plugins")
 
 #: floor of each module (a package prefix covers its modules); docs/architecture.md draws them
 FLOORS = {
@@ -32,11 +36,15 @@ FLOORS = {
     # the hyperparameter search: its objective is a pure function (1), the sweeper, the study's
     # report and clbench-best are entry points (6)
     "cl_bench.search": 6, "cl_bench.search.objective": 1,
+    # where the config is composed from and what a failed composition says (every entry point)
+    "cl_bench.composition": 1,
+    # Hydra's plugin class of hydra/sweeper=optuna: an entry point wrapping cl_bench.search.sweeper
+    "hydra_plugins": 6,
 }
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -46,8 +54,8 @@ def floor(module: str) -> int:
 
 
 def imports() -> dict[str, set[str]]:
-    """cl_bench module -> the cl_bench modules it imports."""
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    """Module of ``SOURCES`` -> the modules of ``SOURCES`` it imports."""
+    modules = {module_name(p): p for src in SOURCES for p in src.rglob("*.py")}
     out = {}
     for name, path in modules.items():
         deps = set()
@@ -66,6 +74,15 @@ def imports() -> dict[str, set[str]]:
 def test_every_module_has_a_floor():
     for name in imports():
         floor(name)  # raises ValueError (max of nothing) for a module outside FLOORS
+
+
+def test_the_scan_reads_the_hydra_plugin_and_what_it_imports():
+    """The plugin is in the graph (a cycle through it would be found): it imports the sweeper,
+    and the command line imports it (cl_bench.cli._register_sweeper)."""
+    graph = imports()
+    plugin = "hydra_plugins.clbench_optuna_sweeper.optuna_sweeper"
+    assert "cl_bench.search.sweeper" in graph[plugin]
+    assert plugin in graph["cl_bench.cli"]
 
 
 def test_no_module_imports_from_a_floor_above_its_own():

@@ -51,7 +51,7 @@ def test_wheel_ships_every_config_and_the_cli_finds_them(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr[-2000:]
     env = dict(os.environ, PYTHONPATH=str(target))
-    proc = subprocess.run([sys.executable, "-c", "import cl_bench.cli as c; print(c.CONF_DIR)"],
+    proc = subprocess.run([sys.executable, "-c", "import cl_bench.composition as c; print(c.CONF_DIR)"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.stdout.strip() == str(target / "cl_bench" / "conf"), proc.stderr
     cfg = subprocess.run([sys.executable, "-m", "cl_bench.cli", "experiment=brain_mri_fm",

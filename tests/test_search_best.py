@@ -154,7 +154,7 @@ def test_the_best_runs_of_a_preset_that_selects_optuna_use_hydras_plain_sweeper(
     ``hydra/sweeper=basic`` must win, or its seeds would become a search on validation data."""
     from hydra import compose, initialize_config_dir
 
-    from cl_bench.cli import CONF_DIR
+    from cl_bench.composition import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         search = compose("config", ["experiment=split_mnist_tuned", "strategy=er"],

@@ -177,7 +177,7 @@ def best_command(sweep_dir: str | Path, extra: Sequence[str]) -> tuple[list[str]
     if out is None:
         out = str(Path(sweep_dir) / BEST_DIR)
         overrides.append(f"hydra.sweep.dir={_quote(out)}")
-    from cl_bench.cli import CONF_DIR
+    from cl_bench.composition import CONF_DIR
     from cl_bench.config import spell_stream_keys
 
     return spell_stream_keys(overrides, CONF_DIR), Path(out)  # tasks.max_tasks=1 as clbench's
@@ -198,7 +198,7 @@ def check_overrides(overrides: Sequence[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from cl_bench.cli import CONF_DIR, composition_error_line
+    from cl_bench.composition import CONF_DIR, composition_error_line
     from cl_bench.config import check_node, validate
 
     try:

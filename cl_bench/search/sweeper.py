@@ -131,7 +131,7 @@ class OptunaSearch:
         """
         from hydra.errors import HydraException
 
-        from cl_bench.cli import composition_error_line
+        from cl_bench.composition import composition_error_line
 
         try:
             return self.hydra_context.config_loader.load_sweep_config(

@@ -2,10 +2,10 @@
 claims that it judges on our runs.
 
 Each entry maps our strategy names to the paper's values in our column names (see
-:func:`cl_bench.report.summarise`). Only numbers stated in the paper are given; a missing key
-means "not reported".
+:func:`cl_bench.report.groups.summarise`). Only numbers stated in the paper are given; a missing
+key means "not reported".
 
-Claims (``"claims"``, read by :func:`cl_bench.report.claims_table`) are data: each has an
+Claims (``"claims"``, read by :func:`cl_bench.report.claims.claims_table`) are data: each has an
 ``id``, the ``claim`` in words, ``short`` (the claim and its tests in <= 60 characters, for
 ``claims.md``), ``paper`` (the paper's numbers, one per test in order, ``;`` between), one or
 more ``tests`` (all must hold on a seed for the claim to hold on it) and optionally ``why_not``,

@@ -79,7 +79,7 @@ def overrides(row: pd.Series) -> list[str]:
 
 
 def _run(overrides: list[str], tmp: Path) -> pd.Series:
-    from cl_bench.report import load_runs
+    from cl_bench.report.load import load_runs
     proc = subprocess.run([sys.executable, "-m", "cl_bench.cli", *overrides,
                            f"results_dir={tmp}", f"hydra.run.dir={tmp / 'run'}"],
                           cwd=tmp, capture_output=True, text=True)

@@ -49,7 +49,7 @@ def compose_cfg(data_cache):
 @pytest.fixture
 def cli(tmp_path, monkeypatch, capsys):
     """``cli(*args, module="cl_bench.cli")`` -> a ``subprocess.CompletedProcess`` of the command
-    line run *in this process* (``cl_bench.cli.main`` or ``cl_bench.report.main`` with
+    line run *in this process* (``cl_bench.cli.main`` or ``cl_bench.report.cli.main`` with
     ``sys.argv`` set), from ``tmp_path`` with ``CLBENCH_CACHE=tmp_path/cache``: the same code
     path and exit codes as ``python -m``, without a new interpreter's 5-8 s of imports. Two
     command-line smoke tests still start real processes (test_cli_errors, test_terminal)."""
@@ -63,9 +63,9 @@ def cli(tmp_path, monkeypatch, capsys):
 
     def _run(*args: str, module: str = "cl_bench.cli") -> subprocess.CompletedProcess:
         from cl_bench import cli as clbench_cli
-        from cl_bench import report
+        from cl_bench.report import cli as report_cli
 
-        main = {"cl_bench.cli": clbench_cli.main, "cl_bench.report": report.main}[module]
+        main = {"cl_bench.cli": clbench_cli.main, "cl_bench.report.cli": report_cli.main}[module]
         monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # main() sets it for Hydra
         monkeypatch.setattr(sys, "argv", [module, *args])
         handlers, level = list(root.handlers), root.level  # Hydra's job logging adds its own

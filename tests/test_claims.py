@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 
 from cl_bench.metrics import cl_metrics
-from cl_bench.report import CLAIM_MD_WIDTH, _conf_default, claims_table, load_runs, write_claims, \
-    write_report
+from cl_bench.report.claim_settings import _conf_default
+from cl_bench.report.claims import claims_table
+from cl_bench.report.claims_md import CLAIM_MD_WIDTH, write_claims
+from cl_bench.report.cli import write_report
+from cl_bench.report.load import load_runs
 
 TASKS = ["tumour_seg", "brain_age"]
 UNITS = {"tumour_seg": {"metric": "dice", "units": "", "higher_is_better": True},
@@ -266,7 +269,7 @@ def test_each_backbone_is_judged_on_its_own(sweep, tmp_path):
 
 
 def test_cli_prints_the_claims(sweep, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cl_bench.report", str(sweep), "--paper",
+    proc = subprocess.run([sys.executable, "-m", "cl_bench.report.cli", str(sweep), "--paper",
                            "brain_mri_fm", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from cl_bench.metrics import cl_metrics
-from cl_bench.report import load_runs, summarise, write_report
+from cl_bench.report.cli import write_report
+from cl_bench.report.groups import summarise
+from cl_bench.report.load import load_runs
 
 TASKS = ["tumour_seg", "brain_age"]
 UNITS = {"tumour_seg": {"metric": "dice", "units": "", "higher_is_better": True},
@@ -128,7 +130,7 @@ def test_runs_of_two_streams_share_one_report(sweep, tmp_path):
 
 
 def test_cli_prints_table_and_reports_skipped_runs(cli, sweep):
-    proc = cli(str(sweep), "--format", "csv", module="cl_bench.report")
+    proc = cli(str(sweep), "--format", "csv", module="cl_bench.report.cli")
     assert proc.returncode == 0, proc.stderr
     assert "tumour_seg dice ↑ mean" in proc.stdout and f"wrote {sweep / 'report'}" in proc.stdout
     assert "skipped" in proc.stderr and "5_broken" in proc.stderr
@@ -139,7 +141,7 @@ def test_cli_errors_are_one_line(cli, tmp_path, sweep, case):
     (tmp_path / "empty" / "run").mkdir(parents=True)  # a directory tree without any run
     args = {"missing": [str(tmp_path / "nope")], "empty": [str(tmp_path / "empty")],
             "unknown_paper": [str(sweep), "--paper", "nope"]}[case]
-    proc = cli(*args, module="cl_bench.report")
+    proc = cli(*args, module="cl_bench.report.cli")
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("clbench-report: error:"), proc.stderr
@@ -158,7 +160,7 @@ def test_unreadable_dir_is_one_clear_error(cli, tmp_path):
     try:
         if os.access(locked, os.R_OK):  # root reads anything: nothing to test
             pytest.skip("running as root: permissions are not enforced")
-        proc = cli(str(locked), module="cl_bench.report")
+        proc = cli(str(locked), module="cl_bench.report.cli")
         assert proc.returncode == 2 and "cannot read results dir" in proc.stderr
     finally:
         locked.chmod(0o755)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cl_bench.report import write_report
+from cl_bench.report.cli import write_report
 from cl_bench.summary import fmt_value
 from conftest import THREADS
 

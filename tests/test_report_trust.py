@@ -18,8 +18,11 @@ import pytest
 import yaml
 
 from cl_bench.metrics import cl_metrics
-from cl_bench.report import (LATEX_COLUMNS, group_keys, load_runs, plot_curves, plot_heatmaps,
-                             plot_losses, read_losses, summarise, write_report)
+from cl_bench.report.cli import write_report
+from cl_bench.report.figures import plot_curves, plot_heatmaps, plot_losses
+from cl_bench.report.groups import group_keys, summarise
+from cl_bench.report.load import load_runs, read_losses
+from cl_bench.report.tables import LATEX_COLUMNS
 from cl_bench.summary import fmt_value, run_summary
 
 DIGITS = ["digits_0_1", "digits_2_3", "digits_4_5"]

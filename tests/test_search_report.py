@@ -40,7 +40,7 @@ def test_report_of_a_real_search(cli, tmp_path):
     study = optuna.load_study(study_name=name, storage=open_storage(None, sweep))
     best = study.best_trial
 
-    proc = cli(str(sweep), module="cl_bench.report")
+    proc = cli(str(sweep), module="cl_bench.report.cli")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = sweep / "study"
 
@@ -112,7 +112,7 @@ def test_report_of_a_killed_search(cli, tmp_path):
     _killed_study(sweep)
     assert not (sweep / RESULTS).exists() and is_study_dir(sweep)
 
-    proc = cli(str(sweep), module="cl_bench.report")
+    proc = cli(str(sweep), module="cl_bench.report.cli")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = sweep / "study"
     trials = pd.read_csv(out / "trials.csv", float_precision="round_trip")

@@ -74,7 +74,7 @@ def test_sweep_runs_as_a_slurm_job_array_and_report_aggregates_it(tmp_path):
     assert seeds == {0, 1}
     print(f"\nslurm sweep of 4 elements: {took:.1f} s")
 
-    report = clbench(tmp_path, str(sweep), "--format", "csv", module="cl_bench.report")
+    report = clbench(tmp_path, str(sweep), "--format", "csv", module="cl_bench.report.cli")
     assert report.returncode == 0, report.stderr
     table = pd.read_csv(sweep / "report" / "report.csv")
     assert sorted(table["strategy"]) == ["lora", "seq_ft"]

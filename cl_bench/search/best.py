@@ -264,7 +264,8 @@ def report_best(best_dir: Path, run_dirs: Sequence[Path]) -> tuple[str, Path]:
     Raises:
         ClBenchError: the runs cannot be read (from :func:`cl_bench.report.write_report`).
     """
-    from cl_bench.report import table, write_report
+    from cl_bench.report.cli import write_report
+    from cl_bench.report.tables import table
 
     out = best_dir / "report"
     summary, _, skipped = write_report(list(run_dirs), out)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from cl_bench.errors import ConfigError
 from cl_bench.evaluation import evaluate_task
-from cl_bench.report import load_runs
+from cl_bench.report.load import load_runs
 from cl_bench.runner import run
 from cl_bench.strategies.lwf import distillation
 

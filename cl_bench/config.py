@@ -91,14 +91,16 @@ class TrainConfig:
     class_weights: str = field(default="median_frequency",
                                metadata=hint(Literal["none", "median_frequency"]))
     #: steps between validation checks of the task being trained (its metric on its validation
-    #: set, val_checks.csv; cl_bench.training.ValidationChecks); 0 = none. Needs tasks.n_val > 0
-    val_every_n_steps: NonNegativeInt = 0
+    #: set, val_checks.csv; cl_bench.training.ValidationChecks); 0 = none. A task without a
+    #: validation split (tasks.n_val = 0) has no checks. The default (with the two below) was
+    #: chosen on validation curves: results/reference/bench/validation_curves
+    val_every_n_steps: NonNegativeInt = 100
     #: early stopping: stop a task after this many validation checks in a row without a better
     #: validation metric (0 = off: every task trains max_steps); needs val_every_n_steps > 0
-    early_stopping_patience: NonNegativeInt = 0
+    early_stopping_patience: NonNegativeInt = 1
     #: at the end of a task, go back to the weights of its best validation check (trainable
     #: parameters and buffers); false: keep the last step's
-    early_stopping_restore_best: bool = False
+    early_stopping_restore_best: bool = True
 
 
 @dataclass

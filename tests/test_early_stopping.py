@@ -23,7 +23,8 @@ def test_checks_without_stopping_train_exactly_as_no_checks(compose_cfg, tmp_pat
     """A check reads the validation set in inference mode and draws no random number: the run
     ends with the same R (test and validation) to the bit, and its last check of a task is that
     task's validation score in the row after it."""
-    over = ("strategy=lora", "train.max_steps=4", "hardware.num_threads=1")
+    over = ("strategy=lora", "train.max_steps=4", "hardware.num_threads=1",
+            "train.early_stopping_patience=0", "train.early_stopping_restore_best=false")
     plain = run(compose_cfg(*over), tmp_path / "plain").run_dir
     checked = run(compose_cfg(*over, "train.val_every_n_steps=2"), tmp_path / "checked").run_dir
     for name in ("matrix.csv", "matrix_val.csv"):
@@ -55,7 +56,8 @@ def test_restore_best_ends_a_task_on_its_best_check(compose_cfg, tmp_path):
     """With restore_best, each task's validation score right after it is its best check's,
     whichever step that was (here a learning rate high enough for the checks to differ)."""
     cfg = compose_cfg(*SEQ_FT, "strategy.lr=3e-2", "train.max_steps=8",
-                      "train.val_every_n_steps=2", "train.early_stopping_restore_best=true")
+                      "train.val_every_n_steps=2", "train.early_stopping_patience=0",
+                      "train.early_stopping_restore_best=true")
     run(cfg, tmp_path)
     checks = pd.read_csv(tmp_path / "val_checks.csv")
     val = pd.read_csv(tmp_path / "matrix_val.csv", index_col=0)
@@ -72,7 +74,7 @@ def test_restore_best_ends_a_task_on_its_best_check(compose_cfg, tmp_path):
 
 
 def test_patience_without_checks_is_refused(compose_cfg, tmp_path):
-    cfg = compose_cfg("train.early_stopping_patience=2")
+    cfg = compose_cfg("train.early_stopping_patience=2", "train.val_every_n_steps=0")
     with pytest.raises(ConfigError, match=r"train.val_every_n_steps > 0"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

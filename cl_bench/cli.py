@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 import cl_bench.config  # noqa: F401  (registers the config schema)
 from cl_bench.composition import CONF_DIR, composition_error_line
 from cl_bench.errors import ClBenchError, Interrupted, RunDirBusy
-from cl_bench.interrupts import SweepStopped
+from cl_bench.signals import SweepStopped
 
 log = logging.getLogger("cl_bench")
 

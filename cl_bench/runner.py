@@ -7,8 +7,6 @@ import contextlib
 import logging
 import resource
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cl_bench import checkpoint as ckpt
-from cl_bench import interrupts
-from cl_bench import probes
+from cl_bench import probes, signals
 from cl_bench.checkpoint import RunState
 from cl_bench.config import build, build_stream, check_node, validate
 from cl_bench.errors import ConfigError, Interrupted
@@ -161,31 +158,6 @@ def build_run(cfg: DictConfig) -> tuple[nn.Module, Strategy, list, BuildTimes]:
                                                time.perf_counter() - start - data_s)
 
 
-class _SigTerm(BaseException):
-    """SIGTERM outside Lightning's fit, raised by :func:`_terminate_as_interrupt`'s handler."""
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """While the stream runs, SIGTERM stops it like Ctrl-C (an exception, so the run ends
-    cleanly and says how to resume) instead of killing the process. Installed only in the main
-    thread, where nobody else handles SIGTERM, and not in a SLURM job (there SIGTERM comes with a
-    requeue or a cancel, and the job must end as SLURM and submitit expect; the requeued job
-    resumes from the checkpoints); the previous handler is restored afterwards."""
-    installed = (threading.current_thread() is threading.main_thread()
-                 and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
-                 and not SLURMEnvironment.detect())  # SLURM's SIGTERM: requeue or cancel
-    if installed:
-        def _raise(signum, frame):
-            raise _SigTerm()
-        previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous)
-
-
 def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool,
                  times: BuildTimes) -> RunOutput:
     """:func:`run` once the config is known runnable and the directory's lock is held;
@@ -202,7 +174,7 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool,
     s = r.state
     r.logger = make_logger(cfg, run_dir)
     try:
-        with _terminate_as_interrupt(), interrupts.catch_sigint():
+        with signals.terminate_as_interrupt(), signals.catch_sigint():
             if "init" not in s.rows:
                 s.timing["init_eval_s"] = r.evaluate_row("init")
                 metrics = r.write_row("init")
@@ -212,18 +184,18 @@ def _run_claimed(cfg, run_dir: Path, stream, model, strategy, main: bool,
                 log.info("all %d tasks already done in %s: nothing to train", s.tasks_done,
                          run_dir)
             for t in range(s.tasks_done, len(stream)):
-                interrupts.check()  # a Ctrl-C dropped during the last evaluation or save
+                signals.check()  # a Ctrl-C dropped during the last evaluation or save
                 metrics = r.train_task(t)
-    except (KeyboardInterrupt, SystemExit, _SigTerm) as e:
+    except (KeyboardInterrupt, SystemExit, signals.SigTerm) as e:
         # Ctrl-C (Lightning answers it inside fit with sys.exit(1)) or SIGTERM (Lightning's
-        # SIGTERMException inside fit, _SigTerm outside): stop, say how to continue
+        # SIGTERMException inside fit, signals.SigTerm outside): stop, say how to continue
         lightning_ctrl_c = type(e) is SystemExit and isinstance(e.__context__, KeyboardInterrupt)
         if type(e) is SystemExit and not lightning_ctrl_c or SLURMEnvironment.detect():
             raise  # a real exit; or SLURM's SIGTERM (requeue / cancel): end as SLURM expects
         r.record_wall_time()  # the task cut short counts
         r.draw_figures()
         raise _interrupted(run_dir, stream, r.state.tasks_done,
-                           sigterm=isinstance(e, (SIGTERMException, _SigTerm))) from None
+                           sigterm=isinstance(e, (SIGTERMException, signals.SigTerm))) from None
     except BaseException:
         r.record_wall_time()
         r.draw_figures()  # where an error stopped the run (never masking that error)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cl_bench import checkpoint as ckpt
-from cl_bench import interrupts
+from cl_bench import signals
 from cl_bench.checkpoint import rng_state, set_rng_state
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError, DataError, TrainingError
@@ -109,10 +109,10 @@ class LitTask(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Raise a Ctrl-C that Python dropped (one that landed in an object's ``__del__``;
-        :mod:`cl_bench.interrupts`): Lightning then stops the fit as for any Ctrl-C and the
+        :mod:`cl_bench.signals`): Lightning then stops the fit as for any Ctrl-C and the
         runner says how to resume. A hook of the module, which Lightning calls every batch
         anyway; a callback of its own cost every step one more dispatch of each callback hook."""
-        interrupts.check()
+        signals.check()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Add what Lightning does not keep: RNG states and the strategy's state (for resume)."""

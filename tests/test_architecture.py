@@ -18,7 +18,7 @@ FLOORS = {
     # 0: no cl_bench imports (errors, value ranges, CPU facts, pure metrics, paper data)
     "cl_bench": 0, "cl_bench.errors": 0, "cl_bench.files": 0, "cl_bench.ranges": 0, "cl_bench.hardware": 0,
     "cl_bench.metrics": 0, "cl_bench.reference": 0, "cl_bench.summary": 0, "cl_bench.slurm": 0,
-    "cl_bench.interrupts": 0,
+    "cl_bench.signals": 0,
     # 1: task kinds, tasks and streams, the config schema, files of a run directory
     "cl_bench.kinds": 1, "cl_bench.data": 1, "cl_bench.config": 1, "cl_bench.results": 1,
     "cl_bench.lock": 1, "cl_bench.checkpoint": 1,

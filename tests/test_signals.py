@@ -1,5 +1,7 @@
-"""A Ctrl-C that lands in an object's ``__del__`` is dropped by Python ("Exception ignored");
-cl_bench.interrupts records it, and the run stops at its next check all the same."""
+"""cl_bench.signals: a Ctrl-C that lands in an object's ``__del__`` is dropped by Python
+("Exception ignored"); it is recorded, and the run stops at its next check all the same. SIGTERM
+raises an exception while a stream runs, except in a SLURM job. (A whole run stopped by either:
+tests/test_resume.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 
 import pytest
 
-from cl_bench import interrupts
+from cl_bench import signals
 
 
 class _CtrlCWhileCollected:
@@ -35,29 +37,63 @@ def _python_sigint():
 def test_a_ctrl_c_dropped_in_a_destructor_is_raised_at_the_next_check(monkeypatch):
     dropped = []  # what Python reports as "Exception ignored in ... __del__"
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
-    with interrupts.catch_sigint():
+    with signals.catch_sigint():
         _CtrlCWhileCollected()  # collected at once: SIGINT inside __del__, dropped
         assert dropped == [KeyboardInterrupt]
-        assert interrupts.requested()
+        assert signals.requested()
         with pytest.raises(KeyboardInterrupt):
-            interrupts.check()
-    assert not interrupts.requested()  # cleared, and Python's own handler is back
+            signals.check()
+    assert not signals.requested()  # cleared, and Python's own handler is back
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_without_a_ctrl_c_the_check_does_nothing():
-    with interrupts.catch_sigint():
-        interrupts.check()
+    with signals.catch_sigint():
+        signals.check()
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    interrupts.check()
+    signals.check()
 
 
 def test_an_ignored_sigint_stays_ignored():
     """A run started with SIGINT ignored (``clbench ... &`` in a script) keeps it ignored."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with interrupts.catch_sigint():
+    with signals.catch_sigint():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_sigterm_raises_while_a_stream_runs_and_the_previous_handler_comes_back(monkeypatch):
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(signals.SigTerm):
+            with signals.terminate_as_interrupt():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler raises here
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_in_a_slurm_job_or_under_a_host_handler_sigterm_is_left_alone(monkeypatch):
+    """SLURM's SIGTERM (requeue, cancel) must end the job as SLURM expects; a host program's
+    own SIGTERM handler stays."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        monkeypatch.setenv("SLURM_NTASKS", "1")
+        monkeypatch.setenv("SLURM_JOB_NAME", "clbench")
+        with signals.terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        monkeypatch.delenv("SLURM_NTASKS")
+
+        def host(signum, frame):
+            pass
+        signal.signal(signal.SIGTERM, host)
+        with signals.terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is host
+        assert signal.getsignal(signal.SIGTERM) is host
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.mark.slow

@@ -324,7 +324,7 @@ def _generate(size: int, n_train: int, n_test: int, seed: int,
 
 @checked("tasks")
 def make_brain_seg_age(name: str = "brain_seg_age", size: Annotated[int, at.Ge(16)] = 64,
-                       n_train: PositiveInt = 24, n_test: PositiveInt = 16,
+                       n_train: PositiveInt = 32, n_test: PositiveInt = 16,
                        seed: NonNegativeInt = 0, missing_age_fraction: Fraction = 0.0,
                        impute_age: float = 50.0, cache_dir: str | None = None,
                        age_scale: PositiveFloat | None = None,

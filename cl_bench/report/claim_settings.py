@@ -56,7 +56,7 @@ def _conf_default() -> dict:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from cl_bench.cli import CONF_DIR
+    from cl_bench.composition import CONF_DIR
 
     if GlobalHydra.instance().is_initialized():  # an app ran in this process before (tests)
         GlobalHydra.instance().clear()

@@ -257,12 +257,12 @@ def _run_dirs(best_dir: Path, overrides: Sequence[str], swept: set[str]) -> list
 
 def report_best(best_dir: Path, run_dirs: Sequence[Path]) -> tuple[str, Path]:
     """Aggregate ``run_dirs`` with ``clbench-report``'s machinery
-    (:func:`cl_bench.report.write_report`: every report file, written to ``<best_dir>/report``)
+    (:func:`cl_bench.report.cli.write_report`: every report file, written to ``<best_dir>/report``)
     and return the table of final-row metrics (mean ± std over seeds; markdown) and the path of
     the full table (``report.md``).
 
     Raises:
-        ClBenchError: the runs cannot be read (from :func:`cl_bench.report.write_report`).
+        ClBenchError: the runs cannot be read (from :func:`cl_bench.report.cli.write_report`).
     """
     from cl_bench.report.cli import write_report
     from cl_bench.report.tables import table

@@ -11,7 +11,8 @@ Floor 1 (docs/architecture.md §2): this module imports only floor-0 modules (``
 ``metrics``) and third-party libraries (torch; MONAI and torchmetrics inside the factories, so
 importing :mod:`cl_bench.data` stays light). Heads are built from encoder-specific classes on
 floor 2, so a row names its head *family* (:attr:`KindSpec.head`) and each backbone family has a
-builder per head family (:mod:`cl_bench.models.continual`, ``HEAD_BUILDERS``). A task is
+builder per head family (``build_<family>`` of its ``HeadFactory``,
+:mod:`cl_bench.models.continual`). A task is
 duck-typed here (``task.kind``, ``task.num_classes``, ...): :mod:`cl_bench.data.base` imports
 this module, not the reverse.
 
@@ -482,7 +483,7 @@ class KindSpec:
             (:func:`cl_bench.data.base.carve_validation`).
         head: the head family a backbone builds for the kind (``decoder``: per-voxel logits;
             ``regressor``: one scalar; ``classifier``: class logits; ``ciss``: the growing
-            per-class sigmoid classifier), see ``HEAD_BUILDERS`` in
+            per-class sigmoid classifier), built by ``HeadFactory.build_<head>`` in
             :mod:`cl_bench.models.continual`.
         shared_head: ``shared_head(task)``: does ``task`` share one growing head with the other
             tasks of its kind in the stream (class-IL classification, CISS steps) instead of

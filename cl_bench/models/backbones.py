@@ -1,21 +1,33 @@
-"""Backbones: MONAI Vision Transformers and the loading of their (foundation-model) weights.
+"""Backbones: MONAI Vision Transformers and UNet, their heads and the loading of their
+(foundation-model) weights.
 
 The encoder is MONAI's :class:`monai.networks.nets.ViT` (Dosovitskiy et al. 2021, arXiv 2010.11929;
 3D use as in UNETR, Hatamizadeh et al. 2022, arXiv 2103.10497). Its linear layers are named
 ``qkv``, ``out_proj`` (attention) and ``linear1``, ``linear2`` (MLP), the names peft's LoRA targets.
+:class:`UNetEncoder` is a MONAI UNet as a dense feature extractor. Both build their heads with
+:class:`ViTHeads` (:mod:`cl_bench.models.heads`); their ``conf/backbone`` factories are
+:func:`make_model` and :func:`make_unet_model`. The shipped checkpoints of every family are named
+in :data:`PRETRAINED` and resolved by :func:`resolve_weights`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from monai.networks.nets import ViT
 from torch import nn
 
+from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError, DataError
+from cl_bench.models.continual import ContinualModel, HeadFactory
+from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
+                                   SegmentationDecoder)
 from cl_bench.models.weights import WRAPPER_PREFIXES, log_detail, read_state_dict
+from cl_bench.ranges import Fraction, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +293,91 @@ class UNetEncoder(GridFeatures, nn.Module):
         check_input(x, self.in_channels, self.img_size, self.spatial_dims)
         return torch.relu(self.unet(x)), []
 
+
+@dataclass(frozen=True)
+class ViTHeads(HeadFactory):
+    """The heads of :class:`ViTEncoder` and :class:`UNetEncoder` (:mod:`cl_bench.models.heads`),
+    read from the encoder's ``hidden_size`` (token width; the UNet's feature channels),
+    ``num_layers``, ``patch_size``, ``in_channels`` and ``spatial_dims``.
+
+    Args:
+        decoder_feature_size: width of a segmentation decoder (:class:`SegmentationDecoder`,
+            UNETR's) at full resolution.
+        regression_width: hidden width of a regression head (:class:`RegressionHead`).
+        decoder_image_skip: the decoders get UNETR's raw-image skip.
+
+    Builds: segmentation -> :class:`SegmentationDecoder`; regression -> :class:`RegressionHead`;
+    task-IL classification -> :class:`ClassificationHead`; shared: class-IL classification ->
+    one :class:`ClassILHead`, CISS steps -> one :class:`CISSHead`.
+
+    Raises:
+        ValueError: a segmentation decoder on an encoder whose ``patch_size`` is not 16 (as
+        :class:`SegmentationDecoder`); a CISS step's own head (:class:`HeadFactory`).
+    """
+
+    decoder_feature_size: int = 8
+    regression_width: int = 64
+    decoder_image_skip: bool = False
+    backbone = "vit"
+
+    def build_decoder(self, task: Task, enc: nn.Module) -> nn.Module:
+        """UNETR's decoder (:class:`SegmentationDecoder`) on a ViT's hidden states."""
+        return SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers,
+                                   enc.patch_size, task.num_classes, self.decoder_feature_size,
+                                   enc.spatial_dims, self.decoder_image_skip)
+
+    def build_regressor(self, task: Task, enc: nn.Module) -> nn.Module:
+        """Pooled tokens -> MLP -> one scalar (:class:`RegressionHead`)."""
+        return RegressionHead(enc.hidden_size, self.regression_width)
+
+    def build_classifier(self, task: Task, enc: nn.Module) -> nn.Module:
+        """A task-IL task's own linear classifier (:class:`ClassificationHead`)."""
+        return ClassificationHead(enc.hidden_size, task.num_classes)
+
+    def build_shared(self, head: str, tasks: list[Task], enc: nn.Module) -> nn.Module:
+        """Class-IL classification: one growing :class:`ClassILHead`; CISS: one
+        :class:`CISSHead` on the encoder's dense features."""
+        if head == "classifier":
+            return ClassILHead(enc.hidden_size, [len(t.classes) for t in tasks])
+        if head == "ciss":
+            return CISSHead(enc.hidden_size, [t.classes for t in tasks], enc.spatial_dims)
+        return super().build_shared(head, tasks, enc)
+
+
+def make_model(in_channels: PositiveInt = 1, img_size: PositiveInt = 64,
+               patch_size: PositiveInt = 16, hidden_size: PositiveInt = 192,
+               mlp_dim: PositiveInt = 768, num_layers: PositiveInt = 12,
+               num_heads: PositiveInt = 3, spatial_dims: Literal[2, 3] = 3,
+               dropout_rate: Fraction = 0.0, weights: str | None = None,
+               decoder_feature_size: PositiveInt = 8, regression_width: PositiveInt = 64,
+               decoder_image_skip: bool = False) -> ContinualModel:
+    """Build the stream's :class:`~cl_bench.models.continual.ContinualModel` on a MONAI ViT
+    (``conf/backbone/vit*.yaml``, ``unetr.yaml``).
+
+    Args: as :class:`ViTEncoder` plus the head settings of :class:`ViTHeads`.
+
+    Raises:
+        ConfigError / DataError: see :class:`ViTEncoder`.
+    """
+    enc = ViTEncoder(in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers,
+                     num_heads, spatial_dims, dropout_rate, weights)
+    return ContinualModel(enc, ViTHeads(decoder_feature_size, regression_width,
+                                        decoder_image_skip))
+
+
+def make_unet_model(in_channels: PositiveInt = 1, img_size: PositiveInt = 64,
+                    spatial_dims: Literal[2, 3] = 2, channels: list[PositiveInt] = (16, 32, 64),
+                    strides: list[PositiveInt] = (2, 2), num_res_units: NonNegativeInt = 1,
+                    feature_size: PositiveInt = 32, norm: str = "instance",
+                    weights: str | None = None) -> ContinualModel:
+    """Build a :class:`~cl_bench.models.continual.ContinualModel` on a MONAI UNet feature
+    extractor (``conf/backbone/unet2d``), with :class:`ViTHeads`' default settings.
+
+    Args: as :class:`UNetEncoder`.
+
+    Raises:
+        ConfigError, DataError: see :class:`UNetEncoder`.
+    """
+    enc = UNetEncoder(in_channels, img_size, spatial_dims, tuple(channels), tuple(strides),
+                      num_res_units, feature_size, norm, weights)
+    return ContinualModel(enc, ViTHeads())

@@ -1,23 +1,93 @@
-"""The one model of a stream: a shared encoder plus one head per task."""
+"""The one model of a stream: a shared encoder plus one head per task.
+
+:class:`ContinualModel` knows no backbone family. It talks to its encoder through a small
+interface, and builds heads through the family's :class:`HeadFactory` (docs/architecture.md §6):
+
+* the encoder (an ``nn.Module``; peft may wrap it, :attr:`ContinualModel.encoder` unwraps it):
+  ``in_channels`` and ``spatial_dims`` (checked against the stream, :meth:`~ContinualModel.
+  check_stream`); ``forward(x) -> (features, hidden)``, what every head reads; ``tokens_to_grid``
+  and ``pool``, passed to the heads; optionally ``lora_targets`` (the adapter strategies'
+  default layers), ``AUTO_BF16`` (``hardware.precision=auto``), and a part some heads skip
+  (``decoder`` with a ``run_decoder`` switch: :meth:`~ContinualModel.features`);
+* the head factory: one ``build_<head family>(task, encoder)`` per head family of the task kinds
+  (:attr:`cl_bench.kinds.KindSpec.head`) and :meth:`HeadFactory.build_shared` for the kinds whose
+  tasks share one head. It holds the family's head settings (widths, which decoder), set by the
+  family's factory from its ``conf/backbone`` node.
+
+A family is one module holding its encoder, its head factory and its ``make_*_model`` factory
+(e.g. :mod:`cl_bench.models.swin`, :mod:`cl_bench.models.segresnet`), named by the ``_target_``
+of its ``conf/backbone`` file. Nothing here names a family but :func:`__getattr__`'s aliases (the
+factory paths that run directories recorded before the factories moved).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Callable, Literal
+import importlib
 
-import annotated_types as at
 import torch
 from torch import nn
 
 from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
 from cl_bench.kinds import KINDS, kind_spec
-from cl_bench.models.backbones import UNetEncoder, ViTEncoder
-from cl_bench.models.swin import (DecoderOutputHead, LinearSegmentationHead,
-                                  PooledClassificationHead, PooledRegressionHead, SwinDecoder,
-                                  SwinEncoder)
-from cl_bench.models.heads import (CISSHead, ClassificationHead, ClassILHead, RegressionHead,
-                                   SegmentationDecoder, TaskView)
-from cl_bench.ranges import Fraction, NonNegativeInt, PositiveInt
+from cl_bench.models.heads import TaskView
+
+
+class HeadFactory:
+    """How a backbone family builds the heads of a stream's tasks, with its head settings.
+
+    One method per head family of the task kinds (:attr:`cl_bench.kinds.KindSpec.head`):
+    ``build_decoder`` (segmentation), ``build_regressor``, ``build_classifier``, ``build_ciss``,
+    each ``(task, encoder) -> nn.Module``; and :meth:`build_shared` ``(head family, tasks,
+    encoder) -> nn.Module``, one head shared by the tasks of a kind that shares one
+    (:attr:`cl_bench.kinds.KindSpec.shared_head`: class-IL classification, CISS steps). A head is
+    called as ``head(to_grid, features, hidden, image)`` with the encoder's outputs and the image
+    ``(B, C, *spatial)``, and returns segmentation logits ``(B, K, *spatial)``, a regression
+    prediction ``(B,)`` (normalised target scale) or class logits ``(B, K)``.
+
+    This base refuses every head: a family overrides what it can build. A new head family (a new
+    row of :data:`~cl_bench.kinds.KINDS`) is a new ``build_<family>`` method here, refusing, and
+    in the families that can build it.
+
+    Raises (the refusals):
+        ConfigError: naming the backbone (:attr:`backbone`), the task and its kind.
+        ValueError: :meth:`build_ciss` (CISS steps have no head of their own: they share one,
+            :meth:`ContinualModel.add_heads`).
+    """
+
+    #: the backbone in messages (its ``conf/backbone`` option)
+    backbone: str = "this backbone"
+
+    def build(self, task: Task, encoder: nn.Module) -> nn.Module:
+        """``task``'s own head: the builder of its kind's head family.
+
+        Raises:
+            UnknownKindError: ``task.kind`` is not in :data:`cl_bench.kinds.KINDS`; and see the
+            class docstring."""
+        return getattr(self, f"build_{kind_spec(task.kind).head}")(task, encoder)
+
+    def refuse(self, task: Task, hint: str = "") -> ConfigError:
+        """The error of a head this family cannot build (returned, for ``raise``)."""
+        return ConfigError(f"backbone={self.backbone}: task {task.name!r} of kind {task.kind!r} "
+                           f"({task.scenario}) is not supported on this backbone"
+                           f"{'; ' + hint if hint else ''}")
+
+    def build_decoder(self, task: Task, encoder: nn.Module) -> nn.Module:
+        raise self.refuse(task)
+
+    def build_regressor(self, task: Task, encoder: nn.Module) -> nn.Module:
+        raise self.refuse(task)
+
+    def build_classifier(self, task: Task, encoder: nn.Module) -> nn.Module:
+        raise self.refuse(task)
+
+    def build_ciss(self, task: Task, encoder: nn.Module) -> nn.Module:
+        raise ValueError(f"task {task.name!r}: CISS steps share one head (add_heads)")
+
+    def build_shared(self, head: str, tasks: list[Task], encoder: nn.Module) -> nn.Module:
+        """One head of family ``head`` shared by ``tasks`` (each task's entry in
+        ``ContinualModel.heads`` is a :class:`~cl_bench.models.heads.TaskView` of it)."""
+        raise self.refuse(tasks[0], "use a ViT or UNet backbone for class-incremental streams")
 
 
 class ContinualModel(nn.Module):
@@ -28,26 +98,14 @@ class ContinualModel(nn.Module):
     measurements of an untrained head on the current backbone (as needed for FWT, GEM).
 
     Args:
-        backbone: the shared encoder.
-        decoder_feature_size: width of segmentation decoders at full resolution.
-        decoder_image_skip: give decoders UNETR's raw-image skip (see ``SegmentationDecoder``).
-        regression_width: hidden width of regression heads (Swin: 0 = linear).
-        regression_stages: the Swin stages a regression head pools (see
-            :class:`~cl_bench.models.swin.PooledRegressionHead`); regression_rectify: it
-            averages ``relu(stage)``.
-        decoder: Swin segmentation head: ``"shared"`` (a
-            :class:`~cl_bench.models.swin.DecoderOutputHead` on the backbone's own, pretrained
-            decoder), ``"unetr"`` (Swin UNETR's decoder per task) or ``"linear"``
-            (:class:`~cl_bench.models.swin.LinearSegmentationHead`, the paper-like budget).
-        decoder_fp32, decoder_channels_last: the Swin UNETR decoder's ``fp32`` and
-            ``channels_last`` (:class:`~cl_bench.models.swin.SwinDecoder`).
+        backbone: the shared encoder (the interface in the module docstring).
+        heads: the backbone family's :class:`HeadFactory`, holding its head settings; built by
+            the family's ``make_*_model`` factory (``_target_`` of ``conf/backbone/<name>.yaml``).
 
-    Classification tasks get a :class:`ClassificationHead` each (task-incremental) or, in a
-    class-incremental stream, share one growing :class:`ClassILHead` (each task's entry in
-    ``heads`` is a :class:`TaskView` of it; :meth:`begin_task` activates a task's classes).
-    The steps of a class-incremental segmentation stream likewise share one :class:`CISSHead`
-    (per-class sigmoid 1x1 classifiers on the backbone's dense features, e.g. a
-    :class:`~cl_bench.models.backbones.UNetEncoder`).
+    Each task gets the head its family builds for its kind (:meth:`add_head`) or, for the tasks
+    of a kind that share one (class-IL classification, CISS steps), a
+    :class:`~cl_bench.models.heads.TaskView` of one shared head (:meth:`add_heads`;
+    :meth:`begin_task` activates a task's classes).
 
     Shapes:
         ``forward(x, task_name)``: ``x`` ``(B, C, *spatial)`` -> segmentation logits
@@ -58,64 +116,48 @@ class ContinualModel(nn.Module):
         KeyError: ``forward`` with a task that has no head.
     """
 
-    def __init__(self, backbone: ViTEncoder, decoder_feature_size: int = 8,
-                 regression_width: int = 64, decoder_image_skip: bool = False,
-                 regression_stages: tuple[int, ...] = (4,), regression_rectify: bool = False,
-                 decoder: str = "unetr", regression_norm: str = "layer",
-                 decoder_fp32: bool = False, decoder_channels_last: bool = False):
+    def __init__(self, backbone: nn.Module, heads: HeadFactory):
         super().__init__()
-        self.decoder_fp32, self.decoder_channels_last = decoder_fp32, decoder_channels_last
-        self.regression_stages = tuple(regression_stages)
-        self.regression_rectify = bool(regression_rectify)
-        self.regression_norm = regression_norm
-        self.decoder = decoder
         self.backbone = backbone
         self.heads = nn.ModuleDict()
-        self.decoder_feature_size = decoder_feature_size
-        self.regression_width = regression_width
-        self.decoder_image_skip = decoder_image_skip
+        #: the family's head builders and settings (not a module: no parameters, no state)
+        self.head_factory = heads
 
     @property
-    def encoder(self) -> ViTEncoder | UNetEncoder:
-        """The encoder (:class:`ViTEncoder` or :class:`UNetEncoder`), also inside a peft wrapper."""
+    def encoder(self) -> nn.Module:
+        """The encoder, also inside a peft wrapper (peft's ``get_base_model``)."""
         enc = self.backbone
         return enc.get_base_model() if hasattr(enc, "get_base_model") else enc
 
     def add_head(self, task: Task) -> nn.Module:
-        """Create the head of ``task``: the builder of its kind's head family
-        (:attr:`cl_bench.kinds.KindSpec.head`) for this encoder family (:data:`HEAD_BUILDERS`):
-        segmentation decoder, regression MLP or pooled head, classifier.
+        """Create the head of ``task``: the family's builder for its kind's head family
+        (:attr:`cl_bench.kinds.KindSpec.head`, :meth:`HeadFactory.build`).
 
         Raises:
             UnknownKindError: ``task.kind`` is not in :data:`cl_bench.kinds.KINDS`.
             ValueError: a CISS step (they share one head: :meth:`add_heads`).
-            ConfigError: a head the encoder family cannot build (a class-IL head on Swin).
+            ConfigError: a head the backbone family cannot build (naming the backbone).
         """
-        enc = self.encoder
-        family = "swin" if isinstance(enc, SwinEncoder) else "vit"
-        head = HEAD_BUILDERS[family][kind_spec(task.kind).head](self, task, enc)
+        head = self.head_factory.build(task, self.encoder)
         self.heads[task.name] = head
         return head
 
     def add_heads(self, stream: list[Task]) -> None:
         """Create the heads of every task of ``stream``: one shared head per kind for the tasks
         whose kind shares one (:attr:`cl_bench.kinds.KindSpec.shared_head`: class-IL
-        classification, CISS steps; built in :data:`~cl_bench.kinds.KINDS` order, from
-        :data:`SHARED_HEAD_BUILDERS`), one head each for the others. On a Swin encoder every
-        task gets its own head (shared heads are refused by :meth:`add_head`).
+        classification, CISS steps; built first, in :data:`~cl_bench.kinds.KINDS` order, by
+        :meth:`HeadFactory.build_shared`), then one head each for the others, in stream order.
 
         Raises:
-            UnknownKindError, ValueError, ConfigError: as :meth:`add_head`.
+            UnknownKindError, ValueError, ConfigError: as :meth:`add_head`; ConfigError: a
+            shared head the family cannot build.
         """
-        if isinstance(self.encoder, SwinEncoder):
-            for task in stream:
-                self.add_head(task)
-            return
         sharing: dict[str, list[Task]] = {}  # kind -> its tasks that share one head
         for task in stream:
             if kind_spec(task.kind).shared_head(task):
                 sharing.setdefault(task.kind, []).append(task)
-        shared = {kind: SHARED_HEAD_BUILDERS[KINDS[kind].head](self.encoder, sharing[kind])
+        shared = {kind: self.head_factory.build_shared(KINDS[kind].head, sharing[kind],
+                                                       self.encoder)
                   for kind in KINDS if kind in sharing}  # table order: the seeded init order
         for task in stream:
             members = sharing.get(task.kind, [])
@@ -210,11 +252,13 @@ class ContinualModel(nn.Module):
 
     def features(self, x: torch.Tensor, task_names: list[str] | None = None
                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The backbone's outputs for ``x``: encoder tokens ``(B, N, D)`` (Swin: the deepest
-        stage) and per-block hidden states (Swin: the stages, then a shared decoder's features).
-        ``task_names``: the heads that will read them; a shared decoder (``backbone.decoder=
-        shared``) runs only if one of them reads it (``reads_decoder``), e.g. not for the age
-        head. ``None``: everything runs."""
+        """The backbone's outputs for ``x``, ``(features, hidden)`` as the encoder returns them
+        (a ViT: tokens ``(B, N, D)`` and every block's ``(B, N, D)``; a grid encoder such as the
+        Swin: its deepest map ``(B, C, *grid)`` and its stages, then a shared decoder's
+        features). ``task_names``: the heads that will read them; an encoder's optional part
+        (its ``decoder``, switched by ``run_decoder``: Swin UNETR's shared decoder) runs only if
+        one of them reads it (``reads_decoder``), e.g. not for the age head. ``None``:
+        everything runs."""
         enc = self.encoder
         if task_names is None or getattr(enc, "decoder", None) is None:
             return self.backbone(x)
@@ -240,159 +284,20 @@ class ContinualModel(nn.Module):
         return self.heads[task_name](self.encoder.tokens_to_grid, tokens, hidden, x)
 
 
-def _shared_only(model: ContinualModel, task: Task, enc) -> nn.Module:
-    """A CISS step has no head of its own: they share one (:meth:`ContinualModel.add_heads`)."""
-    raise ValueError(f"task {task.name!r}: CISS steps share one head (add_heads)")
+#: factory paths recorded by run directories before the factories moved to their families'
+#: modules (``backbone._target_`` in ``checkpoints/config.yaml``, which a resume compares key by
+#: key, and in the shipped conf/backbone files, kept so): name -> its module now
+_MOVED = {"make_model": "cl_bench.models.backbones",
+          "make_unet_model": "cl_bench.models.backbones",
+          "make_swin_model": "cl_bench.models.swin"}
 
 
-def _vit_decoder(model: ContinualModel, task: Task, enc) -> nn.Module:
-    """UNETR's decoder (:class:`SegmentationDecoder`) on a ViT's hidden states."""
-    return SegmentationDecoder(enc.in_channels, enc.hidden_size, enc.num_layers, enc.patch_size,
-                               task.num_classes, model.decoder_feature_size, enc.spatial_dims,
-                               model.decoder_image_skip)
-
-
-def _vit_regressor(model: ContinualModel, task: Task, enc) -> nn.Module:
-    """Pooled tokens -> MLP -> one scalar (:class:`RegressionHead`)."""
-    return RegressionHead(enc.hidden_size, model.regression_width)
-
-
-def _vit_classifier(model: ContinualModel, task: Task, enc) -> nn.Module:
-    """A task-IL task's own linear classifier (:class:`ClassificationHead`)."""
-    return ClassificationHead(enc.hidden_size, task.num_classes)
-
-
-def _swin_decoder(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
-    """Swin UNETR's decoder or the linear head, see :mod:`cl_bench.models.swin`. A checkpoint
-    decoder kept by ``backbone.decoder_weights=keep`` initialises every segmentation decoder
-    (strictly: same widths and image skip)."""
-    if model.decoder == "linear":
-        return LinearSegmentationHead(enc.stage_channels, task.num_classes)
-    if model.decoder == "shared":
-        return DecoderOutputHead(enc.feature_channels[-1], task.num_classes)
-    head = SwinDecoder(enc.in_channels, enc.stage_channels, model.decoder_feature_size,
-                       task.num_classes, model.decoder_image_skip,
-                       fp32=model.decoder_fp32, channels_last=model.decoder_channels_last)
-    if enc.pretrained_decoder:
-        from cl_bench.models.backbones import load_strict
-        load_strict(head, enc.pretrained_decoder, enc.weights, "segmentation decoder",
-                    "backbone.decoder_feature_size (= the checkpoint's feature_size), "
-                    "backbone.decoder_image_skip=true and the task's classes, or "
-                    "backbone.decoder_weights=drop")
-    return head
-
-
-def _swin_regressor(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
-    """A pooled-stage regression head (:class:`PooledRegressionHead`); with a shared decoder its
-    features are a sixth input (index 5)."""
-    return PooledRegressionHead(enc.feature_channels, model.regression_width,
-                                model.regression_stages, model.regression_rectify,
-                                norm=model.regression_norm)
-
-
-def _swin_classifier(model: ContinualModel, task: Task, enc: SwinEncoder) -> nn.Module:
-    """A pooled-stage classifier; a shared (class-IL) head is refused."""
-    if kind_spec(task.kind).shared_head(task):
-        raise ConfigError(f"backbone=swin_unetr: task {task.name!r} of kind {task.kind!r} "
-                          f"({task.scenario}) is not supported on a Swin backbone; use a ViT "
-                          "or UNet backbone for class-incremental streams")
-    return PooledClassificationHead(enc.stage_channels, task.num_classes)
-
-
-#: the head builders per encoder family (``vit``: :class:`ViTEncoder` and :class:`UNetEncoder`,
-#: ``swin``: :class:`SwinEncoder`) and head family (:attr:`cl_bench.kinds.KindSpec.head`):
-#: ``builder(model, task, encoder) -> nn.Module``; a new kind's head family needs an entry in each
-HEAD_BUILDERS: dict[str, dict[str, Callable[..., nn.Module]]] = {
-    "vit": {"decoder": _vit_decoder, "regressor": _vit_regressor,
-            "classifier": _vit_classifier, "ciss": _shared_only},
-    "swin": {"decoder": _swin_decoder, "regressor": _swin_regressor,
-             "classifier": _swin_classifier, "ciss": _shared_only},
-}
-
-#: the builders of a head shared by a stream's tasks of one kind (ViT and UNet encoders), per
-#: head family: ``builder(encoder, tasks) -> nn.Module``; each task's entry in
-#: ``ContinualModel.heads`` is a :class:`TaskView` of it
-SHARED_HEAD_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "classifier": lambda enc, tasks: ClassILHead(enc.hidden_size, [len(t.classes) for t in tasks]),
-    "ciss": lambda enc, tasks: CISSHead(enc.hidden_size, [t.classes for t in tasks],
-                                        enc.spatial_dims),
-}
-
-
-def make_model(in_channels: PositiveInt = 1, img_size: PositiveInt = 64,
-               patch_size: PositiveInt = 16, hidden_size: PositiveInt = 192,
-               mlp_dim: PositiveInt = 768, num_layers: PositiveInt = 12,
-               num_heads: PositiveInt = 3, spatial_dims: Literal[2, 3] = 3,
-               dropout_rate: Fraction = 0.0, weights: str | None = None,
-               decoder_feature_size: PositiveInt = 8, regression_width: PositiveInt = 64,
-               decoder_image_skip: bool = False) -> ContinualModel:
-    """Build the stream's :class:`ContinualModel` from a ``conf/backbone`` node.
-
-    Args: as :class:`~cl_bench.models.backbones.ViTEncoder` plus the head widths.
+def __getattr__(name: str):
+    """``cl_bench.models.continual.make_swin_model`` and the other moved factories (PEP 562):
+    imported from their family's module on first use.
 
     Raises:
-        ConfigError / DataError: see :class:`~cl_bench.models.backbones.ViTEncoder`.
-    """
-    enc = ViTEncoder(in_channels, img_size, patch_size, hidden_size, mlp_dim, num_layers,
-                     num_heads, spatial_dims, dropout_rate, weights)
-    return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip)
-
-
-def make_unet_model(in_channels: PositiveInt = 1, img_size: PositiveInt = 64,
-                    spatial_dims: Literal[2, 3] = 2, channels: list[PositiveInt] = (16, 32, 64),
-                    strides: list[PositiveInt] = (2, 2), num_res_units: NonNegativeInt = 1,
-                    feature_size: PositiveInt = 32, norm: str = "instance",
-                    weights: str | None = None) -> ContinualModel:
-    """Build a :class:`ContinualModel` on a MONAI UNet feature extractor (``conf/backbone/unet2d``).
-
-    Args: as :class:`~cl_bench.models.backbones.UNetEncoder`.
-
-    Raises:
-        ConfigError, DataError: see :class:`~cl_bench.models.backbones.UNetEncoder`.
-    """
-    enc = UNetEncoder(in_channels, img_size, spatial_dims, tuple(channels), tuple(strides),
-                      num_res_units, feature_size, norm, weights)
-    return ContinualModel(enc)
-
-
-def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge(64)] = 64,
-                    feature_size: PositiveInt = 24, depths: list[PositiveInt] = (2, 2, 2, 2),
-                    num_heads: list[PositiveInt] = (3, 6, 12, 24), window_size: PositiveInt = 4,
-                    dropout_rate: Fraction = 0.0, normalize: bool = False,
-                    weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
-                    decoder_feature_size: PositiveInt = 12, decoder_image_skip: bool = False,
-                    regression_width: NonNegativeInt = 0,
-                    regression_stages: list[NonNegativeInt] | None = None,
-                    regression_rectify: bool = False,
-                    decoder: Literal["shared", "unetr", "linear"] = "shared",
-                    regression_norm: Literal["train", "batch", "layer"] = "train",
-                    fused_attention: bool = True, decoder_fp32: bool = True,
-                    decoder_channels_last: bool = True) -> ContinualModel:
-    """Build a :class:`ContinualModel` on MONAI's Swin transformer (``conf/backbone/swin_unetr``).
-
-    Args: as :class:`~cl_bench.models.swin.SwinEncoder` plus the head widths
-    (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution;
-    ``regression_width`` 0 = a linear regression head on the ``regression_stages`` (0-4: encoder
-    stages; 5: the shared decoder's features; ``None``, the default: the backbone's final
-    representation, 5 with ``decoder="shared"`` and 4 otherwise), averaged after a ReLU with
-    ``regression_rectify``;
-    ``decoder``: ``shared`` (the backbone's pretrained decoder), ``unetr`` or ``linear``;
-    ``decoder_fp32`` / ``decoder_channels_last``: see :class:`~cl_bench.models.swin.SwinDecoder`).
-
-    Raises:
-        ConfigError: ``decoder_image_skip`` with the shared decoder (pretrained without one);
-            and see :class:`~cl_bench.models.swin.SwinEncoder`. DataError: see there.
-    """
-    if decoder_image_skip and decoder == "shared":
-        raise ConfigError("backbone.decoder_image_skip=true: the shared pretrained decoder "
-                          "(backbone.decoder=shared) has no raw-image skip; use it with "
-                          "backbone.decoder=unetr")
-    if regression_stages is None:  # the final representation of what the backbone is
-        regression_stages = (5,) if decoder == "shared" else (4,)
-    enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
-                      window_size, dropout_rate, normalize, weights, decoder_weights,
-                      fused_attention, decoder == "shared", decoder_feature_size,
-                      bool(decoder_fp32), bool(decoder_channels_last))
-    return ContinualModel(enc, decoder_feature_size, regression_width, decoder_image_skip,
-                          tuple(regression_stages), regression_rectify, decoder, regression_norm,
-                          bool(decoder_fp32), bool(decoder_channels_last))
+        AttributeError: any other missing name."""
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

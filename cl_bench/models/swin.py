@@ -33,10 +33,14 @@ Heads:
 * :class:`PooledRegressionHead`: the global average of the final stage, layer-normed (or
   standardised by running statistics) -> linear: a linear probe; :class:`PooledClassificationHead`:
   the global average of every stage, concatenated, layer-normed -> linear.
+
+:class:`SwinHeads` builds them with the head settings of ``conf/backbone/swin_unetr.yaml``;
+:func:`make_swin_model` is that file's factory.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import annotated_types as at
@@ -46,9 +50,11 @@ from monai.networks.nets.swin_unetr import BasicLayer, WindowAttention, compute_
 from monai.networks.nets.swin_unetr import get_window_size
 from torch import nn
 
+from cl_bench.data.base import Task
 from cl_bench.errors import ConfigError
-from cl_bench.models.backbones import GridFeatures, check_input
-from cl_bench.ranges import checked
+from cl_bench.models.backbones import GridFeatures, check_input, load_strict
+from cl_bench.models.continual import ContinualModel, HeadFactory
+from cl_bench.ranges import Fraction, NonNegativeInt, PositiveInt, checked
 
 #: the Linear layers of a Swin block, as peft ``target_modules`` names
 SWIN_LINEARS = ("qkv", "proj", "linear1", "linear2")
@@ -299,8 +305,6 @@ class SwinEncoder(GridFeatures, nn.Module):
     def _load_decoder(self, found: dict[str, torch.Tensor], weights: str) -> None:
         """The checkpoint's decoder into :attr:`decoder`, strictly (its ``out`` layer, a
         pretraining head, is not part of the backbone)."""
-        from cl_bench.models.backbones import load_strict
-
         tensors = {k: v for k, v in found.items() if not k.startswith("out.")}
         if not tensors:
             raise ConfigError(f"backbone.decoder=shared: checkpoint {weights!r} holds no Swin "
@@ -616,3 +620,114 @@ class PooledClassificationHead(nn.Module):
 
     def forward(self, to_grid, deepest, stages, image) -> torch.Tensor:
         return self.fc(self.norm(pool_stages(stages[:5])))  # the encoder's (no decoder)
+
+
+@dataclass(frozen=True)
+class SwinHeads(HeadFactory):
+    """The heads of a :class:`SwinEncoder`, with the head settings of ``conf/backbone/swin_unetr``.
+
+    Args:
+        decoder: segmentation head: ``"shared"`` (a :class:`DecoderOutputHead` on the backbone's
+            own, pretrained decoder), ``"unetr"`` (a :class:`SwinDecoder` per task) or
+            ``"linear"`` (:class:`LinearSegmentationHead`, the paper-like budget).
+        decoder_feature_size, decoder_image_skip, decoder_fp32, decoder_channels_last: a
+            per-task :class:`SwinDecoder`'s width at 1/2 resolution, raw-image skip, ``fp32`` and
+            ``channels_last``.
+        regression_width, regression_stages, regression_rectify, regression_norm: the
+            :class:`PooledRegressionHead`'s ``width`` (0 = linear), ``stages``, ``rectify`` and
+            ``norm``.
+
+    Builds: segmentation -> as ``decoder``; regression -> :class:`PooledRegressionHead`
+    (with a shared decoder its features are a sixth input, index 5); task-IL classification ->
+    :class:`PooledClassificationHead`. Shared heads (class-IL, CISS) are refused.
+
+    Raises:
+        ConfigError: a shared head (naming the backbone); a kept checkpoint decoder
+        (``backbone.decoder_weights=keep``) that does not fit a per-task decoder, or a bad
+        regression setting (:class:`PooledRegressionHead`).
+    """
+
+    decoder: str = "unetr"
+    decoder_feature_size: int = 12
+    decoder_image_skip: bool = False
+    regression_width: int = 0
+    regression_stages: tuple[int, ...] = (4,)
+    regression_rectify: bool = False
+    regression_norm: str = "layer"
+    decoder_fp32: bool = False
+    decoder_channels_last: bool = False
+    backbone = "swin_unetr"
+
+    def build_decoder(self, task: Task, enc: SwinEncoder) -> nn.Module:
+        """Swin UNETR's decoder or the linear head (module docstring). A checkpoint decoder
+        kept by ``backbone.decoder_weights=keep`` initialises every segmentation decoder
+        (strictly: same widths and image skip)."""
+        if self.decoder == "linear":
+            return LinearSegmentationHead(enc.stage_channels, task.num_classes)
+        if self.decoder == "shared":
+            return DecoderOutputHead(enc.feature_channels[-1], task.num_classes)
+        head = SwinDecoder(enc.in_channels, enc.stage_channels, self.decoder_feature_size,
+                           task.num_classes, self.decoder_image_skip,
+                           fp32=self.decoder_fp32, channels_last=self.decoder_channels_last)
+        if enc.pretrained_decoder:
+            load_strict(head, enc.pretrained_decoder, enc.weights, "segmentation decoder",
+                        "backbone.decoder_feature_size (= the checkpoint's feature_size), "
+                        "backbone.decoder_image_skip=true and the task's classes, or "
+                        "backbone.decoder_weights=drop")
+        return head
+
+    def build_regressor(self, task: Task, enc: SwinEncoder) -> nn.Module:
+        """A pooled-stage regression head (:class:`PooledRegressionHead`)."""
+        return PooledRegressionHead(enc.feature_channels, self.regression_width,
+                                    self.regression_stages, self.regression_rectify,
+                                    norm=self.regression_norm)
+
+    def build_classifier(self, task: Task, enc: SwinEncoder) -> nn.Module:
+        """A pooled-stage classifier (a task-IL task's own)."""
+        return PooledClassificationHead(enc.stage_channels, task.num_classes)
+
+
+def make_swin_model(in_channels: PositiveInt = 1, img_size: Annotated[int, at.Ge(64)] = 64,
+                    feature_size: PositiveInt = 24, depths: list[PositiveInt] = (2, 2, 2, 2),
+                    num_heads: list[PositiveInt] = (3, 6, 12, 24), window_size: PositiveInt = 4,
+                    dropout_rate: Fraction = 0.0, normalize: bool = False,
+                    weights: str | None = None, decoder_weights: Literal["drop", "keep"] = "drop",
+                    decoder_feature_size: PositiveInt = 12, decoder_image_skip: bool = False,
+                    regression_width: NonNegativeInt = 0,
+                    regression_stages: list[NonNegativeInt] | None = None,
+                    regression_rectify: bool = False,
+                    decoder: Literal["shared", "unetr", "linear"] = "shared",
+                    regression_norm: Literal["train", "batch", "layer"] = "train",
+                    fused_attention: bool = True, decoder_fp32: bool = True,
+                    decoder_channels_last: bool = True) -> ContinualModel:
+    """Build a :class:`~cl_bench.models.continual.ContinualModel` on MONAI's Swin transformer
+    (``conf/backbone/swin_unetr``, whose ``_target_`` names it by its earlier path,
+    ``cl_bench.models.continual.make_swin_model``, an alias).
+
+    Args: as :class:`SwinEncoder` plus the head settings of :class:`SwinHeads`
+    (``decoder_feature_size``: the Swin UNETR decoder's width at 1/2 resolution;
+    ``regression_width`` 0 = a linear regression head on the ``regression_stages`` (0-4: encoder
+    stages; 5: the shared decoder's features; ``None``, the default: the backbone's final
+    representation, 5 with ``decoder="shared"`` and 4 otherwise), averaged after a ReLU with
+    ``regression_rectify``;
+    ``decoder``: ``shared`` (the backbone's pretrained decoder), ``unetr`` or ``linear``;
+    ``decoder_fp32`` / ``decoder_channels_last``: see :class:`SwinDecoder`).
+
+    Raises:
+        ConfigError: ``decoder_image_skip`` with the shared decoder (pretrained without one);
+            and see :class:`SwinEncoder`. DataError: see there.
+    """
+    if decoder_image_skip and decoder == "shared":
+        raise ConfigError("backbone.decoder_image_skip=true: the shared pretrained decoder "
+                          "(backbone.decoder=shared) has no raw-image skip; use it with "
+                          "backbone.decoder=unetr")
+    if regression_stages is None:  # the final representation of what the backbone is
+        regression_stages = (5,) if decoder == "shared" else (4,)
+    enc = SwinEncoder(in_channels, img_size, feature_size, tuple(depths), tuple(num_heads),
+                      window_size, dropout_rate, normalize, weights, decoder_weights,
+                      fused_attention, decoder == "shared", decoder_feature_size,
+                      bool(decoder_fp32), bool(decoder_channels_last))
+    heads = SwinHeads(decoder, decoder_feature_size, decoder_image_skip, regression_width,
+                      tuple(regression_stages), regression_rectify, regression_norm,
+                      bool(decoder_fp32), bool(decoder_channels_last))
+    return ContinualModel(enc, heads)

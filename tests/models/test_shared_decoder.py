@@ -158,7 +158,7 @@ def test_seq_ft_trains_the_decoder_and_seq_lp_only_the_heads(cache, tmp_path):
 
 
 def test_image_skip_is_refused_on_the_shared_decoder():
-    from cl_bench.models.continual import make_swin_model
+    from cl_bench.models.swin import make_swin_model
     with pytest.raises(ConfigError, match="backbone.decoder_image_skip"):
         make_swin_model(feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 3, 3, 3),
                         decoder_feature_size=4, decoder="shared", decoder_image_skip=True)

@@ -313,3 +313,20 @@ def test_linear_decoder_is_the_paper_like_budget(cache, tmp_path):
     assert list(reliance["after_tumour_seg"]["dice"])[:6] == ["none"] + [f"stage{k}"
                                                                          for k in range(5)]
 
+
+
+def test_the_moved_factories_keep_the_paths_run_directories_recorded():
+    """``backbone._target_`` of a run's checkpoints/config.yaml (compared key by key on resume)
+    names ``cl_bench.models.continual.make_*``: those paths still give the families' factories."""
+    from omegaconf import OmegaConf
+
+    from cl_bench.config import locate
+    from cl_bench.models import backbones, swin
+
+    assert locate("cl_bench.models.continual.make_swin_model") is swin.make_swin_model
+    assert locate("cl_bench.models.continual.make_model") is backbones.make_model
+    assert locate("cl_bench.models.continual.make_unet_model") is backbones.make_unet_model
+    assert OmegaConf.load(Path(CONF, "backbone", "swin_unetr.yaml"))._target_ == (
+        "cl_bench.models.continual.make_swin_model")
+    with pytest.raises(AttributeError, match="make_resnet_model"):
+        locate("cl_bench.models.continual.make_resnet_model")

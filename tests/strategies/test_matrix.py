@@ -5,11 +5,14 @@ tiny: two tasks, two optimiser steps each, a few samples, no probes (``eval.prob
 passes when R has a finite row after each task and every task trained something; or, for a
 combination refused on purpose, when the run stops with one line that says why (the
 :data:`REFUSED` table) and leaves no run directory behind. The tables below must name every
-``conf/backbone`` and ``conf/strategy`` file, so a new one is tested from the day it lands.
+``conf/backbone`` and ``conf/strategy`` file, so a new one is tested from the day it lands; a new
+backbone may instead declare its row in its own test, ``tests/models/test_<name>.py``
+(``MATRIX_OVERRIDES``, ``MATRIX_REFUSED``: :func:`declared_rows`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -57,6 +60,29 @@ BACKBONES = {
                "backbone.weights=null"],
 }
 
+
+def declared_rows() -> dict:
+    """``{backbone: its test module}`` for the ``conf/backbone`` files the table above does not
+    name whose test, ``tests/models/test_<name>.py``, declares its row: ``MATRIX_OVERRIDES``
+    (its stream and a small shape, as :data:`BACKBONES`' values) and optionally
+    ``MATRIX_REFUSED`` (``{strategy: regex}``, as :data:`REFUSED`'s). A new backbone is then
+    its module, its YAML and its test."""
+    out = {}
+    for name in sorted(p.stem for p in Path(CONF, "backbone").glob("*.yaml")):
+        test = Path(__file__).resolve().parents[1] / "models" / f"test_{name}.py"
+        if name in BACKBONES or not test.is_file():
+            continue
+        spec = importlib.util.spec_from_file_location(f"matrix_row_{name}", test)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if hasattr(module, "MATRIX_OVERRIDES"):
+            out[name] = module
+    return out
+
+
+DECLARED = declared_rows()
+BACKBONES.update({name: list(m.MATRIX_OVERRIDES) for name, m in DECLARED.items()})
+
 STRATEGIES = sorted(p.stem for p in Path(CONF, "strategy").glob("*.yaml"))
 #: strategy -> its settings made small (STAR-Lite derives prototypes in 500,000 AdamW steps)
 SMALL_STRATEGY = {"star_lite": ["strategy.lite_iters=50"]}
@@ -75,6 +101,8 @@ REFUSED: dict[tuple[str, str], str] = {
                       r"name the layers to adapt" for s in ("olora", "reglora")},
     ("inflora", "unet2d"): r"^strategy=inflora: the backbone has no attention with a fused 'qkv'",
 }
+REFUSED.update({(s, name): reason for name, m in DECLARED.items()
+                for s, reason in getattr(m, "MATRIX_REFUSED", {}).items()})
 
 
 def _cfg(strategy: str, backbone: str, cache: Path):

@@ -37,7 +37,10 @@ class LitTask(L.LightningModule):
 
     Args:
         model: the stream's :class:`~cl_bench.models.ContinualModel`.
-        strategy: supplies ``trainable_parameters()``, ``training_loss()``, ``activate()``.
+        strategy: supplies ``param_groups()``, ``task_loss()``, ``training_loss()``,
+            ``activate()``; each step calls its ``before_backward``, ``after_backward`` and
+            ``before_optimizer_step`` around ``zero_grad -> backward -> step``
+            (:class:`~cl_bench.strategies.base.Strategy`).
         task: the task being learned; t: its 0-based index in the stream;
         on_first_step: ``None`` or a callable run once, at the first training step (the runner
             records the time to first step, ``timing.json`` ``first_step_unix``);
@@ -101,7 +104,11 @@ class LitTask(L.LightningModule):
                 "before this task are kept in matrix.csv.")
         opt = self.optimizers()
         opt.zero_grad()
+        strategy, t = self.strategy, self.t
+        strategy.before_backward(loss, t)
         self.manual_backward(loss)  # precision plugin and DDP gradient sync, as in automatic mode
+        strategy.after_backward(loss, t)  # edits of p.grad (InfLoRA's frozen rows)
+        strategy.before_optimizer_step(opt.optimizer, t)
         opt.step()
         if self.warmup_steps:
             self.lr_schedulers().step()

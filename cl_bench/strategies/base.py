@@ -1,7 +1,11 @@
 """The strategy seam: named hooks the runner calls, with no-op defaults.
 
 Hooks follow Avalanche's plugin points (Lomonaco et al. 2021, arXiv 2104.00405) without its
-template inheritance: a strategy is one flat class overriding only what it needs.
+template inheritance: a strategy is one flat class overriding only what it needs. The step's
+hooks keep Avalanche's names ``before_backward`` / ``after_backward``; its ``before_update`` is
+``before_optimizer_step`` here. There is no ``after_optimizer_step``: no strategy needs one yet.
+A strategy that needs this step's backbone outputs reads ``batch["features"]`` in
+:meth:`Strategy.task_loss` / :meth:`Strategy.training_loss` (no forward hook needed).
 
 Call order for a stream of T tasks (see :func:`cl_bench.runner.run`)::
 
@@ -9,8 +13,14 @@ Call order for a stream of T tasks (see :func:`cl_bench.runner.run`)::
     evaluate every task            -> row "init"   (activate(j) before each task j)
     for t, task in enumerate(stream):
         before_task(t, task)       # add head/adapter, choose what trains
-        fit: loss = task_loss(batch, out, t, loss_fn) + training_loss(batch, out, t),
-             optimiser over trainable_parameters()
+        fit: per step (cl_bench.training.LitTask.training_step)
+             loss = task_loss(batch, out, t, loss_fn) + training_loss(batch, out, t)
+             zero_grad
+             before_backward(loss, t)
+             backward                                     # p.grad of the trainable parameters
+             after_backward(loss, t)                      # edit p.grad here (InfLoRA)
+             before_optimizer_step(optimizer, t)
+             optimizer.step()                             # AdamW over param_groups(task)
         after_task(t, task)        # merge, masks, statistics ...
         evaluate every task        -> row t        (activate(j) before each task j)
         save(run_dir, t, task)     # e.g. adapters/<task>/
@@ -138,6 +148,46 @@ class Strategy:
         training, ``"features"``: this step's backbone outputs for ``batch["image"]`` (with their
         autograd graph), for heads of other tasks without a second backbone pass."""
         return None
+
+    def before_backward(self, loss: torch.Tensor, t: int) -> None:
+        """Called once per training step of task ``t`` (0-based), after ``zero_grad`` and
+        before the backward pass, in :meth:`cl_bench.training.LitTask.training_step`.
+
+        Args:
+            loss: the step's total loss, 0-d (``task_loss + training_loss``, unitless, averaged
+                over the batch), still attached to its autograd graph: do not call
+                ``backward`` on it. The gradients of the trainable parameters are ``None``.
+            t: index of the task being trained.
+
+        Default: nothing. Raises nothing itself; an exception stops the task as a crash would
+        (the last mid-task checkpoint is kept)."""
+
+    def after_backward(self, loss: torch.Tensor, t: int) -> None:
+        """Called once per training step of task ``t``, right after the backward pass of
+        ``loss`` and before :meth:`before_optimizer_step`: the place to edit gradients in place
+        (a projection, a mask), as a gradient hook registered on the parameters would, but only
+        for the training steps (never for another backward pass, e.g. EWC's Fisher).
+
+        Args:
+            loss: the step's total loss, 0-d, the one just back-propagated.
+            t: index of the task being trained.
+
+        Gradients: ``p.grad`` of every trainable parameter has ``p``'s shape and holds
+        d loss / d p for this batch (``None`` for a parameter the loss does not reach; under
+        DDP already averaged over the processes; bf16-mixed keeps them float32, no loss
+        scaling). Default: nothing."""
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer, t: int) -> None:
+        """Called once per training step of task ``t``, after :meth:`after_backward` and right
+        before ``optimizer.step()``.
+
+        Args:
+            optimizer: the task's ``torch.optim.AdamW`` (its ``param_groups`` are those of
+                :meth:`param_groups`, learning rates after this step's warm-up factor); the
+                gradients are final.
+            t: index of the task being trained.
+
+        Default: nothing."""
 
     def frozen_backbone(self, task: Task) -> bool:
         """True if, while ``task`` trains, the backbone is frozen and deterministic (no dropout,

@@ -36,9 +36,10 @@ is a window's tokens and ``D`` grows per stage); every such attention gets a bra
 are therefore the method's own (every fused ``qkv``), not the backbone's ``lora_targets``: a shared
 Swin UNETR decoder stays frozen. Each task is one peft LoRA adapter on ``qkv`` (``lora_alpha = r``,
 so the scale is 1): ``lora_A`` (r, D) is set to ``A_t`` and frozen, ``lora_B`` (3D, r) is
-zero-initialised and a gradient hook zeroes its q rows, so ``B[0:D]`` stays exactly 0 and the
-branch is InfLoRA's ``(B^k, B^v)`` pair with a shared ``A_t`` (as in the code, where ``lora_A_k``
-and ``lora_A_v`` get the same matrix). All adapters are active at once (peft
+zero-initialised and the gradient of its q rows is zeroed after every training step's backward
+pass (:meth:`InfLoRA.after_backward`), so ``B[0:D]`` stays exactly 0 and the branch is InfLoRA's
+``(B^k, B^v)`` pair with a shared ``A_t`` (as in the code, where ``lora_A_k`` and ``lora_A_v``
+get the same matrix). All adapters are active at once (peft
 ``set_adapter([...])``). The trainable B's are picked by the exact adapter key in each layer's
 ``lora_B`` dict, never by a substring of a parameter name (the official code's ``"lora_B_k.1" in
 name`` also unfreezes task 10's branch).
@@ -113,8 +114,11 @@ class InfLoRA(LoRAFamily):
         self.bases: dict[str, torch.Tensor] = {}
         #: per task t: {block: k}, the size of M when A_t was designed (M_{<t} = M[:, :k])
         self.basis_sizes: list[dict[str, int]] = []
-        self._hooks: dict[int, object] = {}
-        self._head_hooks: list = []
+        #: the current task's trainable ``lora_B`` weights, (3D, r) each: q rows' gradient zeroed
+        self._branches: list[nn.Parameter] = []
+        #: class-IL: the shared head's ``fc.weight`` (K, D) and ``fc.bias`` (K,): the gradient of
+        #: every row outside ``_own_rows`` (the current task's classes) is zeroed
+        self._head_params: list[nn.Parameter] = []
         self._own_rows = slice(0, 0)
 
     # ------------------------------------------------------------------ wiring
@@ -178,30 +182,47 @@ class InfLoRA(LoRAFamily):
             self.basis_sizes = self.basis_sizes[:t] + [sizes]
         self._set_active()
         self.model.requires_grad_(False)
-        for layer in self.qkv_layers().values():
-            b = layer.lora_B[task.name].weight  # exact key: this task's branch only
+        self._branches = [layer.lora_B[task.name].weight  # exact key: this task's branch only
+                          for layer in self.qkv_layers().values()]
+        for b in self._branches:
             b.requires_grad_(True)
-            if id(b) not in self._hooks:  # q rows: the first in_features of qkv's 3 in_features
-                self._hooks[id(b)] = b.register_hook(_zero_rows(b.shape[0] // 3))
         head = self.model.heads[task.name]
         head.requires_grad_(True)
+        self._head_params = []
         if isinstance(head, TaskView):
             self._train_own_classes_only(head, t)
 
     def _train_own_classes_only(self, view: TaskView, t: int) -> None:
         """Class-IL: the shared head acts as the code's per-task ``classifier_pool``: only the
-        rows of task t's classes train (gradient hooks zero the others); its LayerNorm trains on
-        the first task only."""
+        rows of task t's classes train (:meth:`after_backward` zeroes the others' gradient); its
+        LayerNorm trains on the first task only."""
         shared = view.shared
-        for handle in self._head_hooks:
-            handle.remove()
         start = sum(shared.sizes[:view.task_index])
-        rows = slice(start, start + shared.sizes[view.task_index])
-        self._head_hooks = [p.register_hook(_keep_rows(rows))
-                            for p in (shared.fc.weight, shared.fc.bias)]
-        self._own_rows = rows
+        self._own_rows = slice(start, start + shared.sizes[view.task_index])
+        self._head_params = [shared.fc.weight, shared.fc.bias]
         if t > 0:
             shared.norm.requires_grad_(False)
+
+    def after_backward(self, loss: torch.Tensor, t: int) -> None:
+        """After each training step's backward pass (Liang & Li 2024, arXiv 2404.00228): zero the
+        gradient of what must not move, in place, before AdamW's step.
+
+        * every ``lora_B`` of task t, ``p.grad`` (3D, r): rows ``[0:D]`` (the q part of the
+          fused qkv), so ``B[0:D]`` stays exactly 0 and the branch is the paper's ``(B^k, B^v)``;
+        * class-IL: the shared head's ``fc.weight.grad`` (K, D) and ``fc.bias.grad`` (K,):
+          every row outside the current task's classes.
+
+        The same bits as a gradient hook returning the edited gradient (the kept entries are
+        untouched, the others +0.0), but only for the runner's training steps. ``loss`` (0-d)
+        is not read; a gradient that is ``None`` is left alone. Raises nothing."""
+        for b in self._branches:
+            if b.grad is not None:
+                b.grad[:b.shape[0] // 3] = 0
+        rows = self._own_rows
+        for p in self._head_params:
+            if p.grad is not None:
+                p.grad[:rows.start] = 0
+                p.grad[rows.stop:] = 0
 
     def training_loss(self, batch: dict, out: torch.Tensor, t: int) -> torch.Tensor | None:
         """Class-IL only: ``CE(own classes) - CE(all seen classes)``, which turns the runner's
@@ -263,21 +284,3 @@ def fused_attentions(encoder: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in named.items()
             if isinstance(getattr(m, "qkv", None), nn.Linear)
             and m.qkv.out_features == 3 * m.qkv.in_features}
-
-
-def _keep_rows(rows: slice):
-    """Gradient hook that zeroes every row outside ``rows`` (a class-IL head's other tasks)."""
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(grad)
-        out[rows] = grad[rows]
-        return out
-    return hook
-
-
-def _zero_rows(rows: int):
-    """Gradient hook that zeroes the first ``rows`` rows (the q part of a fused qkv ``lora_B``)."""
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[:rows] = 0
-        return grad
-    return hook

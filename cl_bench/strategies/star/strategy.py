@@ -98,13 +98,11 @@ class STAR(Strategy):
         #: the current step's derived quantities (t, n_pred, numbers, bg_ratio, per_iter, ...)
         self.step: dict = {}
         self.storage: list[dict] = []
-        self._captured: dict[str, torch.Tensor] = {}
         self._extra: torch.Tensor | None = None
-        self._hook = None
 
     # ------------------------------------------------------------------ hooks
     def setup(self, model: nn.Module, stream: list[Task]) -> None:
-        """Attach to a CISS stream's model; keeps the features of each training forward.
+        """Attach to a CISS stream's model.
 
         Raises:
             ConfigError: a task that is not a class-incremental segmentation step, or a
@@ -125,36 +123,37 @@ class STAR(Strategy):
             raise ConfigError(f"strategy={self.name} needs the shared CISSHead of a CISS stream, "
                               f"got {type(view).__name__}")
         self.setting, self.head = setting, view.shared
-        if self._hook is not None:
-            self._hook.remove()
-        head, store = self.head, self._captured
-
-        def keep_features(module, args, output):
-            # only the live head (a deep copy shares this function) and only while training
-            if module is head and torch.is_grad_enabled():
-                store["features"] = args[0](args[1])
-
-        self._hook = self.head.register_forward_hook(keep_features)
 
     def before_task(self, t: int, task: Task) -> None:
         self.freeze_all_but(self.model.backbone, self.model.heads[task.name])
         self.step, self._extra, self.old_model = {"t": t}, None, None
-        self._captured.clear()
         if t > 0:
             self.old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def task_loss(self, batch: dict, out: torch.Tensor, t: int, loss_fn) -> torch.Tensor:
+        """STAR's rebalanced BCE on logits ``out`` ``(B, K, *spatial)`` against ``batch["label"]``
+        ``(B, 1, *spatial)`` (Chen et al., NeurIPS 2023, no arXiv id; STAR-Lite, TPAMI 2025),
+        with replayed old-class and background features from step 1 on; L_OCFM, L_SAD and the
+        optional old-class negatives are kept for :meth:`training_loss`. They read this step's
+        feature map F ``(B, D, *spatial)``, the encoder grid of ``batch["features"][0]`` (the
+        backbone outputs the runner passes, with their graph: no second pass, no forward hook).
+        Returns a 0-d loss (unitless). ``loss_fn`` (the runner's task loss) is not used.
+
+        Raises:
+            RuntimeError: from step 1 on, a batch without ``"features"`` (a caller other than
+            :class:`cl_bench.training.LitTask`)."""
         head, x, label = self.head, batch["image"], batch["label"]
         lo, hi = sum(head.sizes[:t]), sum(head.sizes[:t + 1])
         new_ids = head.class_ids[lo:hi]
         pos_weight = self.pos_weight if self.pos_weight is not None else self.stream[t].pos_weight
-        feats = self._captured.pop("features", None)
         self._extra = None
         if t == 0 or self.old_model is None:
             return rebalanced_bce(out[:, lo:hi], label, new_ids, pos_weight=pos_weight)
-        if feats is None:
-            raise RuntimeError("STAR: the CISS head's features were not captured; was setup() "
-                               "called on this model?")
+        if "features" not in batch:
+            raise RuntimeError("STAR.task_loss needs batch['features'], this step's backbone "
+                               "outputs (as cl_bench.training.LitTask passes them)")
+        # F (B, D, *spatial): the map the CISS head classified this step, with its graph
+        feats = self.model.encoder.tokens_to_grid(batch["features"][0])
         old_feats, old_logits = self._old_outputs(x, lo)
         old_pred = old_predictions(old_logits)
         self._ensure_step(t, task=None)

@@ -111,7 +111,8 @@ def begin_task(cfg, model, strategy, t: int, task) -> None:
 
 def plain_steps(cfg, model, strategy, t: int, task, on_step=None) -> None:
     """``train.max_steps`` steps of task ``t`` by hand: AdamW on the strategy's groups,
-    zero_grad -> backward -> step per shuffled batch (``on_step()`` before each)."""
+    zero_grad -> backward -> step per shuffled batch, with the strategy's step hooks where
+    :class:`cl_bench.training.LitTask` calls them (``on_step()`` before each step)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -133,7 +134,10 @@ def plain_steps(cfg, model, strategy, t: int, task, on_step=None) -> None:
             if extra is not None:
                 loss = loss + extra
             opt.zero_grad(set_to_none=True)
+            strategy.before_backward(loss, t)
             loss.backward()
+            strategy.after_backward(loss, t)
+            strategy.before_optimizer_step(opt, t)
             opt.step()
             step += 1
             if step >= cfg.train.max_steps:
